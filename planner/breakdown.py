@@ -1,0 +1,110 @@
+"""The planner's answer: named components, a row per matrix group, the peak and the fit."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .gpus import Gpu
+from .spec import TrainingSpec
+from .storage import ParamMemory
+
+__all__ = ["COMPONENTS", "Components", "Row", "MemoryBreakdown"]
+
+COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters",
+              "activations", "overhead")
+
+
+@dataclass(frozen=True)
+class Components:
+    """Bytes per component, resident at the peak; they sum to `total`."""
+    weights: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    projection: int = 0
+    adapters: int = 0
+    activations: int = 0
+    overhead: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One parameter, or a group of identical ones: `{i}` in the name stands for each of `layers`."""
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    layers: tuple[int, ...]
+    memory: ParamMemory          # per instance
+
+    @property
+    def count(self) -> int:
+        return max(1, len(self.layers))
+
+    @property
+    def total(self) -> int:
+        return self.count * self.memory.total
+
+    def names(self) -> list[str]:
+        """Every parameter name this row stands for."""
+        return [self.name.format(i=i) for i in self.layers] if self.layers else [self.name]
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """What `estimate(spec)` returns. `spec` is the request with every default filled in."""
+    spec: TrainingSpec
+    model: str
+    n_params: int
+    components: Components
+    rows: tuple[Row, ...]
+    gpu: Gpu | None
+    assumptions: tuple[str, ...]
+    phases: dict[str, int] = field(default_factory=dict)
+    peak_phase: str = "step"
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.components.total
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu is None else self.peak_bytes <= self.gpu.capacity_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu is None else self.gpu.capacity_bytes - self.peak_bytes
+
+    def per_layer(self) -> dict[str, int]:
+        """Bytes per decoder layer index ("layer 0", ...) and for everything outside the stack."""
+        out: dict[str, int] = {}
+        for row in self.rows:
+            for i in row.layers or [None]:
+                key = "outside layers" if i is None else f"layer {i}"
+                out[key] = out.get(key, 0) + row.memory.total
+        return out
+
+    def to_record(self) -> dict:
+        """JSON-ready: integer bytes under `components`, the full spec, the fit."""
+        return {"model": self.model, "method": self.spec.method, "n_params": self.n_params,
+                "spec": self.spec.as_dict(), "components": self.components.as_dict(),
+                "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
+                "phases": dict(self.phases),
+                "gpu": self.gpu.name if self.gpu else None,
+                "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
+                "fits": self.fits, "headroom_bytes": self.headroom_bytes,
+                "assumptions": list(self.assumptions)}
+
+    def to_row(self) -> dict:
+        """One flat CSV row: every spec field, every component, the peak and the fit."""
+        return {**self.spec.as_dict(), **self.components.as_dict(), "peak_bytes": self.peak_bytes,
+                "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
+                "fits": self.fits, "headroom_bytes": self.headroom_bytes, "n_params": self.n_params}
+
+    def rows_table(self) -> list[dict]:
+        return [{"name": r.name, "count": r.count, "shape": "x".join(map(str, r.shape)), "role": r.role,
+                 **asdict(r.memory), "total": r.total} for r in self.rows]

@@ -1,0 +1,130 @@
+"""`python -m planner`: estimate, compare, models, gpus, methods — as table, JSON or CSV."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .breakdown import COMPONENTS
+from .format import human_bytes, render
+from .spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS, TrainingSpec
+
+__all__ = ["main", "build_parser", "spec_from_args"]
+
+
+def _add_spec_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
+    p.add_argument("--model", default="llama-7b", help="catalog name (see `models`) or use --config")
+    p.add_argument("--config", help="path of a Hugging Face config.json (parsed offline)")
+    if method:
+        p.add_argument("--method", default="adamw", help="method id (see `methods`)")
+    p.add_argument("--gpu", help="GPU name (see `gpus`) or a capacity such as 24GB")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--update-proj-gap", type=int)
+    p.add_argument("--scale", type=float)
+    p.add_argument("--proj-type", help="std, reverse_std, left, right or full")
+    p.add_argument("--layerwise", action="store_true", help="layer-wise weight updates")
+    p.add_argument("--precision", default="bf16", choices=list(PRECISIONS))
+    p.add_argument("--weights", help="weight format: fp32 bf16 fp16 (nf4 for qlora)")
+    p.add_argument("--grads", help="gradient format: fp32 bf16 fp16")
+    p.add_argument("--states", help="optimizer-state format: fp32 bf16 fp16")
+    p.add_argument("--projection", help="projection format: fp32 bf16 fp16")
+    p.add_argument("--impl", default="memfit", choices=list(IMPLS),
+                   help="memfit's own optimizers, or the authors' reference storage")
+    p.add_argument("--batch", type=int, default=1, help="micro-batch size")
+    p.add_argument("--seq", type=int, default=512, help="sequence length")
+    p.add_argument("--checkpointing", default="none", choices=list(CHECKPOINTING))
+    p.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    _add_output_flags(p)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument("--output", help="write to this file instead of standard output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m planner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_spec_flags(sub.add_parser("estimate", help="memory of one configuration"))
+    cmp = sub.add_parser("compare", help="every method for one model (optionally on a GPU)")
+    _add_spec_flags(cmp, method=False)
+    cmp.add_argument("--methods", help="comma-separated method ids (default: all)")
+    cmp.add_argument("--all-precisions", action="store_true", help="each method in fp32, bf16, mixed")
+    for name in ("models", "gpus", "methods"):
+        _add_output_flags(sub.add_parser(name, help=f"list the {name} memfit knows"))
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace, method: str | None = None) -> TrainingSpec:
+    return TrainingSpec(model=args.config or args.model, method=method or getattr(args, "method", "adamw"),
+                        gpu=args.gpu, rank=args.rank, update_proj_gap=args.update_proj_gap,
+                        scale=args.scale, proj_type=args.proj_type, layerwise=args.layerwise,
+                        precision=args.precision, weights=args.weights, grads=args.grads,
+                        states=args.states, projection=args.projection, impl=args.impl,
+                        batch=args.batch, seq=args.seq, checkpointing=args.checkpointing,
+                        attention=args.attention)
+
+
+def _estimate(args) -> str:
+    from .estimate import estimate
+    b = estimate(spec_from_args(args))
+    if args.format == "json":
+        return render([], "json", payload=b.to_record())
+    if args.format == "csv":
+        return render([b.to_row()], "csv")
+    head = [f"{b.model} ({b.n_params:,} parameters), {b.spec.method}"
+            + (f" on {b.gpu.name} ({human_bytes(b.gpu.capacity_bytes)})" if b.gpu else "")]
+    comps = [{"component": k, "bytes": v, "size": human_bytes(v)} for k, v in b.components.as_dict().items()]
+    comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
+    verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")
+                                        + f": headroom {human_bytes(b.headroom_bytes)}"]
+    rows = [{**r, **{k: human_bytes(v) for k, v in r.items() if k in COMPONENTS or k == "total"}}
+            for r in b.rows_table()]
+    return "\n".join(head + ["assumes: " + "; ".join(b.assumptions), "", render(comps, "table"), *verdict,
+                             "", render(rows, "table")])
+
+
+def _compare(args) -> str:
+    from .compare import compare_records
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    records = compare_records(spec_from_args(args), methods,
+                              list(PRECISIONS) if args.all_precisions else None)
+    if args.format != "table":
+        return render(records, args.format, payload=records)
+    cols = ["method", "precision", "rank", *COMPONENTS[:5], "peak_bytes", "fits", "headroom_bytes"]
+    shown = [{**r, "rank": r["rank"] or "-",
+              **{c: human_bytes(r[c]) for c in cols[3:] if c not in ("fits",) and r.get(c) is not None}}
+             if not r["error"] else {"method": r["method"], "precision": r["precision"], "rank": r["error"]}
+             for r in records]
+    return render(shown, "table", cols)
+
+
+def _listing(args) -> str:
+    from .gpus import GPU_CATALOG
+    from .methods import METHODS
+    from .models import get_model, model_names
+    if args.command == "models":
+        rows = [{"model": n, "params": (m := get_model(n)).n_params, "layers": m.num_layers,
+                 "hidden": m.hidden_size, "vocab": m.vocab_size, "type": m.model_type} for n in model_names()]
+    elif args.command == "gpus":
+        rows = [{"gpu": g.name, "memory_mib": g.memory_mib, "vendor": g.vendor, "arch": g.arch}
+                for g in GPU_CATALOG.values()]
+    else:
+        rows = [{"method": m.id, "name": m.name, "kind": m.kind, "options": " ".join(m.options),
+                 "paper": m.paper_url} for m in METHODS.values()]
+    return render(rows, args.format)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"estimate": _estimate, "compare": _compare}.get(args.command, _listing)
+    try:
+        text = handler(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+    else:
+        print(text)
+    return 0

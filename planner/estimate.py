@@ -1,0 +1,101 @@
+"""`estimate(spec) -> MemoryBreakdown`: the planner's one entry point for a single configuration."""
+from __future__ import annotations
+
+import re
+
+from .breakdown import Components, MemoryBreakdown, Row
+from .dtypes import tensor_bytes
+from .gpus import get_gpu
+from .models import ModelConfig, Param
+from .resolve import Resolved, resolve_spec
+from .rules import basis_dim, param_memory, uses_bnb_qmaps
+from .spec import TrainingSpec
+from .storage import BNB_QMAP_BYTES, MIN_8BIT_NUMEL, ParamMemory
+
+__all__ = ["estimate", "param_groups"]
+
+_LAYER = re.compile(r"\.(\d+)\.")
+_GROUPS: dict[int, tuple[ModelConfig, list[tuple[str, Param, tuple[int, ...]]]]] = {}
+
+
+def param_groups(model: ModelConfig) -> list[tuple[str, Param, tuple[int, ...]]]:
+    """Identical parameters of every layer grouped: (name with `{i}`, one Param, layer indices)."""
+    hit = _GROUPS.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    groups: dict[tuple, tuple[str, Param, list[int]]] = {}
+    for p in model.params:
+        template = _LAYER.sub(".{i}.", p.name, count=1) if p.layer is not None else p.name
+        key = (template, p.shape, p.role)
+        groups.setdefault(key, (template, p, []))[2].extend([] if p.layer is None else [p.layer])
+    result = [(t, p, tuple(layers)) for t, p, layers in groups.values()]
+    _GROUPS[id(model)] = (model, result)
+    return result
+
+
+def _shared_rows(r: Resolved, rows: list[Row]) -> list[Row]:
+    """Tensors held once per optimizer: DCT bases, bitsandbytes' quantisation maps."""
+    out = []
+    if r.method.id == "galore-dct":
+        dims = sorted({basis_dim(p, r) for _, p, _ in param_groups(r.model) if p.role == "block_linear"})
+        out += [Row(f"shared DCT basis {d}x{d}", (d, d), "shared", (),
+                    ParamMemory(projection=tensor_bytes(d * d, r.projection))) for d in dims]
+    if uses_bnb_qmaps(r) and any(row.memory.gradients and max(row.shape) and
+                                 _numel(row.shape) >= MIN_8BIT_NUMEL for row in rows):
+        out.append(Row("bitsandbytes quantisation maps", (2, 256), "shared", (),
+                       ParamMemory(optimizer_states=BNB_QMAP_BYTES)))
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _layerwise(rows: list[Row], r: Resolved) -> list[Row]:
+    """Layer-wise updates free each gradient in its post-accumulate hook: at most the largest one
+    is alive. (Q-GaLore's reference per-layer mode never steps non-INT8 parameters, so their
+    gradients stay.)"""
+    keep = r.reference and r.method.id == "q-galore"
+    largest = max(rows, key=lambda row: row.memory.gradients)
+    out = [Row(row.name, row.shape, row.role, row.layers,
+               ParamMemory(row.memory.weights, row.memory.gradients if keep and row.role != "block_linear"
+                           else 0, *row.memory.astuple()[2:])) for row in rows]
+    grad = largest.memory.gradients
+    return out + [Row(f"layer-wise: one gradient alive ({largest.names()[0]})", largest.shape,
+                      "gradient", (), ParamMemory(gradients=grad))]
+
+
+def _components(rows: list[Row]) -> Components:
+    sums = [0] * 5
+    for row in rows:
+        for k, v in enumerate(row.memory.astuple()):
+            sums[k] += row.count * v
+    return Components(*sums)
+
+
+def _filled_spec(r: Resolved, gpu) -> TrainingSpec:
+    """The spec with every default made explicit and names canonical, so a report row re-runs exactly."""
+    model = r.model.name if r.model.source == "catalog" else r.spec.model
+    return r.spec.replace(model=model, gpu=gpu.name if gpu else None, method=r.method.id, rank=r.rank, update_proj_gap=r.update_proj_gap,
+                          scale=r.scale, proj_type=r.proj_type, weights=r.weights, grads=r.grads,
+                          states=r.states, projection=r.projection if r.method.kind == "projected" else None)
+
+
+def estimate(spec: TrainingSpec) -> MemoryBreakdown:
+    """Memory of one training configuration, component by component and matrix by matrix.
+
+    Raises ValueError, with a message saying what to change, for anything the method or model
+    does not support.
+    """
+    r = resolve_spec(spec)
+    gpu = get_gpu(spec.gpu) if spec.gpu else None
+    rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
+    rows += _shared_rows(r, rows)
+    if spec.layerwise:
+        rows = _layerwise(rows, r)
+    return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
+                           components=_components(rows), rows=tuple(rows), gpu=gpu,
+                           assumptions=r.assumptions)

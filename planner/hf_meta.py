@@ -1,0 +1,51 @@
+"""Meta-device enumeration of a Hugging Face model's parameters (imports transformers lazily).
+
+Only this module touches transformers/accelerate; the planner imports it on demand.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+__all__ = ["enumerate_parameters"]
+
+_HEADS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
+
+
+def _model_class(transformers, config, architectures):
+    for arch in architectures or []:
+        cls = getattr(transformers, str(arch), None)
+        if cls is not None and getattr(cls, "config_class", None) is type(config):
+            return cls
+    for head in _HEADS:
+        auto = getattr(transformers, head)
+        if type(config) in auto._model_mapping:
+            return auto._model_mapping[type(config)]
+    raise ValueError(f"transformers has no model class for model_type {config.model_type!r}")
+
+
+def enumerate_parameters(d: dict, label: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, owning module class name) for every distinct parameter, tied weights once."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    fields = {k: v for k, v in d.items() if k not in ("aliases", "source", "architectures",
+                                                        "_name_or_path", "transformers_version")}
+    model_type = fields.pop("model_type")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **fields)
+    except ValueError as err:
+        raise ValueError(f"{label}: field 'model_type' = {model_type!r} is not an architecture the "
+                         f"installed transformers can build ({err})") from None
+    cls = _model_class(transformers, config, d.get("architectures"))
+    try:
+        with init_empty_weights(), contextlib.redirect_stderr(io.StringIO()):
+            model = cls._from_config(config)
+        model.tie_weights()   # init_empty_weights skips tying in transformers 5
+    except Exception as err:  # noqa: BLE001 - any build failure is the config's fault here
+        raise ValueError(f"{label}: transformers could not build {cls.__name__} from this config: "
+                         f"{type(err).__name__}: {err}") from None
+    return [(name, tuple(p.shape), type(model.get_submodule(name.rpartition(".")[0])).__name__)
+            for name, p in model.named_parameters()]

@@ -1,0 +1,177 @@
+"""The method table: one entry per training method, each citing its paper and reference code.
+
+Planner, profiler and app read this table; nothing else in memfit describes a method. Memory
+rules live in `storage.py` and are keyed by the same ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .names import normalize, resolve
+
+__all__ = ["Method", "METHODS", "METHOD_IDS", "get_method", "PROJ_TYPES"]
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method trains, stores and takes as options."""
+    id: str
+    name: str
+    kind: str                      # "full" | "adapter" | "projected"
+    summary: str                   # what it stores and why
+    formula: str                   # memfit storage per selected m x n matrix (m >= n), bytes b_*
+    paper: str
+    paper_url: str
+    code_url: str
+    rank: int | None = None        # default rank (adapters / projections)
+    update_proj_gap: int | None = None
+    scale: float | None = None
+    proj_types: tuple[str, ...] = ()
+    eight_bit: bool = False        # block-wise 8-bit moments (bitsandbytes layout)
+    states_fixed: str | None = None   # a state format the method fixes (adafactor: fp32)
+    reference: str = ""            # how the authors' code stores differently
+    fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        names = [("rank", self.rank), ("update_proj_gap", self.update_proj_gap),
+                 ("scale", self.scale)]
+        return tuple(n for n, v in names if v is not None and n not in self.fixed) + (
+            ("proj_type",) if self.proj_types else ())
+
+
+_GALORE = ("GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection (Zhao et al., ICML 2024)",
+           "https://arxiv.org/abs/2403.03507", "https://github.com/jiaweizzhao/GaLore")
+_ADAMW = ("Decoupled Weight Decay Regularization (Loshchilov & Hutter, ICLR 2019)",
+          "https://arxiv.org/abs/1711.05101", "https://github.com/pytorch/pytorch/blob/main/torch/optim/adamw.py")
+_LORA = ("LoRA: Low-Rank Adaptation of Large Language Models (Hu et al., ICLR 2022)",
+         "https://arxiv.org/abs/2106.09685", "https://github.com/huggingface/peft")
+_LOWRANK_OPTS = dict(rank=128, update_proj_gap=200, scale=0.25)
+
+METHODS: dict[str, Method] = {m.id: m for m in [
+    Method("adamw", "AdamW", "full",
+           "Full-rank training: two moments per parameter. Pure fp32, pure bf16 (as the GaLore code "
+           "trains its baselines) or mixed precision (bf16 weights and gradients, fp32 master copy and states).",
+           "mn·b_w + mn·b_g + 2mn·b_s (+ 4mn master in mixed precision)", *_ADAMW),
+    Method("adamw-8bit", "8-bit AdamW (bitsandbytes)", "full",
+           "Both moments stored block-wise in 8 bits with one fp32 absmax per 256-element block; "
+           "tensors under 4096 elements keep fp32 moments (bitsandbytes 0.50's rule).",
+           "mn·b_w + mn·b_g + 2mn + 8·⌈mn/256⌉",
+           "8-bit Optimizers via Block-wise Quantization (Dettmers et al., ICLR 2022)",
+           "https://arxiv.org/abs/2110.02861", "https://github.com/bitsandbytes-foundation/bitsandbytes",
+           eight_bit=True, reference="bitsandbytes keeps the step as a Python int and the two 256-entry "
+           "quantisation maps once per optimizer."),
+    Method("adafactor", "Adafactor", "full",
+           "Factored second moment: one fp32 row and one fp32 column vector per matrix, no first "
+           "moment (transformers' Adafactor with beta1=None, as the GaLore runs use it).",
+           "mn·b_w + mn·b_g + 4(m + n)",
+           "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost (Shazeer & Stern, ICML 2018)",
+           "https://arxiv.org/abs/1804.04235",
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/optimization.py",
+           states_fixed="fp32"),
+    Method("sgd", "SGD with momentum", "full", "One momentum buffer per parameter.",
+           "mn·b_w + mn·b_g + mn·b_s", "On the importance of initialization and momentum in deep "
+           "learning (Sutskever et al., ICML 2013)", "http://proceedings.mlr.press/v28/sutskever13.html",
+           "https://github.com/pytorch/pytorch/blob/main/torch/optim/sgd.py"),
+    Method("lora", "LoRA", "adapter",
+           "Frozen base; trainable rank-r adapters A (r×n) and B (m×r) on the attention and MLP "
+           "linears, with their gradients and AdamW moments; everything else frozen.",
+           "mn·b_w + r(m+n)·(b_w + b_g + 2b_s)", *_LORA, rank=16),
+    Method("qlora", "QLoRA", "adapter",
+           "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
+           "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
+           "offset); bf16 adapters.",
+           "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(2 + b_g + 2b_s)",
+           "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
+           "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64),
+    Method("lora-pro", "LoRA-Pro", "adapter",
+           "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
+           "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
+           "gradient, so its optimizer states are as large as full fine-tuning's.",
+           "mn·b_w + r(m+n)·(b_w + b_g) + 2mn·b_s",
+           "LoRA-Pro: Are Low-Rank Adapters Properly Optimized? (Wang et al., ICLR 2025)",
+           "https://arxiv.org/abs/2407.18242", "https://github.com/mrflogs/LoRA-Pro", rank=8,
+           reference="the reference lives inside a patched DeepSpeed ZeRO-1/2 (fp32 master and "
+           "gradient partitions) with the LoRA scaling hard-coded to 2."),
+    Method("galore", "GaLore", "projected",
+           "Full-rank weights and gradients; Adam moments of the gradient projected onto r singular "
+           "vectors (refreshed by SVD every update_proj_gap steps) plus the projection matrix.",
+           "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p", *_GALORE, **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
+           reference="the reference keeps moments and projection in the gradient's dtype and the "
+           "step as a Python int."),
+    Method("galore-8bit", "8-bit GaLore", "projected",
+           "GaLore with the projected moments (and the plain parameters' moments) stored block-wise "
+           "in 8 bits; with layer-wise updates this is the paper's 7B-on-24GB setup.",
+           "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p", *_GALORE, **_LOWRANK_OPTS,
+           proj_types=PROJ_TYPES, eight_bit=True,
+           reference="the reference is a bitsandbytes Optimizer2State subclass (step as an int, "
+           "quantisation maps once per optimizer)."),
+    Method("q-galore", "Q-GaLore", "projected",
+           "8-bit GaLore with INT8 attention/MLP weights (group-256 scale and zero, stochastic "
+           "rounding) and INT4 projections packed two per byte; the projection refresh gap grows "
+           "when successive projections agree.",
+           "mn + 4⌈mn/256⌉ + mn·b_g + 2rm + 8⌈rm/256⌉ + ⌈rn/2⌉ + 4⌈rn/256⌉",
+           "Q-GaLore: Quantized GaLore with INT4 Projection and Layer-Adaptive Low-Rank Gradients "
+           "(Zhang et al., 2024)", "https://arxiv.org/abs/2407.08296", "https://github.com/VITA-Group/Q-GaLore",
+           **_LOWRANK_OPTS, proj_types=("std",), eight_bit=True,
+           reference="the reference stores each INT4 projection code in a whole byte (twice memfit's)."),
+    Method("fira", "Fira", "projected",
+           "GaLore's states plus one scalar per matrix (the norm-growth limiter's previous residual "
+           "norm); the residual outside the subspace is applied full-rank, scaled by the low-rank "
+           "Adam's norm ratio.",
+           "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p + 4",
+           "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (Chen et al., 2024)",
+           "https://arxiv.org/abs/2410.01623", "https://github.com/xichen-fy/Fira", **_LOWRANK_OPTS,
+           proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype."),
+    Method("gradnormlorp", "GradNormLoRP", "projected",
+           "Weight-normalised GaLore: W = g·v/‖v‖ with the direction's gradient projected; memfit "
+           "keeps a per-row ratio ‖v‖/g instead of the reference code's full copy of v.",
+           "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p + 2m·b_s + 4m",
+           "Gradient Weight-normalized Low-rank Projection for Efficient LLM Training (Huang et al., AAAI 2025)",
+           "https://arxiv.org/abs/2412.19616",
+           "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
+           **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
+           reference="the reference keeps a full copy v of every weight (mn more per matrix) and "
+           "weight-normalises every parameter, with full-rank moments outside the projected linears."),
+    Method("gradnormlorp-8bit", "8-bit GradNormLoRP", "projected",
+           "GradNormLoRP with block-wise 8-bit moments.",
+           "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p + 8m (m<4096) + 4m",
+           "Gradient Weight-normalized Low-rank Projection for Efficient LLM Training (Huang et al., AAAI 2025)",
+           "https://arxiv.org/abs/2412.19616",
+           "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
+           **_LOWRANK_OPTS, proj_types=PROJ_TYPES, eight_bit=True,
+           reference="as gradnormlorp, with bitsandbytes states."),
+    Method("galore-dct", "SVD-free GaLore (DCT)", "projected",
+           "Projects on r columns of a fixed orthonormal DCT basis chosen by alignment with the "
+           "gradient (one matmul and a top-k, no SVD); one basis per distinct dimension is shared "
+           "by all matrices and only r int32 indices are stored per matrix.",
+           "mn·b_w + mn·b_g + 2rm·b_s + 4r (+ n²·b_p once per distinct n)",
+           "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models (Modoranu et al., 2025)",
+           "https://arxiv.org/abs/2505.17967", "https://github.com/IST-DASLab/ISTA-DASLab-Optimizers",
+           rank=128, update_proj_gap=200, scale=0.25, proj_types=("std",)),
+    Method("apollo", "APOLLO", "projected",
+           "Adam moments of a random projection of the gradient set a channel-wise learning-rate "
+           "scale for the raw gradient; the projection is regenerated from a stored seed.",
+           "mn·b_w + mn·b_g + 2rm·b_s + 12",
+           "APOLLO: SGD-like Memory, AdamW-level Performance (Zhu et al., MLSys 2025)",
+           "https://arxiv.org/abs/2412.05270", "https://github.com/zhuhanqing/APOLLO",
+           rank=256, update_proj_gap=200, scale=1.0, proj_types=("std",),
+           reference="the reference stores the random projection matrix (rn per matrix) although the "
+           "paper says it need not."),
+    Method("apollo-mini", "APOLLO-Mini", "projected",
+           "APOLLO at rank 1 with a tensor-wise scale (scale 128): SGD-like memory.",
+           "mn·b_w + mn·b_g + 2m·b_s + 12",
+           "APOLLO: SGD-like Memory, AdamW-level Performance (Zhu et al., MLSys 2025)",
+           "https://arxiv.org/abs/2412.05270", "https://github.com/zhuhanqing/APOLLO",
+           rank=1, update_proj_gap=200, scale=128.0, proj_types=("std",), fixed=("rank",),
+           reference="the reference stores the rank-1 random projection (n per matrix)."),
+]}
+METHOD_IDS = tuple(METHODS)
+_INDEX = {normalize(k): k for k in METHODS} | {normalize(m.name): k for k, m in METHODS.items()}
+
+
+def get_method(query: str) -> Method:
+    """A method by id or name, forgivingly ("GaLore 8bit", "Q-GaLore", "qlora")."""
+    return METHODS[resolve(query, _INDEX, "method", METHOD_IDS)]
