@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .gpus import Gpu
+from .overhead import Overhead
 from .spec import TrainingSpec
 from .storage import ParamMemory
 
 __all__ = ["COMPONENTS", "Components", "Row", "MemoryBreakdown"]
 
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters",
-              "activations", "overhead")
+              "activations", "overhead", "temporaries")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Components:
     adapters: int = 0
     activations: int = 0
     overhead: int = 0
+    temporaries: int = 0
 
     @property
     def total(self) -> int:
@@ -56,7 +58,12 @@ class Row:
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """What `estimate(spec)` returns. `spec` is the request with every default filled in."""
+    """What `estimate(spec)` returns. `spec` is the request with every default filled in.
+
+    `components` are the bytes resident at the peak (they sum to `peak_bytes`); `sizes` are each
+    component's full size (all gradients, all stored activations) — what a profiler measures
+    tensor by tensor; `phases` is each phase's total and `peak_phase` the worst.
+    """
     spec: TrainingSpec
     model: str
     n_params: int
@@ -65,7 +72,9 @@ class MemoryBreakdown:
     gpu: Gpu | None
     assumptions: tuple[str, ...]
     phases: dict[str, int] = field(default_factory=dict)
-    peak_phase: str = "step"
+    peak_phase: str = "forward_backward"
+    sizes: Components = Components()     # each component's full size (every gradient, stored activations)
+    overhead: Overhead | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -93,7 +102,10 @@ class MemoryBreakdown:
         return {"model": self.model, "method": self.spec.method, "n_params": self.n_params,
                 "spec": self.spec.as_dict(), "components": self.components.as_dict(),
                 "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
-                "phases": dict(self.phases),
+                "peak_allocated_bytes": self.peak_bytes - self.components.overhead,
+                "phases": dict(self.phases), "sizes": self.sizes.as_dict(),
+                "overhead_calibrated": bool(self.overhead and self.overhead.calibrated),
+                "overhead_source": self.overhead.source if self.overhead else None,
                 "gpu": self.gpu.name if self.gpu else None,
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes,
@@ -102,6 +114,7 @@ class MemoryBreakdown:
     def to_row(self) -> dict:
         """One flat CSV row: every spec field, every component, the peak and the fit."""
         return {**self.spec.as_dict(), **self.components.as_dict(), "peak_bytes": self.peak_bytes,
+                "peak_phase": self.peak_phase, **{f"phase_{k}": v for k, v in self.phases.items()},
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes, "n_params": self.n_params}
 

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_flags(cmp, method=False)
     cmp.add_argument("--methods", help="comma-separated method ids (default: all)")
     cmp.add_argument("--all-precisions", action="store_true", help="each method in fp32, bf16, mixed")
+    fit = sub.add_parser("fit", help="per method: fits or not, headroom, largest batch/seq/rank, what would fit")
+    _add_spec_flags(fit, method=False)
+    fit.add_argument("--methods", help="comma-separated method ids (default: all)")
+    ask = sub.add_parser("ask", help='a plain question: "will llama-7b fit on my 4090?"')
+    ask.add_argument("question", nargs="+")
+    _add_output_flags(ask)
     for name in ("models", "gpus", "methods"):
         _add_output_flags(sub.add_parser(name, help=f"list the {name} memfit knows"))
     return parser
@@ -98,6 +104,36 @@ def _compare(args) -> str:
     return render(shown, "table", cols)
 
 
+def _fit_rows(records: list[dict]) -> list[dict]:
+    return [{"method": r["method"], "fits": r["fits"], "peak": human_bytes(r["peak_bytes"]),
+             "headroom": human_bytes(r["headroom_bytes"]), "max_batch": r["max_batch"], "max_seq": r["max_seq"],
+             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-",
+             "to fit": "; ".join(s["description"] for s in r["suggestions"][:1])} for r in records]
+
+
+def _fit(args) -> str:
+    from .fit import fit_all
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    records = [r.to_record() for r in fit_all(spec_from_args(args), methods)]
+    if args.format == "json":
+        return render([], "json", payload=records)
+    return render(_fit_rows(records) if args.format == "table" else
+                  [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in records], args.format)
+
+
+def _ask(args) -> str:
+    from .ask import ask
+    answer = ask(" ".join(args.question))
+    if args.format == "json":
+        return render([], "json", payload=answer)
+    ok = [r for r in answer["results"] if not r["error"]]
+    if args.format == "csv":
+        return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in ok], "csv")
+    head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}",
+            "assumes: " + "; ".join(answer["assumptions"]), ""]
+    return "\n".join(head) + render(_fit_rows(ok), "table")
+
+
 def _listing(args) -> str:
     from .gpus import GPU_CATALOG
     from .methods import METHODS
@@ -116,7 +152,7 @@ def _listing(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"estimate": _estimate, "compare": _compare}.get(args.command, _listing)
+    handler = {"estimate": _estimate, "compare": _compare, "fit": _fit, "ask": _ask}.get(args.command, _listing)
     try:
         text = handler(args)
     except ValueError as err:

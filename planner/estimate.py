@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from .breakdown import Components, MemoryBreakdown, Row
 from .dtypes import tensor_bytes
 from .gpus import get_gpu
+from .overhead import overhead_for
+from .peak import phase_peaks
 from .models import ModelConfig, Param
 from .resolve import Resolved, resolve_spec
 from .rules import basis_dim, param_memory, uses_bnb_qmaps
@@ -64,8 +67,9 @@ def _layerwise(rows: list[Row], r: Resolved) -> list[Row]:
                ParamMemory(row.memory.weights, row.memory.gradients if keep and row.role != "block_linear"
                            else 0, *row.memory.astuple()[2:])) for row in rows]
     grad = largest.memory.gradients
+    # it belongs to one layer (or to none, as lm_head's), which tells when in backward it exists
     return out + [Row(f"layer-wise: one gradient alive ({largest.names()[0]})", largest.shape,
-                      "gradient", (), ParamMemory(gradients=grad))]
+                      "gradient", largest.layers[:1], ParamMemory(gradients=grad))]
 
 
 def _components(rows: list[Row]) -> Components:
@@ -96,6 +100,10 @@ def estimate(spec: TrainingSpec) -> MemoryBreakdown:
     rows += _shared_rows(r, rows)
     if spec.layerwise:
         rows = _layerwise(rows, r)
+    sizes = _components(rows)
+    overhead = overhead_for(gpu)
+    peak = phase_peaks(r, rows, sizes, overhead)
     return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
-                           components=_components(rows), rows=tuple(rows), gpu=gpu,
-                           assumptions=r.assumptions)
+                           components=peak.components, rows=tuple(rows), gpu=gpu,
+                           assumptions=r.assumptions, phases=peak.phases, peak_phase=peak.peak_phase,
+                           sizes=replace(sizes, activations=peak.activations), overhead=overhead)

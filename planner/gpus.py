@@ -12,12 +12,12 @@ from pathlib import Path
 
 from .names import normalize, resolve
 
-__all__ = ["Gpu", "GPU_CATALOG", "gpu_names", "get_gpu", "custom_gpu", "MIB"]
+__all__ = ["DROP_WORDS", "Gpu", "GPU_CATALOG", "gpu_names", "get_gpu", "custom_gpu", "MIB"]
 
 MIB = 1 << 20
 _DATA = Path(__file__).with_name("data") / "gpus.json"
 # Marketing words users type that never distinguish two boards.
-_DROP = ("nvidia", "geforce", "rtx", "amd", "instinct", "tesla", "my", "an", "a", "the")
+DROP_WORDS = _DROP = ("nvidia", "geforce", "rtx", "amd", "instinct", "tesla", "my", "an", "a", "the")
 _CAPACITY = re.compile(r"^\s*(?:custom\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb)\s*$", re.I)
 
 

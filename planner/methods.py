@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .names import normalize, resolve
 
-__all__ = ["Method", "METHODS", "METHOD_IDS", "get_method", "PROJ_TYPES"]
+__all__ = ["Method", "METHODS", "METHOD_IDS", "RECOMMENDATION_ORDER", "get_method", "PROJ_TYPES"]
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
@@ -169,6 +169,13 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            reference="the reference stores the rank-1 random projection (n per matrix)."),
 ]}
 METHOD_IDS = tuple(METHODS)
+
+#: which fitting method to recommend: the one that trains most like full-rank AdamW. Full-rank
+#: optimizers first, then full-rank-gradient low-rank methods (Fira and APOLLO apply the whole
+#: gradient; GaLore-family updates stay in the subspace), quantised ones, adapters last.
+RECOMMENDATION_ORDER = ("adamw", "adamw-8bit", "fira", "apollo", "galore", "galore-8bit",
+                        "gradnormlorp", "gradnormlorp-8bit", "galore-dct", "apollo-mini", "q-galore",
+                        "adafactor", "sgd", "lora-pro", "lora", "qlora")
 _INDEX = {normalize(k): k for k in METHODS} | {normalize(m.name): k for k, m in METHODS.items()}
 
 

@@ -21,7 +21,8 @@ def test_components_sum_to_total(method, rank, precision, layerwise):
     if method == "lora-pro":
         layerwise = False
     b = estimate(_spec(method, rank, precision=precision, layerwise=layerwise))
-    assert b.peak_bytes == sum(b.components.as_dict().values()) == sum(r.total for r in b.rows)
+    assert b.peak_bytes == sum(b.components.as_dict().values()) == max(b.phases.values())
+    assert sum(r.total for r in b.rows) == b.sizes.total - b.sizes.activations
     assert all(v >= 0 for v in b.components.as_dict().values())
 
 
@@ -31,7 +32,7 @@ def test_monotone_in_rank(method, r1, r2):
     lo, hi = sorted((r1, r2))
     a, b = estimate(_spec(method, lo)), estimate(_spec(method, hi))
     assert a.peak_bytes <= b.peak_bytes
-    assert a.components.optimizer_states <= b.components.optimizer_states
+    assert a.sizes.optimizer_states <= b.sizes.optimizer_states
 
 
 @settings(max_examples=40, deadline=None)
@@ -39,8 +40,9 @@ def test_monotone_in_rank(method, r1, r2):
 def test_monotone_in_bit_width(method):
     fp32 = estimate(_spec(method, precision="fp32"))
     bf16 = estimate(_spec(method, precision="bf16"))
-    for name, value in bf16.components.as_dict().items():
-        assert value <= getattr(fp32.components, name), name
+    for name, value in bf16.sizes.as_dict().items():
+        assert value <= getattr(fp32.sizes, name), name
+    assert bf16.peak_bytes <= fp32.peak_bytes
 
 
 @settings(max_examples=60, deadline=None)
@@ -56,3 +58,49 @@ def test_lowrank_states_below_full_rank(method, rank):
     for name, row in low.items():
         if row.role == "block_linear":
             assert row.memory.optimizer_states < full[name].memory.optimizer_states
+
+
+specs = st.builds(
+    lambda method, rank, batch, seq, attention, precision: _spec(
+        method, rank if method != "apollo-mini" else None, batch=batch, seq=seq, attention=attention,
+        precision=precision),
+    methods, st.integers(1, 256), st.integers(1, 8), st.integers(16, 1024),
+    st.sampled_from(["sdpa", "eager"]), st.sampled_from(list(PRECISIONS)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs, st.integers(1, 8))
+def test_peak_monotone_in_batch_and_sequence(spec, extra):
+    base = estimate(spec).peak_bytes
+    assert estimate(spec.replace(batch=spec.batch + extra)).peak_bytes >= base
+    assert estimate(spec.replace(seq=min(spec.seq + 64 * extra, 1024))).peak_bytes >= base
+
+
+@settings(max_examples=80, deadline=None)
+@given(specs)
+def test_checkpointing_and_layerwise_never_increase_the_peak(spec):
+    """Checkpointing: at most by one layer input — at the very end of backward the last layer's
+    checkpointed input sits beside its recomputed activations, which matters only when that
+    instant is the peak (tiny activations next to all the gradients). Layer-wise: at most by one
+    parameter's step temporaries — its update runs inside backward, beside the activations still
+    alive, instead of after backward; that wins whenever the gradients it frees outweigh them."""
+    base = estimate(spec)
+    width = 4 if spec.precision == "fp32" else 2
+    mask = width * spec.batch * spec.seq ** 2 if spec.attention == "eager" else 0   # checkpointed kwargs
+    layer_input = spec.batch * spec.seq * 512 * width + 8 * spec.seq + mask
+    assert estimate(spec.replace(checkpointing="full")).peak_bytes <= base.peak_bytes + 1.05 * layer_input
+    if spec.method != "lora-pro":
+        layerwise = estimate(spec.replace(layerwise=True))
+        assert layerwise.peak_bytes <= base.peak_bytes + 1.05 * layerwise.components.temporaries
+        if base.sizes.gradients > base.sizes.activations + layerwise.components.temporaries:
+            assert layerwise.peak_bytes <= base.peak_bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs)
+def test_peak_is_at_least_each_phase_persistent_part(spec):
+    b = estimate(spec)
+    persistent = b.sizes.weights + b.sizes.optimizer_states + b.sizes.projection + b.sizes.adapters
+    assert b.peak_bytes == sum(b.components.as_dict().values())
+    assert all(b.peak_bytes >= total >= persistent for total in b.phases.values())
+    assert b.components.activations <= b.sizes.activations + b.components.activations

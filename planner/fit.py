@@ -1,0 +1,146 @@
+"""`fit`: does it fit, with how much headroom, the largest batch / sequence / rank that fit, and the
+smallest set of switches that makes a setup fit."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import combinations
+
+from .breakdown import MemoryBreakdown
+from .estimate import estimate
+from .methods import METHOD_IDS, get_method
+from .resolve import resolve_spec
+from .spec import TrainingSpec
+
+__all__ = ["FitReport", "Suggestion", "fit_report", "fit_all", "largest"]
+
+#: a method's 8-bit variant, for the "8-bit states" switch
+EIGHT_BIT = {"adamw": "adamw-8bit", "galore": "galore-8bit", "gradnormlorp": "gradnormlorp-8bit"}
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Changes to the spec (field -> value) that make it fit, and the resulting peak."""
+    changes: dict
+    description: str
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class FitReport:
+    method: str
+    fits: bool
+    peak_bytes: int
+    headroom_bytes: int
+    max_batch: int | None
+    max_seq: int | None
+    max_rank: int | None
+    suggestions: tuple[Suggestion, ...]
+    breakdown: MemoryBreakdown
+
+    def to_record(self) -> dict:
+        return {**self.breakdown.to_record(), "max_batch": self.max_batch, "max_seq": self.max_seq,
+                "max_rank": self.max_rank,
+                "suggestions": [{"changes": s.changes, "description": s.description,
+                                 "peak_bytes": s.peak_bytes} for s in self.suggestions]}
+
+
+def _fits(spec: TrainingSpec) -> bool:
+    try:
+        return bool(estimate(spec).fits)
+    except ValueError:
+        return False
+
+
+def largest(spec: TrainingSpec, field: str, upper: int) -> int | None:
+    """Largest value of `field` in [1, upper] that fits (peak is monotone in batch, seq and rank);
+    None when even 1 does not. Exponential probe, then bisection."""
+    ok: Callable[[int], bool] = lambda v: _fits(spec.replace(**{field: v}))
+    if upper < 1 or not ok(1):
+        return None
+    lo, hi = 1, 2
+    while hi <= upper and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper + 1)           # invariant: ok(lo), not ok(hi) or hi beyond upper
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def _rank_limit(spec: TrainingSpec) -> int | None:
+    r = resolve_spec(spec)
+    if r.rank is None or "rank" not in r.method.options:
+        return None
+    return min(min(p.shape) for p in r.model.params if p.role == "block_linear")
+
+
+def _switches(spec: TrainingSpec) -> list[tuple[str, dict]]:
+    """Each switch a user can flip, as (description, changes)."""
+    out = []
+    if spec.checkpointing == "none":
+        out.append(("activation checkpointing", {"checkpointing": "full"}))
+    method = get_method(spec.method).id
+    if method in EIGHT_BIT:
+        out.append((f"8-bit states ({EIGHT_BIT[method]})", {"method": EIGHT_BIT[method], "states": None}))
+    if not spec.layerwise and method != "lora-pro":
+        out.append(("layer-wise updates", {"layerwise": True}))
+    if spec.batch > 1:
+        out.append(("a smaller micro-batch", {"batch": None}))
+    if spec.rank and "rank" in get_method(spec.method).options:
+        out.append(("a lower rank", {"rank": None}))
+    return out
+
+
+def _apply(spec: TrainingSpec, changes: dict) -> tuple[TrainingSpec, dict] | None:
+    """Apply switches; "batch"/"rank" None means "the largest that fits given the others"."""
+    fixed = {k: v for k, v in changes.items() if v is not None or k == "states"}
+    candidate = spec.replace(**fixed)
+    for field, upper in (("batch", spec.batch - 1), ("rank", (spec.rank or 1) - 1)):
+        if field in changes and changes[field] is None:
+            best = largest(candidate, field, upper)
+            if best is None:
+                return None
+            candidate, fixed = candidate.replace(**{field: best}), {**fixed, field: best}
+    return (candidate, fixed) if _fits(candidate) else None
+
+
+def suggestions(spec: TrainingSpec, limit: int = 3) -> tuple[Suggestion, ...]:
+    """The smallest sets of switches that make `spec` fit, fewest switches first, lowest peak first."""
+    switches = _switches(spec)
+    for size in range(1, len(switches) + 1):
+        found = []
+        for combo in combinations(switches, size):
+            changes = {k: v for _, c in combo for k, v in c.items()}
+            hit = _apply(spec, changes)
+            if hit:
+                found.append(Suggestion(hit[1], " + ".join(d for d, _ in combo), estimate(hit[0]).peak_bytes))
+        if found:
+            return tuple(sorted(found, key=lambda s: s.peak_bytes)[:limit])
+    return ()
+
+
+def fit_report(spec: TrainingSpec) -> FitReport:
+    """Fit verdict and searches for one spec; the spec must name a GPU."""
+    if not spec.gpu:
+        raise ValueError("a fit check needs a GPU: name one (e.g. --gpu 4090) or a capacity (--gpu 24GB)")
+    b = estimate(spec)
+    model = resolve_spec(spec).model
+    rank_limit = _rank_limit(spec)
+    return FitReport(
+        method=b.spec.method, fits=bool(b.fits), peak_bytes=b.peak_bytes, headroom_bytes=b.headroom_bytes,
+        max_batch=largest(spec, "batch", 1 << 16), max_seq=largest(spec, "seq", model.max_position),
+        max_rank=largest(spec, "rank", rank_limit) if rank_limit else None,
+        suggestions=() if b.fits else suggestions(spec), breakdown=b)
+
+
+def fit_all(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[FitReport]:
+    """`fit_report` for every method (options a method lacks are dropped for it)."""
+    from .compare import method_specs
+    reports = []
+    for s in method_specs(spec, methods or METHOD_IDS):
+        try:
+            reports.append(fit_report(s))
+        except ValueError:
+            continue
+    return reports

@@ -1,0 +1,95 @@
+"""The peak of a training step: the maximum over its phases, not a blind sum.
+
+Phases (all hold the persistent part P = weights + optimizer states + projections + adapters):
+- forward/backward, at three instants of the backward pass (L layers, activations A per layer as
+  stored, gradients G per layer, G_out for parameters outside the stack):
+    start:  P + the activations' backward peak + G_out   (logits' gradient alive while lm_head's forms)
+    top:    P + L·A + embeddings + recompute + G_out + G_layer          (head done, top layer's grads)
+    end:    P + A + embeddings + recompute + all gradients              (activations nearly all freed)
+  Each is a linear function of the layer index in between, so the maximum is at one of them.
+- optimizer step: P + all gradients + the step's temporaries.
+- projection refresh (projected methods): P + all gradients + one matrix's SVD / selection workspace.
+With layer-wise updates a parameter steps inside backward as soon as its gradient is complete:
+gradients shrink to the largest single one and the step's temporaries (and a refresh) happen
+during backward, on top of the activations still held at that instant.
+Runtime overhead (CUDA context, cuBLAS workspace, allocator slack) is added to every phase.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .activations import activation_memory
+from .breakdown import Components, Row
+from .overhead import Overhead, overhead_bytes
+from .resolve import Resolved
+from .transients import refresh_workspace, step_temporaries
+
+__all__ = ["PhasePeak", "phase_peaks", "PHASES"]
+
+PHASES = ("forward_backward", "optimizer_step", "projection_refresh")
+
+
+@dataclass(frozen=True)
+class PhasePeak:
+    phases: dict[str, int]
+    peak_phase: str
+    components: Components        # resident at the peak; sums to the peak
+    activations: int              # activation bytes stored at the end of the forward pass
+
+
+def _activations(r: Resolved):
+    spec = r.spec
+    lora = r.rank if r.method.kind == "adapter" else None
+    return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
+                             attention=spec.attention, checkpointing=spec.checkpointing, lora_rank=lora,
+                             lora_dtype=r.adapter if lora else None)
+
+
+def _gradient_split(rows: list[Row]) -> tuple[int, int, int]:
+    """(all gradients, one layer's gradients, gradients outside the layer stack)."""
+    layer = sum(row.memory.gradients for row in rows if row.layers)
+    outside = sum(row.memory.gradients for row in rows if not row.layers)
+    total = sum(row.count * row.memory.gradients for row in rows)
+    return total, layer, outside
+
+
+def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
+    """(activation bytes, gradient bytes) alive at the start, top and end of backward."""
+    total, layer, outside = grads
+    stored_one = act.layers // max(layers, 1)
+    held = act.total - act.logits - act.head          # the stack and embeddings, head done
+    return [(act.peak_backward, outside),             # logits' gradient alive as lm_head's is formed
+            (held + act.recompute, outside + layer),
+            (act.embeddings + stored_one + act.recompute, total)]
+
+
+def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead) -> PhasePeak:
+    """Every phase's total and the components resident at the worst one."""
+    act = _activations(r)
+    grads = _gradient_split(rows)
+    temps, refresh = step_temporaries(r), refresh_workspace(r)
+    instants = _backward_instants(act, grads, r.model.num_layers)
+    fb = max(instants, key=sum)
+    if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
+        with_grad = [i for i in instants if i[1]] or [(0, 0)]
+        step_at = max(with_grad, key=lambda i: i[0] + i[1])
+        candidates = {"forward_backward": (fb[0], fb[1], 0),
+                      "optimizer_step": (step_at[0], step_at[1], temps),
+                      "projection_refresh": (step_at[0], step_at[1], refresh)}
+    else:
+        candidates = {"forward_backward": (fb[0], fb[1], 0),
+                      "optimizer_step": (0, grads[0], temps),
+                      "projection_refresh": (0, grads[0], refresh)}
+    if r.method.kind != "projected":
+        del candidates["projection_refresh"]
+    base = persistent.weights + persistent.optimizer_states + persistent.projection + persistent.adapters
+    totals = {}
+    for name, (a, g, t) in candidates.items():
+        allocated = base + a + g + t
+        totals[name] = allocated + overhead_bytes(allocated, overhead)
+    worst = max(totals, key=totals.get)
+    a, g, t = candidates[worst]
+    allocated = base + a + g + t
+    comps = Components(persistent.weights, g, persistent.optimizer_states, persistent.projection,
+                       persistent.adapters, a, overhead_bytes(allocated, overhead), t)
+    return PhasePeak(totals, worst, comps, act.total)

@@ -1,0 +1,67 @@
+"""Short-lived memory of the optimizer step and of a projection refresh, per method.
+
+These are approximations with their reasoning written down; the profiler measures the TEMP
+category on real steps to check them.
+"""
+from __future__ import annotations
+
+from .models import Param
+from .resolve import Resolved
+
+__all__ = ["step_temporaries", "refresh_workspace", "STEP_COPIES"]
+
+#: full-size fp32 copies of the largest updated matrix alive inside one parameter's update:
+#: GaLore/DCT: the projected-back update; Fira: + residual and scaled residual; APOLLO: the scaled
+#: raw gradient; Q-GaLore: dequantised weight + update; GradNormLoRP: direction v + update;
+#: Adafactor: fp32 param copy, fp32 grad, squared grad, factored update; LoRA-Pro: g_eq and g.
+STEP_COPIES = {"adafactor": 4, "galore": 1, "galore-8bit": 1, "galore-dct": 1, "fira": 3,
+               "apollo": 1, "apollo-mini": 1, "q-galore": 2, "gradnormlorp": 2, "gradnormlorp-8bit": 2,
+               "lora-pro": 2}
+
+
+def _trainable(r: Resolved) -> list[Param]:
+    if r.method.kind == "adapter":
+        return [p for p in r.model.params if p.role == "block_linear"]
+    return list(r.model.params)
+
+
+def step_temporaries(r: Resolved) -> int:
+    """Bytes alive during optimizer.step beyond weights, states and gradients.
+
+    torch.optim.AdamW's foreach path (the CUDA default) takes `sqrt(exp_avg_sq)` of every
+    parameter at once (`torch._foreach_sqrt`): one extra state-sized list. bitsandbytes and SGD
+    update in place. With layer-wise updates each step call sees one parameter. Per-parameter optimizers hold `STEP_COPIES` fp32 copies of the largest matrix.
+    """
+    from .dtypes import tensor_bytes
+    mid = r.method.id
+    if mid in ("adamw-8bit", "sgd"):
+        return 0
+    largest = max(_trainable(r), key=lambda p: p.numel)
+    if mid == "adamw":      # layer-wise: one parameter per step call, so one parameter's sqrt
+        numel = largest.numel if r.spec.layerwise else sum(p.numel for p in r.model.params)
+        return tensor_bytes(numel, r.states)
+    if mid in ("lora", "qlora"):
+        adapters = [r.rank * sum(p.shape) for p in _trainable(r)]
+        return tensor_bytes(max(adapters) if r.spec.layerwise else sum(adapters), r.states)
+    extra = largest.shape[0] ** 2 if mid == "lora-pro" else 0   # I - B (B^T B)^-1 B^T
+    return 4 * (STEP_COPIES.get(mid, 1) * largest.numel + extra)
+
+
+def refresh_workspace(r: Resolved) -> int:
+    """Bytes alive while one matrix's projection is recomputed (matrices are refreshed one by one).
+
+    SVD (GaLore, Fira, Q-GaLore, GradNormLoRP): fp32 copy of G, U (m x k), S, Vh (k x n) and a
+    LAPACK/cuSOLVER work array of about the matrix size: 4(2mn + mk + k + kn), k = min(m, n).
+    DCT: the full product G @ Q in fp32 and the column norms. APOLLO: a fresh r x n Gaussian in fp32.
+    """
+    if r.method.kind != "projected":
+        return 0
+    selected = [p for p in r.model.params if p.role == "block_linear"]
+    big = max(selected, key=lambda p: p.numel)
+    m, n = big.shape
+    k = min(m, n)
+    if r.method.id == "galore-dct":
+        return 4 * (big.numel + max(m, n))
+    if r.method.id.startswith("apollo"):
+        return 4 * r.rank * max(m, n)
+    return 4 * (2 * m * n + m * k + k + k * n)
