@@ -1,6 +1,9 @@
-"""Planner speed: `compare` over every method and bit width for llama-7b, and CLI cold start.
+"""Planner speed: `compare` over every method and bit width for llama-7b, `fit` searches for every
+method, and CLI cold starts.
 
-Targets (issue 2): compare < 50 ms; `python -m planner estimate` cold start < 1.5 s.
+Targets: compare < 50 ms and `python -m planner estimate` cold start < 1.5 s (issue 2);
+fit searches for every method on llama-7b < 200 ms and `python -m planner ask` cold start < 1.5 s
+(issue 3).
 Run: python bench/planner_speed.py
 """
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 import time
 
 
-def _best_of(fn, repeat: int) -> float:
+def _best_of(fn, repeat: int) -> tuple[float, float]:
     fn()  # warm-up: catalog parse, param grouping
     times = []
     for _ in range(repeat):
@@ -31,15 +34,20 @@ def main() -> None:
     best, median = _best_of(lambda: compare_records(base, precisions=list(PRECISIONS)), 20)
     print(f"compare llama-7b, {n} method x precision rows: best {best * 1e3:.1f} ms, "
           f"median {median * 1e3:.1f} ms (target < 50 ms) -> {median / 0.050:.2f}x of budget")
-    cmd = [sys.executable, "-m", "planner", "estimate", "--model", "llama-7b", "--method", "galore-8bit",
-           "--gpu", "4090", "--format", "json"]
-    cold = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        cold.append(time.perf_counter() - t0)
-    print(f"python -m planner estimate cold start: best {min(cold):.2f} s, median "
-          f"{statistics.median(cold):.2f} s (target < 1.5 s) -> {statistics.median(cold) / 1.5:.2f}x of budget")
+    from planner.fit import fit_all
+    for gpu in ("rtx-4090", "h100-80gb"):
+        best, median = _best_of(lambda: fit_all(base.replace(gpu=gpu)), 5)
+        print(f"fit searches, every method, llama-7b on {gpu}: best {best * 1e3:.0f} ms, median "
+              f"{median * 1e3:.0f} ms (target < 200 ms) -> {median / 0.200:.2f}x of budget")
+    for argv in (["estimate", "--model", "llama-7b", "--method", "galore-8bit", "--gpu", "4090", "--format", "json"],
+                 ["ask", "will llama-7b fit on my 4090", "--format", "json"]):
+        cold = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "planner", *argv], check=True, capture_output=True)
+            cold.append(time.perf_counter() - t0)
+        print(f"python -m planner {argv[0]} cold start: best {min(cold):.2f} s, median "
+              f"{statistics.median(cold):.2f} s (target < 1.5 s) -> {statistics.median(cold) / 1.5:.2f}x of budget")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ def _estimate(args) -> str:
     comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
     verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")
                                         + f": headroom {human_bytes(b.headroom_bytes)}"]
+    verdict.append("phases: " + ", ".join(f"{k} {human_bytes(v)}" + (" (peak)" if k == b.peak_phase else "")
+                                          for k, v in b.phases.items()))
+    verdict.append(f"overhead: {b.overhead.source}")
     rows = [{**r, **{k: human_bytes(v) for k, v in r.items() if k in COMPONENTS or k == "total"}}
             for r in b.rows_table()]
     return "\n".join(head + ["assumes: " + "; ".join(b.assumptions), "", render(comps, "table"), *verdict,

@@ -5,6 +5,7 @@ memfit writes a byte size of its own.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 __all__ = ["DTYPE_BITS", "DTYPES", "TORCH_NAMES", "canonical_dtype", "dtype_bits", "tensor_bytes"]
@@ -35,6 +36,7 @@ _ALIASES = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def canonical_dtype(name: str) -> str:
     """Return memfit's name for a storage format, accepting torch-style and common spellings.
 
@@ -49,6 +51,7 @@ def canonical_dtype(name: str) -> str:
     raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
 
 
+@functools.lru_cache(maxsize=64)
 def dtype_bits(name: str) -> int:
     """Bits per element of a storage format."""
     return DTYPE_BITS[canonical_dtype(name)]

@@ -2,7 +2,7 @@
 smallest set of switches that makes a setup fit."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -52,19 +52,47 @@ def _fits(spec: TrainingSpec) -> bool:
         return False
 
 
-def largest(spec: TrainingSpec, field: str, upper: int) -> int | None:
-    """Largest value of `field` in [1, upper] that fits (peak is monotone in batch, seq and rank);
-    None when even 1 does not. Exponential probe, then bisection."""
-    ok: Callable[[int], bool] = lambda v: _fits(spec.replace(**{field: v}))
-    if upper < 1 or not ok(1):
+def _peak(spec: TrainingSpec) -> int | None:
+    try:
+        return estimate(spec).peak_bytes
+    except ValueError:
         return None
-    lo, hi = 1, 2
-    while hi <= upper and ok(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, upper + 1)           # invariant: ok(lo), not ok(hi) or hi beyond upper
+
+
+def largest(spec: TrainingSpec, field: str, upper: int) -> int | None:
+    """Largest value of `field` in [1, upper] that fits, or None when even 1 does not.
+
+    The peak is monotone in batch, sequence and rank and nearly affine, so the search
+    interpolates the crossing of the capacity line (then checks the neighbour), falling back to
+    bisection whenever interpolation fails to halve the bracket: a handful of estimates.
+    """
+    cap = estimate(spec).gpu.capacity_bytes
+    at = lambda v: _peak(spec.replace(**{field: v}))
+    f_lo = at(1)
+    if upper < 1 or f_lo is None or f_lo > cap:
+        return None
+    f_hi = at(upper)
+    if f_hi is not None and f_hi <= cap:
+        return upper
+    lo, hi, bisect = 1, upper, False
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        if bisect or f_hi is None or f_hi <= f_lo:
+            guess = (lo + hi) // 2
+        else:
+            guess = lo + int((cap - f_lo) * (hi - lo) / (f_hi - f_lo))
+        guess = min(max(guess, lo + 1), hi - 1)
+        width = hi - lo
+        f = at(guess)
+        if f is not None and f <= cap:
+            lo, f_lo = guess, f
+            nxt = at(guess + 1) if guess + 1 < hi else None
+            if guess + 1 < hi and (nxt is None or nxt > cap):
+                return guess
+            if guess + 1 < hi:
+                lo, f_lo = guess + 1, nxt
+        else:
+            hi, f_hi = guess, f
+        bisect = (hi - lo) * 2 > width
     return lo
 
 

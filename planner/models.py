@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class Param:
     role: str
     layer: int | None = None
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -62,9 +63,23 @@ class ModelConfig:
     source: str = "catalog"
     hf_config: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
-    @property
+    @cached_property
     def n_params(self) -> int:
         return sum(p.numel for p in self.params)
+
+    @cached_property
+    def selected(self) -> tuple[Param, ...]:
+        """The block linears: what the methods project or adapt."""
+        return tuple(p for p in self.params if p.role == "block_linear")
+
+    @cached_property
+    def smallest_selected(self) -> Param | None:
+        """The selected matrix with the smallest side: it bounds the rank."""
+        return min(self.selected, key=lambda p: min(p.shape), default=None)
+
+    @cached_property
+    def largest(self) -> Param:
+        return max(self.params, key=lambda p: p.numel)
 
 
 def classify_param(name: str, shape: tuple[int, ...], module_type: str) -> str:

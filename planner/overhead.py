@@ -38,9 +38,12 @@ class Overhead:
 DEFAULT_OVERHEAD = Overhead(CUDA_CONTEXT_BYTES, CUBLAS_WORKSPACE_BYTES, ALLOCATOR_SLACK)
 
 
+_DEFAULT_CALIBRATION = str(Path(__file__).with_name("data") / "calibration.json")
+
+
 def calibration_path() -> Path:
     """Where calibrated per-GPU figures live (MEMFIT_CALIBRATION overrides)."""
-    return Path(os.environ.get("MEMFIT_CALIBRATION", Path(__file__).with_name("data") / "calibration.json"))
+    return Path(os.environ.get("MEMFIT_CALIBRATION") or _DEFAULT_CALIBRATION)
 
 
 @functools.lru_cache(maxsize=4)
@@ -54,10 +57,10 @@ def _calibration(path: str, mtime: float) -> dict:
 
 def overhead_for(gpu: Gpu | None) -> Overhead:
     """Calibrated figures for this GPU model when the profiler has measured it, else the defaults."""
-    path = calibration_path()
-    if gpu is None or not path.is_file():
+    path = os.environ.get("MEMFIT_CALIBRATION") or _DEFAULT_CALIBRATION
+    if gpu is None or not os.path.isfile(path):
         return DEFAULT_OVERHEAD
-    entry = _calibration(str(path), path.stat().st_mtime).get("gpus", {}).get(gpu.name)
+    entry = _calibration(path, os.path.getmtime(path)).get("gpus", {}).get(gpu.name)
     if not entry:
         return DEFAULT_OVERHEAD
     return Overhead(int(entry["context_bytes"]), int(entry.get("workspace_bytes", CUBLAS_WORKSPACE_BYTES)),

@@ -120,10 +120,9 @@ def _option(spec: TrainingSpec, method: Method, name: str):
 
 
 def _check_rank(model: ModelConfig, rank: int) -> None:
-    selected = [p for p in model.params if p.role == "block_linear"]
-    if not selected:
+    smallest = model.smallest_selected
+    if smallest is None:
         raise ValueError(f"{model.name} has no attention/MLP linears to project or adapt")
-    smallest = min(selected, key=lambda p: min(p.shape))
     if rank > min(smallest.shape):
         raise ValueError(f"rank {rank} is larger than {smallest.name} {smallest.shape}: choose a rank "
                          f"of at most {min(smallest.shape)}")

@@ -5,7 +5,6 @@ category on real steps to check them.
 """
 from __future__ import annotations
 
-from .models import Param
 from .resolve import Resolved
 
 __all__ = ["step_temporaries", "refresh_workspace", "STEP_COPIES"]
@@ -19,12 +18,6 @@ STEP_COPIES = {"adafactor": 4, "galore": 1, "galore-8bit": 1, "galore-dct": 1, "
                "lora-pro": 2}
 
 
-def _trainable(r: Resolved) -> list[Param]:
-    if r.method.kind == "adapter":
-        return [p for p in r.model.params if p.role == "block_linear"]
-    return list(r.model.params)
-
-
 def step_temporaries(r: Resolved) -> int:
     """Bytes alive during optimizer.step beyond weights, states and gradients.
 
@@ -36,12 +29,12 @@ def step_temporaries(r: Resolved) -> int:
     mid = r.method.id
     if mid in ("adamw-8bit", "sgd"):
         return 0
-    largest = max(_trainable(r), key=lambda p: p.numel)
+    largest = max(r.model.selected, key=lambda p: p.numel) if r.method.kind == "adapter" else r.model.largest
     if mid == "adamw":      # layer-wise: one parameter per step call, so one parameter's sqrt
-        numel = largest.numel if r.spec.layerwise else sum(p.numel for p in r.model.params)
+        numel = largest.numel if r.spec.layerwise else r.model.n_params
         return tensor_bytes(numel, r.states)
     if mid in ("lora", "qlora"):
-        adapters = [r.rank * sum(p.shape) for p in _trainable(r)]
+        adapters = [r.rank * sum(p.shape) for p in r.model.selected]
         return tensor_bytes(max(adapters) if r.spec.layerwise else sum(adapters), r.states)
     extra = largest.shape[0] ** 2 if mid == "lora-pro" else 0   # I - B (B^T B)^-1 B^T
     return 4 * (STEP_COPIES.get(mid, 1) * largest.numel + extra)
@@ -56,8 +49,7 @@ def refresh_workspace(r: Resolved) -> int:
     """
     if r.method.kind != "projected":
         return 0
-    selected = [p for p in r.model.params if p.role == "block_linear"]
-    big = max(selected, key=lambda p: p.numel)
+    big = max(r.model.selected, key=lambda p: p.numel)
     m, n = big.shape
     k = min(m, n)
     if r.method.id == "galore-dct":

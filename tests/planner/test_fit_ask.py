@@ -94,3 +94,17 @@ def test_ask_cli_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"question", "model", "gpu", "assumptions", "results"}
     assert all("fits" in r for r in out["results"])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["adamw", "galore", "lora", "q-galore"]), st.sampled_from(["t4", "rtx-4090", "12GB"]),
+       st.sampled_from(["llama-350m", "llama-1b", "qwen2.5-0.5b"]), st.integers(64, 1024))
+def test_largest_batch_equals_a_linear_scan(method, gpu, model, seq):
+    spec = TrainingSpec(model=model, method=method, gpu=gpu, seq=seq)
+    upper = 40
+    scan = [b for b in range(1, upper + 1) if estimate(spec.replace(batch=b)).fits]
+    assert largest(spec, "batch", upper) == (max(scan) if scan else None)
