@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import torch
 
+from .adam import (adam_denoms, adam_directions, adam_moments_, adam_step_size, adamw_step_,
+                   check_adam_style, decay_after_, decay_before_)
+from .projection import check_positive
+
 __all__ = [
     "solve_sylvester_sym",
     "gram_inverses",
     "lora_pro_project",
     "equivalent_gradient",
     "lora_pro_adjust",
+    "LoRAProAdamW",
 ]
 
 
@@ -124,3 +129,124 @@ def lora_pro_adjust(
     a32, b32 = a.float(), b.float()
     x = solve_sylvester_sym(b32.T @ b32, a32 @ a32.T, -(ga @ a32.T))  # (r, r)
     return ga + x @ a32, gb - b32 @ x
+
+
+def _check_group(group: dict) -> None:
+    if not group["lr"] >= 0:
+        raise ValueError(f"lr must be >= 0, got {group['lr']!r}")
+    for i, beta in enumerate(group["betas"]):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
+    if not group["eps"] >= 0:
+        raise ValueError(f"eps must be >= 0, got {group['eps']!r}")
+    if not group["weight_decay"] >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
+    if not group["delta"] >= 0:
+        raise ValueError(f"delta must be >= 0, got {group['delta']!r}")
+    check_adam_style(group["adam_style"])
+    if group["scaling"] is not None:
+        check_positive("scaling", group["scaling"])
+        _check_pairs(group["params"])
+
+
+def _check_pairs(params: list) -> None:
+    """``params`` must alternate ``lora_A (r, n)``, ``lora_B (m, r)`` with matching ``r``."""
+    if len(params) % 2:
+        raise ValueError(f"LoRA-Pro groups alternate lora_A, lora_B; got an odd count {len(params)}")
+    for a, b in zip(params[::2], params[1::2]):
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(f"not a (lora_A (r, n), lora_B (m, r)) pair: shapes {tuple(a.shape)}, {tuple(b.shape)}")
+
+
+class LoRAProAdamW(torch.optim.Optimizer):
+    """LoRA-Pro: Adam on the equivalent full gradient, applied through optimal ``(gA, gB)``.
+
+    A group with ``scaling`` (the LoRA scale ``s``: ``lora_alpha / r``, or ``/ sqrt(r)`` for
+    rsLoRA) holds ``params = [A1, B1, A2, B2, ...]`` (see :func:`lowrank.lora.lora_pro_param_groups`);
+    a group without it (``scaling=None``) is plain AdamW (e.g. a classifier head). Options: ``lr``,
+    ``betas`` (0.9, 0.999), ``eps`` (1e-8), ``weight_decay`` (0; decoupled, on A and B),
+    ``delta`` (1e-8, the ridge in the Gram inverses), ``adam_style`` ('torch', as the reference),
+    ``state_dtype`` (moments' dtype, default A's). Defaults follow the reference code.
+
+    State: per pair, on ``lora_A``: ``step``, ``exp_avg``, ``exp_avg_sq`` ``(m, n)``; ``lora_B``
+    holds nothing. Plain parameters: ``step``, ``exp_avg``, ``exp_avg_sq`` like the parameter.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, scaling: float | None = None, delta: float = 1e-8,
+                 adam_style: str = "torch", state_dtype: torch.dtype | None = None):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scaling=scaling,
+                        delta=delta, adam_style=adam_style, state_dtype=state_dtype, correct_bias=True)
+        super().__init__(params, defaults)
+        if all(g["scaling"] is None for g in self.param_groups):
+            raise ValueError("LoRA-Pro needs a param group of (lora_A, lora_B) pairs with its LoRA 'scaling' "
+                             "(got scaling=None everywhere); build them with lowrank.lora.lora_pro_param_groups(model)")
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``torch.optim.Optimizer``'s, but moments keep their saved dtype (``state_dtype``)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(pid, {}).items():
+                if torch.is_tensor(value) and key != "step":
+                    self.state[p][key] = value.to(device=p.device)
+
+    def _init_state(self, param: torch.Tensor, shape, group: dict) -> dict:
+        state = self.state[param]
+        if "step" not in state:
+            dtype = group["state_dtype"] or param.dtype
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=param.device)
+            state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=param.device)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["scaling"] is None:
+                self._plain_step(group, [p for p in group["params"] if p.grad is not None])
+                continue
+            for a, b in zip(group["params"][::2], group["params"][1::2]):
+                if a.grad is not None and b.grad is not None:
+                    self._pair_step(group, a, b)
+        return loss
+
+    def _plain_step(self, group: dict, params: list) -> None:
+        states = [self._init_state(p, p.shape, group) for p in params]
+        for s in states:
+            s["step"] += 1
+        adamw_step_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states], [s["step"].item() for s in states],
+                    lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                    weight_decay=group["weight_decay"], style=group["adam_style"])
+
+    def _pair_step(self, group: dict, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Steps 1-4 of the module docstring for one (A, B) pair."""
+        s, (beta1, beta2), style, lr = group["scaling"], group["betas"], group["adam_style"], group["lr"]
+        state = self._init_state(a, (b.shape[0], a.shape[1]), group)
+        first = state["step"].item() == 0
+        aat_inv, btb_inv = gram_inverses(a, b, group["delta"])
+        ga, gb = lora_pro_project(a, b, a.grad, b.grad, s, aat_inv, btb_inv, first)
+        g_eq = equivalent_gradient(a, b, ga, gb, s, state["exp_avg"].dtype)       # (m, n)
+        state["step"] += 1
+        t = state["step"].item()
+        adam_moments_([state["exp_avg"]], [state["exp_avg_sq"]], [g_eq], beta1, beta2, style)
+        del g_eq
+        denom = adam_denoms([state["exp_avg_sq"]], [t], beta2, group["eps"], style)
+        direction = adam_directions([state["exp_avg"]], denom)[0]
+        del denom
+        ga, gb = lora_pro_adjust(a, b, direction, s, aat_inv, btb_inv, first)
+        decay_before_([a, b], lr, group["weight_decay"], style)
+        size = adam_step_size(lr, beta1, beta2, t, style, group["correct_bias"])
+        a.add_(ga.to(a.dtype), alpha=-size)
+        b.add_(gb.to(b.dtype), alpha=-size)
+        decay_after_([a, b], lr, group["weight_decay"], style)

@@ -9,6 +9,7 @@ import re
 
 from . import gpus, methods, models
 from .fit import fit_report
+from .resolve import resolve_spec
 from .methods import METHOD_IDS
 from .names import normalize, suggest
 from .spec import TrainingSpec
@@ -100,6 +101,7 @@ def parse_question(question: str, default_gpu: str | None = None) -> tuple[Train
 def ask(question: str, default_gpu: str | None = None) -> dict:
     """Answer for every method, best first; the method named in the question is flagged `asked`."""
     spec, named, assumed = parse_question(question, default_gpu)
+    resolve_spec(spec.replace(method="adamw", rank=None))   # a bad model/batch/seq fails once, clearly
     results = []
     for mid in METHOD_IDS:
         s = spec.replace(method=mid, rank=spec.rank if "rank" in methods.get_method(mid).options else None)

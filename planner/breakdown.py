@@ -8,10 +8,13 @@ from .overhead import Overhead
 from .spec import TrainingSpec
 from .storage import ParamMemory
 
-__all__ = ["COMPONENTS", "Components", "Row", "MemoryBreakdown"]
+__all__ = ["COMPONENTS", "COMPONENT_COLUMNS", "Components", "Row", "MemoryBreakdown"]
 
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters",
               "activations", "overhead", "temporaries")
+#: flat-row (CSV) column of each component: the spec has fields named `weights` and `projection`
+#: too (their formats), so byte counts carry a suffix.
+COMPONENT_COLUMNS = {c: f"{c}_bytes" for c in COMPONENTS}
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ class MemoryBreakdown:
 
     def to_row(self) -> dict:
         """One flat CSV row: every spec field, every component, the peak and the fit."""
-        return {**self.spec.as_dict(), **self.components.as_dict(), "peak_bytes": self.peak_bytes,
+        comps = {COMPONENT_COLUMNS[k]: v for k, v in self.components.as_dict().items()}
+        return {**self.spec.as_dict(), **comps, "peak_bytes": self.peak_bytes,
                 "peak_phase": self.peak_phase, **{f"phase_{k}": v for k, v in self.phases.items()},
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes, "n_params": self.n_params}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .breakdown import COMPONENTS
+from .breakdown import COMPONENT_COLUMNS, COMPONENTS
 from .format import human_bytes, render
 from .spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS, TrainingSpec
 
@@ -99,7 +99,8 @@ def _compare(args) -> str:
                               list(PRECISIONS) if args.all_precisions else None)
     if args.format != "table":
         return render(records, args.format, payload=records)
-    cols = ["method", "precision", "rank", *COMPONENTS[:5], "peak_bytes", "fits", "headroom_bytes"]
+    cols = ["method", "precision", "rank", *(COMPONENT_COLUMNS[c] for c in COMPONENTS), "peak_bytes", "fits",
+            "headroom_bytes"]
     shown = [{**r, "rank": r["rank"] or "-",
               **{c: human_bytes(r[c]) for c in cols[3:] if c not in ("fits",) and r.get(c) is not None}}
              if not r["error"] else {"method": r["method"], "precision": r["precision"], "rank": r["error"]}

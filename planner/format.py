@@ -37,7 +37,8 @@ def render(rows: list[dict], fmt: str, columns: list[str] | None = None, payload
         return json.dumps(payload if payload is not None else rows, indent=2)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns or list(rows[0]), extrasaction="ignore")
+        union = list(dict.fromkeys(k for row in rows for k in row))   # every row's columns, first-seen order
+        writer = csv.DictWriter(out, fieldnames=columns or union, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()

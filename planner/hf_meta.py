@@ -5,6 +5,7 @@ Only this module touches transformers/accelerate; the planner imports it on dema
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import logging
 
@@ -34,11 +35,16 @@ def enumerate_parameters(d: dict, label: str) -> list[tuple[str, tuple[int, ...]
                                                         "_name_or_path", "transformers_version")}
     model_type = fields.pop("model_type")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    known = transformers.CONFIG_MAPPING
+    if model_type not in known:
+        close = difflib.get_close_matches(str(model_type), list(known.keys()), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{label}: field 'model_type' = {model_type!r} is not an architecture the "
+                         f"installed transformers {transformers.__version__} can build{hint}")
     try:
         config = transformers.AutoConfig.for_model(model_type, **fields)
-    except ValueError as err:
-        raise ValueError(f"{label}: field 'model_type' = {model_type!r} is not an architecture the "
-                         f"installed transformers can build ({err})") from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{label}: transformers rejected this config: {str(err)[:300]}") from None
     cls = _model_class(transformers, config, d.get("architectures"))
     try:
         with init_empty_weights(), contextlib.redirect_stderr(io.StringIO()):

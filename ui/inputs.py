@@ -1,14 +1,57 @@
-"""Input widgets that read their choices from the planner's catalogs."""
+"""Input widgets that read their choices from the planner's catalogs and build a `TrainingSpec`.
+
+Numbers are passed to the planner as typed, so its `ValueError` (a batch of zero, a rank larger than
+the matrices) is what the user reads; a widget only disables what a method does not take.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+
 import streamlit as st
 
-from planner import GPU_CATALOG, METHODS, model_names
+from planner import GPU_CATALOG, METHODS, TrainingSpec, model_names
+from planner.dtypes import DTYPES
+from planner.methods import PROJ_TYPES
+from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS
 
-__all__ = ["model_select", "method_select", "gpu_select"]
+from . import cached
+
+__all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs",
+           "save_upload", "DEFAULT_GPU", "UPLOAD_DIR"]
+
+DEFAULT_GPU = "rtx-4090"
+CUSTOM = "custom capacity"
+DEFAULT_FORMAT = "default"
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "memfit-configs"
 
 
-def model_select(key: str = "model", default: str = "llama-7b") -> str:
-    names = model_names()
-    return st.selectbox("Model", names, index=names.index(default), key=key)
+def save_upload(name: str, data: bytes) -> str:
+    """Store an uploaded config.json under a content-addressed path; the planner takes a path (and
+    caches the parsed model per file version, so the same upload is parsed once)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "config.json"
+    path = UPLOAD_DIR / hashlib.sha256(data).hexdigest()[:16] / (safe if safe.endswith(".json") else safe + ".json")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return str(path)
+
+
+def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
+    """A catalog model, or the path of an uploaded Hugging Face config.json (None until uploaded)."""
+    source = st.radio("Model from", ["catalog", "config.json"], horizontal=True, key=f"{key}_source")
+    if source == "catalog":
+        names = model_names()
+        return st.selectbox("Model", names, index=names.index(default), key=key)
+    upload = st.file_uploader("Hugging Face config.json", type=["json"], key=f"{key}_upload",
+                              help="Parsed offline; the exact shapes come from building the model on "
+                                   "the meta device (never remote code).")
+    if upload is None:
+        st.info("Upload a model's config.json to size it.")
+        return None
+    return save_upload(upload.name, upload.getvalue())
 
 
 def method_select(key: str = "method", default: str = "galore-8bit") -> str:
@@ -17,7 +60,75 @@ def method_select(key: str = "method", default: str = "galore-8bit") -> str:
                         format_func=lambda m: f"{METHODS[m].name} ({m})")
 
 
-def gpu_select(key: str = "gpu", default: str = "rtx-4090") -> str:
-    names = list(GPU_CATALOG)
-    return st.selectbox("GPU", names, index=names.index(default), key=key,
-                        format_func=lambda g: f"{g} ({GPU_CATALOG[g].memory_mib:,} MiB)")
+def gpu_options() -> tuple[list[str], str, str | None]:
+    """The GPU choices (catalog names, this machine's board if NVML finds one outside the catalog,
+    a custom capacity), the preselected one and the local one (NVML's first GPU, if any)."""
+    local = cached.local_gpu()
+    names = list(GPU_CATALOG) + ([local] if local and local not in GPU_CATALOG else []) + [CUSTOM]
+    return names, local or DEFAULT_GPU, local
+
+
+def gpu_select(key: str = "gpu") -> str:
+    """A catalog GPU or a capacity such as "24GB"; the local GPU is preselected."""
+    names, default, local = gpu_options()
+
+    def label(name: str) -> str:
+        mib = f" ({GPU_CATALOG[name].memory_mib:,} MiB)" if name in GPU_CATALOG else ""
+        return name + mib + (" ← this machine" if name == local else "")
+
+    choice = st.selectbox("GPU", names, index=names.index(default), key=key, format_func=label)
+    if choice != CUSTOM:
+        return choice
+    gib = st.number_input("GPU memory (GiB)", min_value=1.0, value=24.0, step=1.0, key=f"{key}_gib")
+    return f"{gib:g}GB"
+
+
+def _format(label: str, key: str, help: str) -> str | None:
+    value = st.selectbox(label, [DEFAULT_FORMAT, *DTYPES], key=key, help=help)
+    return None if value == DEFAULT_FORMAT else value
+
+
+def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bit",
+                default_model: str = "llama-7b") -> TrainingSpec | None:
+    """Every TrainingSpec field as a widget (keys prefixed with `key`); None until a model is chosen."""
+    model = model_input(f"{key}_model", default_model)
+    method_id = method_select(f"{key}_method", default_method) if method else "adamw"
+    gpu = gpu_select(f"{key}_gpu")
+    takes = METHODS[method_id].options if method else ("rank", "update_proj_gap", "scale", "proj_type")
+    c1, c2 = st.columns(2)
+    batch = c1.number_input("Micro-batch", min_value=0, value=1, step=1, key=f"{key}_batch")
+    seq = c2.number_input("Sequence length", min_value=0, value=512, step=128, key=f"{key}_seq")
+    rank = st.number_input("Rank (blank: the method's default)", min_value=0, value=None, step=8,
+                           key=f"{key}_rank", disabled="rank" not in takes,
+                           help="Only for adapter and projection methods.")
+    precision = st.selectbox("Precision", list(PRECISIONS), key=f"{key}_precision",
+                             help="bf16: pure bf16 (as the GaLore code trains); mixed: bf16 weights and "
+                                  "gradients with an fp32 master copy and fp32 states.")
+    with st.expander("Bit widths"):
+        formats = {f: _format(label, f"{key}_{f}", f"Overrides the {precision} preset.")
+                   for f, label in (("weights", "Weights"), ("grads", "Gradients"),
+                                    ("states", "Optimizer states"), ("projection", "Projection"))}
+    c1, c2 = st.columns(2)
+    checkpointing = c1.selectbox("Checkpointing", list(CHECKPOINTING), key=f"{key}_checkpointing")
+    attention = c2.selectbox("Attention", list(ATTENTIONS), key=f"{key}_attention")
+    layerwise = st.checkbox("Layer-wise updates", key=f"{key}_layerwise",
+                            help="Update each weight in its gradient hook: one gradient alive at a time.")
+    with st.expander("Projection options"):
+        gap = st.number_input("update_proj_gap (blank: default)", min_value=0, value=None,
+                              key=f"{key}_gap", disabled="update_proj_gap" not in takes)
+        scale = st.number_input("scale (blank: default)", value=None, key=f"{key}_scale",
+                                disabled="scale" not in takes)
+        proj_type = st.selectbox("proj_type", [DEFAULT_FORMAT, *PROJ_TYPES], key=f"{key}_proj_type",
+                                 disabled="proj_type" not in takes)
+        impl = st.selectbox("Storage", list(IMPLS), key=f"{key}_impl",
+                            help="memfit's own optimizers, or what the authors' reference code stores.")
+    if model is None:
+        return None
+    keep = lambda name, value: value if name in takes else None
+    return TrainingSpec(model=model, method=method_id, gpu=gpu, batch=int(batch), seq=int(seq),
+                        rank=keep("rank", None if rank is None else int(rank)),
+                        update_proj_gap=keep("update_proj_gap", None if gap is None else int(gap)),
+                        scale=keep("scale", scale),
+                        proj_type=keep("proj_type", None if proj_type == DEFAULT_FORMAT else proj_type),
+                        precision=precision, checkpointing=checkpointing, attention=attention,
+                        layerwise=layerwise, impl=impl, **formats)

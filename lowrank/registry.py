@@ -1,0 +1,84 @@
+"""The one table from method ids to optimizer classes (imported lazily), and a builder.
+
+``OPTIMIZERS[method_id]`` imports and returns the class; listing the ids imports nothing.
+Projected classes (subclasses of :class:`lowrank.projected_adamw.ProjectedAdamW`) expect the
+authors' param groups (:func:`lowrank.groups.projection_param_groups`); :func:`make_optimizer`
+builds them from a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+
+__all__ = ["OPTIMIZER_PATHS", "OPTIMIZERS", "METHOD_IDS", "make_optimizer"]
+
+OPTIMIZER_PATHS: dict[str, str] = {
+    # full-rank baselines (third-party classes)
+    "adamw": "torch.optim:AdamW",
+    "adamw-8bit": "bitsandbytes.optim:AdamW8bit",
+    "sgd": "torch.optim:SGD",
+    "adafactor": "transformers.optimization:Adafactor",
+    # projected Adam (lowrank core)
+    "galore": "lowrank.galore:GaLoreAdamW",
+    "galore-8bit": "lowrank.galore:GaLoreAdamW8bit",
+    "fira": "lowrank.fira:FiraAdamW",
+    "galore-dct": "lowrank.dct:GaLoreDCTAdamW",
+    "apollo": "lowrank.apollo:APOLLOAdamW",
+    "apollo-mini": "lowrank.apollo:APOLLOMiniAdamW",
+    # ---- q-galore, gradnormlorp, gradnormlorp-8bit, lora-pro ----
+    "q-galore": "lowrank.qgalore:QGaLoreAdamW",
+    "gradnormlorp": "lowrank.gradnormlorp:GradNormLoRP",
+    "gradnormlorp-8bit": "lowrank.gradnormlorp:GradNormLoRP8bit",
+    "lora-pro": "lowrank.lora_pro:LoRAProAdamW",
+}
+
+# Per-method group options / constructor arguments make_optimizer uses when the caller gives none.
+_GROUP_DEFAULTS: dict[str, dict] = {
+    "apollo-mini": {"rank": 1},
+}
+_CONSTRUCTOR_DEFAULTS: dict[str, dict] = {
+    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},  # a fixed lr
+}
+
+
+class _LazyClasses(Mapping):
+    """Read-only mapping id -> class; the class's module is imported on first access."""
+
+    def __init__(self, paths: dict[str, str]):
+        self._paths = paths
+
+    def __getitem__(self, method: str):
+        if method not in self._paths:
+            raise KeyError(f"unknown optimizer {method!r}; known: {', '.join(self._paths)}")
+        module, _, name = self._paths[method].partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+OPTIMIZERS: Mapping = _LazyClasses(OPTIMIZER_PATHS)
+METHOD_IDS: tuple[str, ...] = tuple(OPTIMIZER_PATHS)
+
+
+def make_optimizer(method: str, model, lr: float = 1e-3, group_options: dict | None = None, **kwargs):
+    """Build ``OPTIMIZERS[method]`` for ``model``'s trainable parameters.
+
+    Projected methods get the authors' two groups with ``group_options`` (``rank``,
+    ``update_proj_gap``, ``scale`` / ``alpha``...) on the projected one; other methods get every
+    trainable parameter and ignore ``group_options``. ``kwargs`` go to the constructor.
+    """
+    from .groups import projection_param_groups
+    from .projected_adamw import ProjectedAdamW
+
+    cls = OPTIMIZERS[method]
+    if isinstance(cls, type) and issubclass(cls, ProjectedAdamW):
+        options = {**_GROUP_DEFAULTS.get(method, {}), **(group_options or {})}
+        params = projection_param_groups(model, **options)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return cls(params, lr=lr, **{**_CONSTRUCTOR_DEFAULTS.get(method, {}), **kwargs})

@@ -1,0 +1,166 @@
+"""Run one function in a child process with a time limit; an OOM, crash or hang becomes a result.
+
+The child is started by a fork server that has already imported torch and transformers
+(`profiler._preload`), so a child costs a fork rather than a 4-5 s import, and the caller's
+process (a CLI, a test run, the Streamlit app) never shares memory, CUDA context or fate with it.
+
+Protocol: `target(report, *args)` runs in the child; `report(dict)` sends a progress event, which
+the parent hands to `on_progress` as it arrives. The child sends exactly one final message,
+("ok", value) or ("error", description). No final message and a dead child is a crash; a child
+alive at the deadline is killed and reported as a timeout.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ChildOutcome", "run_in_child", "describe_exception", "is_oom", "START_METHOD"]
+
+#: "forkserver" (default: fast, safe with threads) or "spawn"; MEMFIT_START_METHOD overrides.
+START_METHOD = os.environ.get("MEMFIT_START_METHOD", "forkserver")
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """status: ok | oom | error | crashed | timeout. `value` is the target's return value (ok);
+    `error` describes the exception (oom, error); `progress` is the last event the child reported."""
+    status: str
+    value: Any = None
+    error: dict | None = None
+    progress: dict | None = None
+    exitcode: int | None = None
+    seconds: float = 0.0
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA/CPU out-of-memory errors, whatever their type (torch.OutOfMemoryError, MemoryError,
+    the CPU allocator's RuntimeError)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
+
+
+def describe_exception(exc: BaseException) -> dict:
+    """A picklable description; `exc.memfit_context` (step, phase, allocated bytes) is kept."""
+    return {"type": type(exc).__name__, "message": str(exc)[:2000], "oom": is_oom(exc),
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+            **getattr(exc, "memfit_context", {})}
+
+
+def _resolve(target: Callable | str) -> Callable:
+    """A callable, or "package.module:function" imported in the child."""
+    if callable(target):
+        return target
+    module, _, name = target.partition(":")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
+def _child_main(conn, target: Callable | str, args: tuple) -> None:
+    def report(event: dict) -> None:
+        conn.send(("progress", event))
+    try:
+        conn.send(("ok", _resolve(target)(report, *args)))
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a result for the parent
+        conn.send(("error", describe_exception(exc)))
+    finally:
+        conn.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _context(method: str):
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["profiler._preload"])
+    return ctx
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Keep the child from re-running the caller's `__main__` (a script without an
+    `if __name__ == "__main__"` guard would otherwise start itself again in the child). Targets are
+    always importable by module name, so the child never needs the main module."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    try:
+        for k in saved:
+            setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def _stop(proc) -> None:
+    """Terminate, then kill, a child that is still running."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(2)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def _receive(conn, proc, deadline: float, on_progress) -> tuple[str, Any, dict | None]:
+    """Read events until the final message, the child's death or the deadline."""
+    last = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout", None, last
+        try:
+            ready = conn.poll(min(_POLL_S, remaining))
+            message = conn.recv() if ready else None
+        except (EOFError, OSError):
+            return "crashed", None, last
+        if message is None:
+            if not proc.is_alive() and not conn.poll(0):
+                return "crashed", None, last
+            continue
+        kind, payload = message
+        if kind != "progress":
+            return kind, payload, last
+        last = payload
+        if on_progress is not None:
+            on_progress(payload)
+
+
+def run_in_child(target: Callable | str, *args, timeout: float = 600.0,
+                 on_progress: Callable[[dict], None] | None = None,
+                 start_method: str | None = None) -> ChildOutcome:
+    """Run `target(report, *args)` in a child process; never raises for what happens in the child.
+
+    `target` is a module-level function or its "module:function" name (then the caller need not
+    import it); `target` and `args` must be picklable. An exception raised by
+    `on_progress` stops the child and propagates.
+    """
+    ctx = _context(start_method or START_METHOD)
+    recv_conn, send_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(send_conn, target, args), daemon=True)
+    start = time.monotonic()
+    with _main_not_reimported():
+        proc.start()
+    send_conn.close()
+    try:
+        status, payload, last = _receive(recv_conn, proc, start + timeout, on_progress)
+    finally:
+        if proc.is_alive():
+            proc.join(1)
+        _stop(proc)
+        recv_conn.close()
+    seconds = time.monotonic() - start
+    if status == "ok":
+        return ChildOutcome("ok", payload, None, last, proc.exitcode, seconds)
+    if status == "error":
+        return ChildOutcome("oom" if payload.get("oom") else "error", None, payload, last, proc.exitcode, seconds)
+    return ChildOutcome(status, None, None, last, proc.exitcode, seconds)

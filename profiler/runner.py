@@ -1,0 +1,220 @@
+"""The body of a burst, run inside the child process (see `profiler.burst` for the caller's side).
+
+Fenced as STYLE.md asks: build, warm up (states and projections allocated), synchronise, reset
+peaks, run the measured steps phase by phase, read. On CPU each measured step runs under a
+`PhaseTracker` (MemTracker); on CUDA the allocator's own peak counters are read per phase and NVML
+gives the device's used memory.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from planner.resolve import resolve_spec
+from planner.spec import TrainingSpec
+
+from .build import build_model, build_optimizer, synthetic_batch, train_step
+from .memory import PhaseTracker, gradient_tensors, held_bytes, optimizer_tensors, weight_extras
+from .rss import limit_address_space, process_rss, reset_peak_rss
+
+__all__ = ["burst_entry", "burst_in_child", "Fence", "tracked_step", "merge_steps", "finish", "PHASES"]
+
+PHASES = ("forward", "backward", "optimizer_step")
+
+
+class Fence:
+    """Device fences: synchronise, reset peak counters, read allocated bytes."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.device = device
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        self.sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+
+    def allocated(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return process_rss()["rss_bytes"]
+
+    def peak(self) -> int:
+        self.sync()
+        return torch.cuda.max_memory_allocated(self.device) if self.cuda else 0
+
+
+class _Progress:
+    """Where the run is (for progress events and for a failure's context)."""
+
+    def __init__(self, report, total: int):
+        self.report, self.total, self.step, self.phase = report, total, 0, "build"
+
+    def __call__(self, phase: str) -> None:
+        self.phase = phase
+        if phase != "done":
+            self.report({"step": self.step, "total": self.total, "phase": phase})
+
+
+def tracked_step(model, opt, ids, progress, layerwise: bool) -> tuple[torch.Tensor, dict]:
+    """One measured step under a PhaseTracker (CPU, or fake tensors); returns (loss, measured)."""
+    tracker = PhaseTracker()
+    tracker.track_external(model, opt, ids)
+    tracker.track(weight_extras(model), "parameters")
+    tracker.track([t for _, t in optimizer_tensors(getattr(opt, "optimizer", opt))], "optimizer")
+    seen = {}
+
+    def on_phase(name: str) -> None:
+        if name == "backward":
+            seen["activations"] = tracker.current()["activations"]
+        if name == "optimizer_step":
+            seen["gradients"] = held_bytes(model)["gradients"]
+        if name in PHASES:
+            tracker.set_phase(name)
+        progress(name)
+    with tracker:
+        loss = train_step(model, opt, ids, on_phase)
+    if layerwise:
+        seen["gradients"] = tracker.category_peaks.get("gradients", 0)
+    return loss, {**seen, "phase_categories": tracker.phase_peaks}
+
+
+def _cuda_step(model, opt, ids, progress, fence: Fence) -> tuple[torch.Tensor, dict]:
+    """One measured CUDA step: allocator peak per phase, activations as the forward's growth."""
+    seen, phases, start = {}, {}, {}
+
+    def on_phase(name: str) -> None:
+        fence.sync()
+        if progress.phase in PHASES:
+            phases[progress.phase] = {"total": torch.cuda.max_memory_allocated(fence.device)}
+        if name == "backward":
+            seen["activations"] = torch.cuda.memory_allocated(fence.device) - start["forward"]
+        if name == "optimizer_step":
+            seen["gradients"] = held_bytes(model)["gradients"]
+        if name == "forward":
+            start["forward"] = torch.cuda.memory_allocated(fence.device)
+        torch.cuda.reset_peak_memory_stats(fence.device)
+        progress(name)
+    loss = train_step(model, opt, ids, on_phase)
+    return loss, {**seen, "phase_categories": phases,
+                  "reserved": torch.cuda.max_memory_reserved(fence.device)}
+
+
+def merge_steps(steps: list[dict], model, opt) -> dict:
+    """The measured steps' maxima (each phase at its worst step) and the bytes held after them."""
+    held = held_bytes(model, getattr(opt, "optimizer", opt), gradients=False)
+    comps = {k: held[k] for k in ("weights", "adapters", "buffers", "optimizer_states", "projection")}
+    comps["gradients"] = max(s.get("gradients", 0) for s in steps)
+    comps["activations"] = max(s.get("activations", 0) for s in steps)
+    phase_categories = {}
+    for phase in PHASES:
+        snaps = [s["phase_categories"][phase] for s in steps if phase in s["phase_categories"]]
+        if snaps:
+            phase_categories[phase] = max(snaps, key=lambda c: c["total"])
+    return finish({"components": comps, "phase_categories": phase_categories})
+
+
+def finish(d: dict) -> dict:
+    """Measurement fields derived from components and per-phase categories: phases, the peak,
+    the categories at the peak, and the temporaries and other bytes alive at it."""
+    comps, cats = dict(d["components"]), d["phase_categories"]
+    worst = max(cats.values(), key=lambda c: c["total"])
+    out = {"phase_categories": cats, "phases": {p: c["total"] for p, c in cats.items()},
+           "peak_bytes": worst["total"]}
+    if "optimizer" in worst:           # MemTracker's categories (CPU bursts, traces)
+        state = comps["optimizer_states"] + comps["projection"]
+        comps["temporaries"] = worst["temporaries"] + max(0, worst["optimizer"] - state)
+        comps["other"] = worst["other"]
+        out["categories"] = worst
+    return {"components": comps, **out}
+
+
+def _device_stats(fence: Fence, steps: list[dict], nvml_before: int | None) -> dict:
+    if not fence.cuda:
+        return process_rss()
+    from .nvml import device_used_bytes
+    used = device_used_bytes(fence.device)
+    stats = {"max_reserved_bytes": max(s["reserved"] for s in steps)}
+    if used is not None:
+        stats["nvml_used_bytes"] = used
+        if nvml_before is not None:
+            stats["process_used_bytes"] = used - nvml_before
+    return stats
+
+
+def _setup(device: str, seed: int) -> int | None:
+    torch.manual_seed(seed)
+    if device.startswith("cuda"):
+        from .nvml import device_used_bytes
+        before = device_used_bytes(device)
+        torch.cuda.set_device(torch.device(device))
+        return before
+    return None
+
+
+def burst_in_child(report, spec_dict: dict, steps: int, warmup: int, device: str, seed: int = 0) -> dict:
+    """Build, warm up, measure `steps` steps; returns a plain dict (see BurstResult)."""
+    r = resolve_spec(TrainingSpec(**spec_dict))
+    nvml_before = _setup(device, seed)
+    fence, progress = Fence(device), _Progress(report, warmup + steps)
+    try:
+        return _run(r, steps, warmup, device, seed, fence, progress, nvml_before)
+    except BaseException as exc:
+        exc.memfit_context = {"step": progress.step, "phase": progress.phase,
+                              "allocated_bytes": _safe(fence.allocated), "device": device}
+        raise
+
+
+def burst_entry(report, spec_dict: dict, steps: int, warmup: int, device: str, seed: int = 0,
+                memory_limit: int | None = None) -> dict:
+    """The child's entry point: {"unsupported": reason} or the burst's measurements."""
+    from .build import unsupported_reason
+    from .env import device_label
+    reason = unsupported_reason(resolve_spec(TrainingSpec(**spec_dict)), device)
+    if reason:
+        return {"unsupported": reason}
+    if memory_limit is not None:
+        limit_address_space(memory_limit)
+    out = burst_in_child(report, spec_dict, steps, warmup, device, seed)
+    return {**out, "device_label": device_label(device)}
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - best effort after a failure
+        return None
+
+
+def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
+    model = build_model(r, device)
+    opt = build_optimizer(model, r)
+    ids = synthetic_batch(r, device, seed)
+    losses, seconds, measured = [], [], []
+    for k in range(1, warmup + steps + 1):
+        progress.step = k
+        if k == warmup + 1:
+            fence.reset_peak()
+        t0 = time.perf_counter()
+        if k <= warmup:
+            loss = train_step(model, opt, ids, progress)
+        elif fence.cuda:
+            loss, seen = _cuda_step(model, opt, ids, progress, fence)
+            measured.append(seen)
+        else:
+            loss, seen = tracked_step(model, opt, ids, progress, r.spec.layerwise)
+            measured.append(seen)
+        fence.sync()
+        seconds.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    result = merge_steps(measured, model, opt)
+    result["device_stats"] = _device_stats(fence, measured, nvml_before)
+    return {"losses": losses, "step_seconds": seconds, "measurement": result, "pid": os.getpid()}

@@ -1,0 +1,81 @@
+"""`validate`: predicted vs measured for every method — bursts on a small model, traces at 7B.
+
+One record per (method, mode, component): {method, mode, component, predicted_bytes,
+measured_bytes, relative_error, status, message}. A method that could not run gives one record
+with component None and its status and reason, so the table says what was not checked and why.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from planner.compare import method_specs
+from planner.estimate import estimate
+from planner.spec import TrainingSpec
+
+from . import history as _history
+from .burst import run_burst
+from .compare import compare
+from .env import versions
+
+__all__ = ["MODES", "validate", "validation_specs"]
+
+MODES = ("burst", "trace")
+
+
+def validation_specs(base: TrainingSpec, methods: Iterable[str] | None = None) -> list[TrainingSpec]:
+    """One spec per method from `base` (options a method lacks are dropped: planner.compare)."""
+    return method_specs(base, methods)
+
+
+def _records(spec: TrainingSpec, mode: str, result) -> list[dict]:
+    if not result.ok:
+        return [{"method": spec.method, "mode": mode, "component": None, "predicted_bytes": None,
+                 "measured_bytes": None, "relative_error": None, "status": result.status,
+                 "message": result.message}]
+    rows = compare(estimate(spec), result.measurement, mode=mode).to_records()
+    return [{k: r[k] for k in ("method", "mode", "component", "predicted_bytes", "measured_bytes",
+                               "relative_error")} | {"status": "ok", "message": ""} for r in rows]
+
+
+def _run(spec: TrainingSpec, mode: str, device: str, steps: int, warmup: int, timeout: float,
+         on_progress, history):
+    if mode == "burst":
+        return run_burst(spec, steps, warmup, device, timeout=timeout, history=history,
+                         on_progress=(lambda e: on_progress({"method": spec.method, "mode": mode, **e}))
+                         if on_progress else None)
+    from .trace import trace
+    if on_progress:
+        on_progress({"method": spec.method, "mode": mode, "phase": "trace"})
+    return trace(spec, history=history)
+
+
+def validate(model: str = "llama-60m", methods: Iterable[str] | None = None, *,
+             modes: Iterable[str] = MODES, device: str = "cpu", steps: int = 2, warmup: int = 1,
+             trace_model: str = "llama-7b", base: TrainingSpec | None = None, timeout: float = 600.0,
+             on_progress: Callable[[dict], None] | None = None, history=None) -> list[dict]:
+    """Run every method as a burst on `model` and as a trace on `trace_model`; compare each with
+    the planner. `base` carries the other spec fields (batch, seq, precision, rank...).
+    Returns the records (see the module docstring) and appends one "validation" history record.
+    """
+    modes = tuple(modes)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown validation mode {unknown[0]!r}: choose from {', '.join(MODES)}")
+    base = (base or TrainingSpec()).replace(model=model)
+    records = []
+    for spec in validation_specs(base, methods):
+        for mode in modes:
+            run_spec = spec if mode == "burst" else spec.replace(model=trace_model)
+            try:
+                result = _run(run_spec, mode, device, steps, warmup, timeout, on_progress, history)
+            except ValueError as err:       # the planner rejects this method's spec
+                records.append({"method": spec.method, "mode": mode, "component": None,
+                                "predicted_bytes": None, "measured_bytes": None,
+                                "relative_error": None, "status": "unsupported", "message": str(err)})
+                continue
+            records += _records(run_spec, mode, result)
+    if history is not False:
+        _history.record("validation", records, spec={**base.as_dict(), "method": "all"},
+                        device=device, status="ok", versions=versions(),
+                        path=history if history not in (None, True) else None)
+    return records

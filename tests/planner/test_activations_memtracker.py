@@ -1,0 +1,160 @@
+"""The activation model against PyTorch itself: real CPU training steps under MemTracker.
+
+For small LlamaForCausalLM, GPT2LMHeadModel and RobertaForMaskedLM models (transformers 5.24,
+torch 2.13), eager and SDPA attention, fp32 and bf16, with and without full activation
+checkpointing and LoRA (peft), one forward + backward runs under
+`torch.distributed._tools.mem_tracker.MemTracker`, which files every tensor a dispatched op
+creates as ACT (forward, and recomputation inside a checkpoint) or TEMP (backward), besides
+PARAM, BUFFER and GRAD. The prediction (`kernels="cpu"`, the CPU run's dropout noise and SDPA
+fallback) and the measurement describe the same two things:
+
+* forward end: ACT in `get_tracker_snapshot()` right after `loss = model(...).loss` (the
+  logits dropped with the model output, as HF Trainer's `compute_loss` does): every tensor
+  saved for backward plus what the checkpoints and autograd leaves hold. ↔ `total`, within 1 %
+  (the derivation is exact; it lands within a few bytes).
+* backward peak: the largest ACT + TEMP after any op of the backward: saved and recomputed
+  activations plus gradient temporaries. ↔ `peak_backward`, within 10 %. MemTracker's own
+  `get_tracker_snapshot("peak")` is the peak of the *total* (parameters and gradients
+  included); a small subclass records ACT + TEMP after every op instead.
+
+Word embeddings are untied: a tied LM head's gradient waits in autograd's input buffer (TEMP)
+until the embedding's backward, a parameter gradient the planner counts under gradients.
+"""
+import pytest
+
+pytestmark = pytest.mark.slow                   # 27 real steps, about 25 s on 2 cores
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _ModState  # noqa: E402
+
+from planner.activations import activation_memory  # noqa: E402
+from planner.dtypes import TORCH_NAMES  # noqa: E402
+from planner.models import config_from_dict  # noqa: E402
+
+LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
+             max_position_embeddings=256, tie_word_embeddings=False)
+GPT2 = dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=2000, n_positions=256,
+            bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+ROBERTA = dict(model_type="roberta", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+               num_attention_heads=4, vocab_size=1000, max_position_embeddings=258,
+               tie_word_embeddings=False)
+FIELDS = {"llama": LLAMA, "gpt2": GPT2, "roberta": ROBERTA}
+AUTO = {"llama": "AutoModelForCausalLM", "gpt2": "AutoModelForCausalLM",
+        "roberta": "AutoModelForMaskedLM"}
+#: LoRA on the block linears only (planner.methods' targets), not RoBERTa's lm_head.dense.
+TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "gpt2": ["c_attn", "c_proj", "c_fc"],
+           "roberta": r".*\.layer\.\d+\..*(query|key|value|dense)"}
+BATCH, SEQ = 2, 128
+
+
+class _NoHook:
+    @staticmethod
+    def remove() -> None:
+        pass
+
+
+class ActivationTracker(MemTracker):
+    """MemTracker that also keeps the largest ACT + TEMP after any forward / backward op."""
+    forward_peak = backward_peak = 0
+
+    def _update_peak_stats(self, peak_state) -> None:        # runs after every dispatched op
+        super()._update_peak_stats(peak_state)
+        for snap in self._curr_mem_snap.values():
+            now = snap[_MemRefType.ACT] + snap[_MemRefType.TEMP]
+            if peak_state is _ModState.PEAK_BW:
+                self.backward_peak = max(self.backward_peak, now)
+            else:
+                self.forward_peak = max(self.forward_peak, now)
+
+    def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+        # torch 2.13 hooks every parameter's gradient, which raises for frozen (LoRA base) ones
+        for p in module.parameters():
+            if not p.requires_grad:
+                self._param_to_grad_hook_handles.setdefault(p, (_NoHook, _NoHook))
+        return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+
+def build(family, fields, attention, dtype, lora):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**fields)
+    model = getattr(transformers, AUTO[family]).from_config(config, attn_implementation=attention)
+    model = model.to(getattr(torch, TORCH_NAMES[dtype])).train()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        rank, dropout, lora_dtype = lora
+        model = get_peft_model(model, LoraConfig(r=rank, lora_dropout=dropout,
+                                                 target_modules=TARGETS[family]),
+                               autocast_adapter_dtype=lora_dtype == "fp32").train()
+    return model
+
+
+def measure(family, fields, attention, dtype, checkpointing, lora):
+    """(ACT at the forward's end, largest ACT + TEMP in backward, layer forward counts)."""
+    model = build(family, fields, attention, dtype, lora)
+    if checkpointing == "full":
+        model.activation_checkpointing_enable()      # gradient_checkpointing_enable's new name
+    attentions = [m for n, m in model.named_modules()
+                  if n.endswith((".self_attn", ".attn", ".attention.self"))]
+    calls = {id(m): 0 for m in attentions}
+
+    def count(module, args):
+        calls[id(module)] += 1
+    for m in attentions:
+        m.register_forward_pre_hook(count)
+    ids = torch.randint(3, fields["vocab_size"], (BATCH, SEQ))
+    tracker = ActivationTracker()
+    tracker.track_external(model, ids)
+    with tracker:
+        loss = model(input_ids=ids, labels=ids).loss
+        forward_end = next(iter(tracker.get_tracker_snapshot().values()))[_MemRefType.ACT]
+        loss.backward()
+    # MemTracker's own peak (of the total) holds no more ACT + TEMP than the per-op record
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    assert (peak[_MemRefType.ACT] + peak[_MemRefType.TEMP]
+            <= max(tracker.forward_peak, tracker.backward_peak))
+    return forward_end, tracker.backward_peak, sorted(calls.values())
+
+
+#: GPT-2's and RoBERTa's attention dropout off, so CPU SDPA runs its flash kernel (with it on,
+#: SDPA falls back to the math kernel, which the bf16 cases below exercise).
+NO_ATTN_DROPOUT = {"llama": {}, "gpt2": {"attn_pdrop": 0.0},
+                   "roberta": {"attention_probs_dropout_prob": 0.0}}
+
+CASES = [  # family, attention, dtype, checkpointing, LoRA (rank, dropout, adapter dtype), fields
+    *[(f, "eager", "fp32", c, None, {}) for f in FIELDS for c in ("none", "full")],
+    *[(f, "sdpa", "fp32", c, None, NO_ATTN_DROPOUT[f]) for f in FIELDS for c in ("none", "full")],
+    *[(f, "sdpa", "bf16", c, None, {}) for f in FIELDS for c in ("none", "full")],
+    # a small vocabulary, where the recomputed layer's backward, not the loss, sets the peak
+    *[(f, "eager", "fp32", "full", None, {"vocab_size": 128}) for f in FIELDS],
+    ("llama", "sdpa", "bf16", "full", None, {"vocab_size": 128}),
+    ("llama", "sdpa", "bf16", "none", (8, 0.05, "fp32"), {}),
+    ("llama", "sdpa", "bf16", "full", (8, 0.05, "fp32"), {"vocab_size": 128}),
+    ("gpt2", "sdpa", "fp32", "full", (8, 0.0, "fp32"), {}),
+    ("roberta", "eager", "bf16", "none", (8, 0.1, "bf16"), {}),
+    ("roberta", "sdpa", "bf16", "full", (8, 0.1, "bf16"), {"vocab_size": 128}),
+]
+
+
+def _id(case):
+    family, attention, dtype, ckpt, lora, extra = case
+    return "-".join([family, attention, dtype, ckpt] + (["lora"] if lora else [])
+                    + [f"V{v}" if k == "vocab_size" else "p0" for k, v in extra.items()])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_prediction_matches_memtracker(case):
+    family, attention, dtype, checkpointing, lora, extra = case
+    fields = {**FIELDS[family], **extra}
+    forward_end, backward_peak, calls = measure(family, fields, attention, dtype, checkpointing,
+                                                lora)
+    lora_kw = dict(zip(("lora_rank", "lora_dropout", "lora_dtype"), lora)) if lora else {}
+    predicted = activation_memory(config_from_dict(fields, "tiny"), batch=BATCH, seq=SEQ,
+                                  dtype=dtype, attention=attention, checkpointing=checkpointing,
+                                  kernels="cpu", **lora_kw)
+    assert abs(predicted.total / forward_end - 1) <= 0.01, (predicted.total, forward_end)
+    assert abs(predicted.peak_backward / backward_peak - 1) <= 0.10, (predicted.peak_backward,
+                                                                     backward_peak)
+    # checkpointing recomputes every layer once in backward: each attention runs twice
+    assert calls == [2 if checkpointing == "full" else 1] * 2

@@ -1,0 +1,144 @@
+"""Streamlit views shared by the pages: verdicts, byte tables, downloads, inline errors."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from planner import COMPONENT_COLUMNS, COMPONENTS, GPU_CATALOG, METHODS, TrainingSpec
+from planner.format import human_bytes
+
+from .reports import flat_row, to_csv, to_json
+
+__all__ = ["show_error", "usable", "gpu_grid", "downloads", "bytes_frame", "fit_verdict", "fit_limits", "answer",
+           "suggestion_text", "COMPARE_COLUMNS"]
+
+COMPARE_COLUMNS = ["method", "precision", "rank", *(COMPONENT_COLUMNS[c] for c in COMPONENTS), "peak_bytes",
+                   "fits", "headroom_bytes"]
+_BYTES = {*COMPONENTS, *COMPONENT_COLUMNS.values(), "peak_bytes", "headroom_bytes", "gpu_memory_bytes", "peak_bytes_now", "size", "peak", "total"}
+
+
+_MAX_MESSAGE = 600       # transformers lists every model type it knows in some errors
+
+
+def show_error(err: Exception, what: str = "Cannot estimate this setup") -> None:
+    """A planner ValueError as an inline message (its text says what to change)."""
+    text = str(err)
+    st.error(f"{what}: {text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE].rstrip(', ') + ' …'}")
+
+
+def usable(rows: Sequence[Mapping]) -> tuple[int | None, str | None] | None:
+    """The (capacity, gpu) the planner rows were checked against, or None after showing the error
+    when no row could be estimated (an unknown model, a batch of zero: every method says the same)."""
+    ok = [r for r in rows if not r.get("error")]
+    if not ok:
+        errors = list(dict.fromkeys(r["error"] for r in rows)) or ["nothing to compare"]
+        show_error(ValueError("; ".join(errors)))
+        return None
+    return ok[0].get("gpu_memory_bytes"), ok[0].get("gpu")
+
+
+def gpu_grid(spec: TrainingSpec) -> list[dict]:
+    """`compare_records` on every catalog GPU (one cached call per GPU) under a progress bar."""
+    from . import cached
+    bar = st.progress(0.0, text="Checking every GPU…")
+    rows = []
+    for i, gpu in enumerate(GPU_CATALOG, start=1):
+        rows += cached.compare(spec.replace(gpu=gpu))
+        bar.progress(i / len(GPU_CATALOG), text=f"Checked {gpu}")
+    bar.empty()
+    return rows
+
+
+def downloads(rows: Sequence[Mapping], name: str, key: str, payload=None) -> None:
+    """CSV and JSON download buttons for a table of flat rows (every spec field in its columns)."""
+    c1, c2, _ = st.columns([1, 1, 4])
+    c1.download_button("Download CSV", to_csv(list(rows)), f"{name}.csv", "text/csv",
+                       key=f"{key}_csv", on_click="ignore", icon=":material/download:")
+    c2.download_button("Download JSON", to_json(payload if payload is not None else list(rows)),
+                       f"{name}.json", "application/json", key=f"{key}_json", on_click="ignore",
+                       icon=":material/download:")
+
+
+def bytes_frame(rows: Iterable[Mapping], columns: Sequence[str]) -> pd.DataFrame:
+    """A display table: byte columns as `human_bytes`, fits as ✓/✗, an error in place of numbers."""
+    out = []
+    for r in rows:
+        if r.get("error"):
+            out.append({"method": r.get("method"), "precision": r.get("precision"), "error": r["error"]})
+            continue
+        shown = {}
+        for c in columns:
+            v = r.get(c)
+            shown[c] = human_bytes(v) if c in _BYTES and v is not None else (
+                ("✓" if v else "✗") if c == "fits" and v is not None else v)
+        out.append(shown)
+    columns = list(dict.fromkeys(k for r in out for k in r))     # display text: one type per column
+    return pd.DataFrame([{c: "" if r.get(c) is None else str(r[c]) for c in columns} for r in out])
+
+
+def suggestion_text(suggestions: Sequence) -> str:
+    """'layer-wise updates (peak 13.89 GiB) or …' from Suggestion objects or their dicts."""
+    parts = []
+    for s in suggestions:
+        desc, peak = (s["description"], s["peak_bytes"]) if isinstance(s, Mapping) else (s.description, s.peak_bytes)
+        parts.append(f"{desc} (peak {human_bytes(peak)})")
+    return " or ".join(parts)
+
+
+def fit_verdict(report) -> None:
+    """The one-line verdict of a `FitReport`, and what would make it fit when it does not."""
+    b = report.breakdown
+    gpu = f"{b.gpu.name} ({human_bytes(b.gpu.capacity_bytes)})"
+    text = (f"**{b.model}** with **{METHODS[report.method].name}** "
+            f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak "
+            f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}.")
+    (st.success if report.fits else st.error)(text)
+    if not report.fits:
+        hint = suggestion_text(report.suggestions)
+        st.info(f"To make it fit: {hint}." if hint else
+                "No combination of checkpointing, 8-bit states, layer-wise updates, a smaller batch "
+                "or a lower rank makes it fit: try another method or a larger GPU.")
+
+
+def fit_limits(report) -> None:
+    """The largest batch, sequence length and rank that still fit (from the planner's search)."""
+    show = lambda v: "none fits" if v is None else f"{v:,}"
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Largest micro-batch", show(report.max_batch))
+    c2.metric("Largest sequence length", show(report.max_seq))
+    c3.metric("Largest rank", "no rank" if "rank" not in METHODS[report.method].options else show(report.max_rank))
+
+
+def answer(ans: Mapping) -> list[dict]:
+    """The landing page's answer to `planner.ask`: headline, one row per method; returns the
+    flat rows (for download)."""
+    results = ans["results"]
+    ok = [r for r in results if not r.get("error")]
+    fitting = [r for r in ok if r["fits"]]
+    rec = next((r for r in ok if r["method"] == ans.get("recommended")), None)
+    head = f"**{ans['model']}** on **{ans['gpu']}**: {len(fitting)} of {len(results)} methods fit."
+    if rec:
+        st.success(f"{head} Recommended: **{METHODS[rec['method']].name}** ({rec['method']}) — peak "
+                   f"{human_bytes(rec['peak_bytes'])}, headroom {human_bytes(rec['headroom_bytes'])}.")
+    else:
+        errors = {r["error"] for r in results if r.get("error")}
+        st.error(f"{head} " + ("; ".join(sorted(errors)) if not ok else "See below what would make one fit."))
+    named = next((r for r in ok if r.get("asked")), None)
+    if named:
+        verdict = "fits" if named["fits"] else "does not fit"
+        (st.success if named["fits"] else st.warning)(
+            f"You asked about **{METHODS[named['method']].name}**: it {verdict} — peak "
+            f"{human_bytes(named['peak_bytes'])}, headroom {human_bytes(named['headroom_bytes'])}.")
+    table = [{"method": r["method"], "fits": "✓" if r["fits"] else "✗",
+              "peak": human_bytes(r["peak_bytes"]), "headroom": human_bytes(r["headroom_bytes"]),
+              "largest batch": r.get("max_batch") or "-",
+              "to make it fit": "" if r["fits"] else (suggestion_text(r.get("suggestions", ())) or "no switch is enough")}
+             if not r.get("error") else {"method": r["method"], "to make it fit": r["error"]}
+             for r in results]
+    columns = list(dict.fromkeys(k for r in table for k in r))
+    st.dataframe(pd.DataFrame([{c: str(r.get(c, "")) for c in columns} for r in table]),
+                 hide_index=True, width="stretch", height="content", key="answer_table")
+    st.caption("Assumes: " + "; ".join(ans.get("assumptions", [])))
+    return [flat_row(r) for r in results]
