@@ -108,6 +108,7 @@ class _Dims:
     core: str           # attention kernel: "flash" | "eager" | "math" (CPU SDPA with dropout)
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
+    kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
 
     @property
     def bs(self) -> int:
@@ -180,12 +181,17 @@ def llama_layer_bytes(x: _Dims) -> int:
 def gpt2_layer_bytes(x: _Dims) -> int:
     """GPT2Block (pre-LN): ln_1, attention, resid-dropout mask, ln_2, MLP, dropout mask.
 
+    With `use_cache` (GPT2Config's default; checkpointing turns it off) the forward builds a
+    DynamicCache: k and v are concatenated into contiguous copies, which SDPA-flash then saves
+    while q, a view of c_attn's output, keeps the fused q/k/v storage alive: +2·D·bsh.
+
     With exact GELU, i = 4h, CUDA: 16·D·bsh + 2bsh + 4t·bs, plus 4bas (flash) or 5·S at D = 2
     (eager: softmax, mask, dropped): Korthikanti's 34sbh + 5as²b in fp16, term for term.
     GPT-2's default gelu_new saves three more b·s·i tensors: +12·D·bsh.
     """
+    cache_copies = 2 * x.D * x.bsh if x.kv_cache and x.core == "flash" else 0
     return (2 * layer_norm_bytes(x) + attention_bytes(x) + mlp_bytes(x, gated=False)
-            + 2 * x.m_hidden * x.bsh)
+            + 2 * x.m_hidden * x.bsh + cache_copies)
 
 
 def roberta_layer_bytes(x: _Dims) -> int:
@@ -399,7 +405,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     """
     _check(model, batch, seq, attention, checkpointing, kernels, lora_rank)
     x = _dims(model, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels, dropout,
-              lora_rank is not None)
+              lora_rank is not None, checkpointing == "full")
     lora_layer, lora_grads, discount, copies = 0, 0, 0, False
     if lora_rank is not None:
         lora_layer, lora_grads, discount, copies = _lora_terms(
@@ -456,7 +462,7 @@ def _compute_bytes(dtype: str, name: str) -> int:
 
 
 def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kernels: str,
-          dropout: float | None, frozen: bool) -> _Dims:
+          dropout: float | None, frozen: bool, checkpointing: bool) -> _Dims:
     """The symbols, with dropouts from `dropout` or the config and the attention kernel."""
     if dropout is not None:
         p = _probability("dropout", dropout)
@@ -476,7 +482,8 @@ def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kern
                  model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
                  model.num_layers, D, 4 if kernels == "cuda" else D,
                  mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
-                 ACTIVATION_SAVES[act], frozen)
+                 ACTIVATION_SAVES[act], frozen,
+                 bool(model.hf_config.get("use_cache", True)) and not checkpointing)
 
 
 def _lora_terms(x: _Dims, model: ModelConfig, rank: int, dropout: float, lora_dtype: str,

@@ -77,20 +77,21 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://github.com/pytorch/pytorch/blob/main/torch/optim/sgd.py"),
     Method("lora", "LoRA", "adapter",
            "Frozen base; trainable rank-r adapters A (r×n) and B (m×r) on the attention and MLP "
-           "linears, with their gradients and AdamW moments; everything else frozen.",
-           "mn·b_w + r(m+n)·(b_w + b_g + 2b_s)", *_LORA, rank=16),
+           "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
+           "fp32, as peft keeps them by default on a 16-bit base.",
+           "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
-           "offset); bf16 adapters.",
-           "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(2 + b_g + 2b_s)",
+           "offset); fp32 adapters (peft's default).",
+           "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
            "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64),
     Method("lora-pro", "LoRA-Pro", "adapter",
            "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
            "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
            "gradient, so its optimizer states are as large as full fine-tuning's.",
-           "mn·b_w + r(m+n)·(b_w + b_g) + 2mn·b_s",
+           "mn·b_w + r(m+n)·(4 + 4) + 2mn·4",
            "LoRA-Pro: Are Low-Rank Adapters Properly Optimized? (Wang et al., ICLR 2025)",
            "https://arxiv.org/abs/2407.18242", "https://github.com/mrflogs/LoRA-Pro", rank=8,
            reference="the reference lives inside a patched DeepSpeed ZeRO-1/2 (fp32 master and "

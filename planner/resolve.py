@@ -25,7 +25,8 @@ class Resolved:
     grads: str
     states: str
     projection: str
-    adapter: str
+    adapter: str                   # LoRA adapters (and their gradients): peft's default fp32
+    frozen: str                    # frozen parameters that are not quantised
     activations: str
     master: bool
     rank: int | None
@@ -159,9 +160,14 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         _check_rank(model, rank)
     if spec.layerwise and method.id == "lora-pro":
         raise ValueError("lora-pro adjusts A and B together, so it has no layer-wise mode")
-    adapter = weights if weights in FLOATS else "bf16"
+    frozen = weights if weights in FLOATS else "bf16"
+    # peft's get_peft_model(autocast_adapter_dtype=True) keeps adapters in fp32 on a 16-bit base;
+    # their gradients and AdamW moments (zeros_like) follow the adapters' dtype.
+    adapter = "fp32"
+    if method.kind == "adapter" and not spec.states:
+        states = adapter
     activations = "fp32" if weights == "fp32" else ("fp16" if weights == "fp16" else "bf16")
-    r = Resolved(spec, model, method, weights, grads, states, projection, adapter, activations,
+    r = Resolved(spec, model, method, weights, grads, states, projection, adapter, frozen, activations,
                  master, rank, _option(spec, method, "update_proj_gap"), _option(spec, method, "scale"),
                  _proj_type(spec, method), ())
     return replace(r, assumptions=_assumptions(r))

@@ -45,9 +45,10 @@ def _full(p: Param, r: Resolved) -> ParamMemory:
 
 
 def _adapter(p: Param, r: Resolved) -> ParamMemory:
-    """LoRA family: frozen base; A (r x n) and B (m x r) trainable on the selected linears."""
+    """LoRA family: frozen base; A (r x n) and B (m x r) trainable on the selected linears, in the
+    adapters' dtype (fp32 by peft's default), with gradients of that dtype."""
     if p.role != "block_linear":
-        return ParamMemory(weights=tensor_bytes(p.numel, r.adapter))
+        return ParamMemory(weights=tensor_bytes(p.numel, r.frozen))
     m, n = p.shape
     a_numel, b_numel = r.rank * n, m * r.rank
     base = nf4_weight(p.numel) if r.method.id == "qlora" else tensor_bytes(p.numel, r.weights)
@@ -55,9 +56,9 @@ def _adapter(p: Param, r: Resolved) -> ParamMemory:
         states = adam_moments(p.numel, r.states) + STEP_BYTES
     else:
         states = adam_moments(a_numel, r.states) + adam_moments(b_numel, r.states) + 2 * STEP_BYTES
-    return ParamMemory(weights=base, gradients=tensor_bytes(a_numel + b_numel, r.grads),
-                       optimizer_states=states + _master(a_numel + b_numel, r),
-                       adapters=tensor_bytes(a_numel + b_numel, r.adapter))
+    master = _master(a_numel + b_numel, r) if r.adapter != "fp32" else 0   # fp32 adapters are the master
+    return ParamMemory(weights=base, gradients=tensor_bytes(a_numel + b_numel, r.adapter),
+                       optimizer_states=states + master, adapters=tensor_bytes(a_numel + b_numel, r.adapter))
 
 
 def _lowrank_moments(numel: int, r: Resolved) -> int:
