@@ -17,8 +17,11 @@ from .apollo import APOLLOAdamW, APOLLOMiniAdamW
 from .dct import GaLoreDCTAdamW
 from .fira import FiraAdamW
 from .galore import GaLoreAdamW, GaLoreAdamW8bit
+from .gradnormlorp import GradNormLoRP, GradNormLoRP8bit
+from .lora_pro import LoRAProAdamW
 from .groups import projection_param_groups, split_projected_params
 from .layerwise import LayerwiseOptimizer, step_parameter
+from .qgalore import QGaLoreAdamW, QGaLoreLinear, quantize_linears
 from .projected_adamw import (BASIS_RULES, UPDATE_RULES, BasisRule, ProjectedAdamW, UpdateRule,
                               optimizer_state_bytes, register_basis, register_update)
 from .registry import METHOD_IDS, OPTIMIZERS, make_optimizer
@@ -38,6 +41,12 @@ __all__ = [
     "GaLoreDCTAdamW",
     "APOLLOAdamW",
     "APOLLOMiniAdamW",
+    "QGaLoreAdamW",
+    "QGaLoreLinear",
+    "quantize_linears",
+    "GradNormLoRP",
+    "GradNormLoRP8bit",
+    "LoRAProAdamW",
     "projection_param_groups",
     "split_projected_params",
     "LayerwiseOptimizer",

@@ -38,6 +38,7 @@ import torch
 __all__ = [
     "ADAM_STYLES",
     "check_adam_style",
+    "check_adam_group",
     "adam_step_size",
     "adam_moments_",
     "adam_denoms",
@@ -55,6 +56,23 @@ def check_adam_style(style) -> None:
     """Raise ``ValueError`` unless ``style`` is ``'hf'`` or ``'torch'``."""
     if style not in ADAM_STYLES:
         raise ValueError(f"unknown adam_style {style!r}; expected 'hf' or 'torch'")
+
+
+def check_adam_group(group: dict) -> None:
+    """Raise ``ValueError`` naming the value for a bad ``lr``, ``betas``, ``eps``, ``weight_decay``,
+    ``adam_style`` or ``optim_bits`` of a param group."""
+    if not group["lr"] >= 0:
+        raise ValueError(f"lr must be >= 0, got {group['lr']!r}")
+    for i, beta in enumerate(group["betas"]):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
+    if not group["eps"] >= 0:
+        raise ValueError(f"eps must be >= 0, got {group['eps']!r}")
+    if not group["weight_decay"] >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
+    check_adam_style(group["adam_style"])
+    if group["optim_bits"] not in (8, 32):
+        raise ValueError(f"optim_bits must be 8 or 32, got {group['optim_bits']!r}")
 
 
 def adam_step_size(lr: float, beta1: float, beta2: float, step: float, style: str, correct_bias: bool = True) -> float:

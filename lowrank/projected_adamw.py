@@ -41,8 +41,8 @@ from typing import Callable
 
 import torch
 
-from .adam import (adam_denoms, adam_directions, adam_moments_, adam_step_size, adamw_step_,
-                   check_adam_style, decay_after_, decay_before_)
+from .adam import (adam_denoms, adam_directions, adam_moments_, adam_step_size, adamw_step_, check_adam_group,
+                   decay_after_, decay_before_)
 from .projection import (check_positive, check_positive_int, check_proj_type, check_rank, project,
                          project_back, projection_side, svd_basis)
 from .quant8 import init_moments, read_moments, write_moments_
@@ -166,21 +166,6 @@ register_basis(SVDBasis())
 register_update(UpdateRule())
 
 
-def _check_adam_group(group: dict) -> None:
-    if not group["lr"] >= 0:
-        raise ValueError(f"lr must be >= 0, got {group['lr']!r}")
-    for i, beta in enumerate(group["betas"]):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
-    if not group["eps"] >= 0:
-        raise ValueError(f"eps must be >= 0, got {group['eps']!r}")
-    if not group["weight_decay"] >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
-    check_adam_style(group["adam_style"])
-    if group["optim_bits"] not in (8, 32):
-        raise ValueError(f"optim_bits must be 8 or 32, got {group['optim_bits']!r}")
-
-
 def _buckets(params: list, size: Callable[[torch.Tensor], int]):
     """Consecutive runs of ``params`` whose summed ``size`` stays within FOREACH_BUCKET_NUMEL."""
     bucket, total = [], 0
@@ -194,11 +179,16 @@ def _buckets(params: list, size: Callable[[torch.Tensor], int]):
         yield bucket
 
 
-def _advance(states: list[dict]) -> list[float]:
-    """Increment every ``step`` (0-d float32 CPU tensor, as torch.optim.AdamW) and return them."""
+def _advance(states: list[dict], before: list[float] | None = None) -> list[float]:
+    """Increment every ``step`` (0-d float32 CPU tensor, as torch.optim.AdamW); return the new values.
+
+    ``before``: the values before the increment when the caller already read them.
+    """
     steps = [s["step"] for s in states]
+    if before is None:
+        before = [t.item() for t in steps]
     torch._foreach_add_(steps, 1.0)
-    return [t.item() for t in steps]
+    return [k + 1.0 for k in before]
 
 
 class ProjectedAdamW(torch.optim.Optimizer):
@@ -233,7 +223,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
         group = self.param_groups[-1]
         for p in group["params"]:
             self._order.setdefault(p, len(self._order))
-        _check_adam_group(group)
+        check_adam_group(group)
         if "rank" in group:
             defaults = {**self.projected_defaults, "basis": self.basis_rule, "residual": self.residual_rule}
             for key, value in defaults.items():
@@ -287,8 +277,10 @@ class ProjectedAdamW(torch.optim.Optimizer):
             self._update(self._group_of(param), [param])
 
     def _update(self, group: dict, params: list) -> None:
-        plain = [p for p in params if not self.is_projected(group, p)]
-        projected = [p for p in params if self.is_projected(group, p)]
+        if "rank" in group:                                                # see is_projected
+            projected, plain = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
+        else:
+            projected, plain = [], params
         for bucket in _buckets(plain, lambda p: p.numel()):
             self._plain_update(group, bucket)
         for bucket in _buckets(projected, lambda p: group["rank"] * max(p.shape)):
@@ -313,14 +305,12 @@ class ProjectedAdamW(torch.optim.Optimizer):
         for s, (m, v) in zip(states, moments):
             write_moments_(s, m, v)
 
-    def _project(self, group: dict, param: torch.Tensor) -> ProjectedGrad:
-        state, grad = self.state[param], param.grad
-        if "step" not in state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    def _project(self, group: dict, param: torch.Tensor, state: dict, step: float) -> ProjectedGrad:
+        grad = param.grad
         side = projection_side(group["proj_type"], param.shape)
         basis = BASIS_RULES[group["basis"]]
         low = None
-        if basis.is_due(state, group, int(state["step"].item())):
+        if basis.is_due(state, group, int(step)):
             low = basis.refresh(self, param, grad, state, group, side)
         proj = basis.matrices(self, param, state, group, grad, side)
         if low is None:
@@ -331,8 +321,13 @@ class ProjectedAdamW(torch.optim.Optimizer):
         return ProjectedGrad(param, grad, state, group, side, proj, low)
 
     def _projected_update(self, group: dict, params: list) -> None:
-        items = [self._project(group, p) for p in params]
-        steps = _advance([it.state for it in items])
+        states = [self.state[p] for p in params]
+        for state in states:
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        before = [state["step"].item() for state in states]
+        items = [self._project(group, p, state, k) for p, state, k in zip(params, states, before)]
+        steps = _advance(states, before)
         moments = [read_moments(it.state) for it in items]
         (beta1, beta2), style, lr = group["betas"], group["adam_style"], group["lr"]
         adam_moments_([m for m, _ in moments], [v for _, v in moments], [it.low for it in items], beta1, beta2, style)
@@ -345,6 +340,8 @@ class ProjectedAdamW(torch.optim.Optimizer):
         rule, scale = UPDATE_RULES[group["residual"]], group[self.scale_key]
         for it, direction, t in zip(items, directions, steps):
             it.step = int(t)
+            if direction.dtype != it.param.dtype:                           # 8-bit: fp32 -> param dtype
+                direction = direction.to(it.param.dtype)
             update = rule.update(it, direction, scale)
             it.param.add_(update, alpha=-adam_step_size(lr, beta1, beta2, t, style, group["correct_bias"]))
         decay_after_(params, lr, group["weight_decay"], style)

@@ -97,6 +97,8 @@ def init_moments(state: dict, shape, device, dtype: torch.dtype, eight_bit: bool
 
 def read_moments(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(exp_avg, exp_avg_sq)`` to update in place: the state tensors, or fp32 dequantised copies."""
+    if "exp_avg_absmax" not in state and "exp_avg_sq_absmax" not in state:
+        return state["exp_avg"], state["exp_avg_sq"]
     out = []
     for key, signed in MOMENT_KEYS:
         t = state[key]
@@ -106,6 +108,8 @@ def read_moments(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def write_moments_(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
     """Requantise working moments into 8-bit state; no-op for plain moments (updated in place)."""
+    if "exp_avg_absmax" not in state and "exp_avg_sq_absmax" not in state:
+        return
     for (key, signed), value in zip(MOMENT_KEYS, (exp_avg, exp_avg_sq)):
         if key + "_absmax" in state:
             quantize_blockwise_(state[key], state[key + "_absmax"], value, signed)

@@ -37,6 +37,12 @@ OPTIMIZER_PATHS: dict[str, str] = {
 _GROUP_DEFAULTS: dict[str, dict] = {
     "apollo-mini": {"rank": 1},
 }
+# Methods whose groups need more than the authors' attn/mlp rule: Q-GaLore's INT8 weights are
+# uint8 parameters the rule (which takes float linears) cannot see; LoRA-Pro pairs A with B.
+_GROUP_BUILDERS: dict[str, str] = {
+    "q-galore": "lowrank.qgalore:qgalore_param_groups",
+    "lora-pro": "lowrank.lora:lora_pro_param_groups",
+}
 _CONSTRUCTOR_DEFAULTS: dict[str, dict] = {
     "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},  # a fixed lr
 }
@@ -76,7 +82,10 @@ def make_optimizer(method: str, model, lr: float = 1e-3, group_options: dict | N
     from .projected_adamw import ProjectedAdamW
 
     cls = OPTIMIZERS[method]
-    if isinstance(cls, type) and issubclass(cls, ProjectedAdamW):
+    if method in _GROUP_BUILDERS:
+        module, _, name = _GROUP_BUILDERS[method].partition(":")
+        params = getattr(importlib.import_module(module), name)(model, **(group_options or {}))
+    elif isinstance(cls, type) and issubclass(cls, ProjectedAdamW):
         options = {**_GROUP_DEFAULTS.get(method, {}), **(group_options or {})}
         params = projection_param_groups(model, **options)
     else:

@@ -58,16 +58,39 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def _nf4_weight(weight: torch.Tensor, compute: torch.dtype):
+    """bitsandbytes NF4 (block 64, double-quantised absmax) of `weight` as a `Params4bit`.
+
+    Under a FakeTensorMode (traces) the codes and quantisation state are computed by the same
+    bitsandbytes ops on fake tensors; `Params4bit` cannot wrap a FakeTensor, so its packed codes
+    are an uninitialised real tensor of the packed size (never touched, so never resident)."""
+    import bitsandbytes as bnb
+    from torch._guards import active_fake_mode
+    kwargs = dict(requires_grad=False, compress_statistics=True, quant_type="nf4")
+    if active_fake_mode() is None:
+        return bnb.nn.Params4bit(weight.to(compute), **kwargs)
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    packed, state = bnb.functional.quantize_4bit(weight.to(compute), blocksize=64, compress_statistics=True,
+                                                 quant_type="nf4")
+    with unset_fake_temporarily():
+        codes = torch.empty(packed.shape, dtype=packed.dtype)
+    return bnb.nn.Params4bit(codes, quant_state=state, blocksize=64, bnb_quantized=True, **kwargs)
+
+
 def _to_nf4(model: nn.Module, r: Resolved, device: str) -> None:
     """QLoRA: every selected linear becomes a bitsandbytes NF4 layer (double-quantised absmax)."""
     import bitsandbytes as bnb
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
     compute = torch_dtype(r.activations)
     for name, lin in _selected_modules(model, selected_names(r)):
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                              compute_dtype=compute, compress_statistics=True, quant_type="nf4")
-        q.weight = bnb.nn.Params4bit(lin.weight.data.to(compute), requires_grad=False,
-                                     compress_statistics=True, quant_type="nf4")
-        _replace(model, name, q.to(device))
+        with unset_fake_temporarily():      # the layer's own placeholder weight is replaced below
+            q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                  compute_dtype=compute, compress_statistics=True, quant_type="nf4",
+                                  device="meta")
+        q.weight = _nf4_weight(lin.weight.data, compute)
+        if lin.bias is not None:
+            q.bias = lin.bias
+        _replace(model, name, q if q.weight.bnb_quantized else q.to(device))
 
 
 def _to_int8(model: nn.Module, r: Resolved) -> None:
@@ -96,7 +119,7 @@ def build_model(r: Resolved, device: str = "cpu", layers: int | None = None) -> 
     Built on `device`, or wherever the ambient mode puts tensors (a FakeTensorMode for traces).
     """
     import transformers
-    base = r.activations if r.weights not in _FLOATS else r.weights
+    base = r.frozen if r.method.kind == "adapter" else r.weights
     with contextlib.redirect_stderr(io.StringIO()):
         model = transformers.AutoModelForCausalLM.from_config(hf_config(r, layers), dtype=torch_dtype(base))
     if next(model.parameters()).device != torch.device(device):
@@ -181,7 +204,7 @@ def unsupported_reason(r: Resolved, device: str = "cpu") -> str | None:
     if r.master:
         return "mixed precision keeps an fp32 master copy, which the profiler's loop does not implement; use --precision bf16 or fp32"
     held = r.adapter if r.method.kind == "adapter" else r.weights
-    if r.grads != held:
+    if r.grads != held and r.method.kind != "adapter":     # adapters' gradients follow the adapters
         return f"autograd keeps gradients in the parameters' dtype ({held}), not {r.grads}"
     fixed_states = r.method.eight_bit or r.method.states_fixed or mid not in ("adamw", "sgd", "lora", "qlora")
     if not fixed_states and r.states != held:

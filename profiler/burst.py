@@ -24,7 +24,8 @@ __all__ = ["run_burst", "burst_message", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0
 _PHASE_WORDS = {"optimizer_step": "the optimizer step", "build": "model and optimizer build",
-                "forward": "forward", "backward": "backward"}
+                "forward": "forward", "backward": "backward", "setup": "the step's set-up",
+                "done": "the end of the step"}
 
 
 def _where(progress: dict | None, error: dict | None = None) -> tuple[int | None, str | None, int | None]:

@@ -152,6 +152,19 @@ class PhaseTracker(MemTracker):
         for t in tensors:
             self._update_and_maybe_create_winfos(t, ref)
 
+    def alias(self, tensors) -> None:
+        """Storages that are another face of memory already counted (the fake conversion of a
+        real parameter inside a FakeTensorMode): known to the tracker, at zero bytes, so that
+        views of them are not counted as new allocations."""
+        from torch.distributed._tools.common_utils import get_untyped_storages
+        from torch.distributed._tools.mem_tracker import _WeakRefInfo
+        for t in tensors:
+            for st in get_untyped_storages(t):
+                if st not in self._WINFO:
+                    winfo, ref = _WeakRefInfo.create_winfo(st, t.device, _MemRefType.PARAM)
+                    winfo.mem_consumed = 0
+                    self._WINFO[st] = (winfo, ref)
+
     def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
         """MemTracker's, except that frozen parameters get no gradient hook (torch 2.13 tries to
         hook every parameter, which fails for a frozen base under LoRA or Q-GaLore)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import torch
 
@@ -64,12 +65,15 @@ class _Progress:
             self.report({"step": self.step, "total": self.total, "phase": phase})
 
 
-def tracked_step(model, opt, ids, progress, layerwise: bool) -> tuple[torch.Tensor, dict]:
-    """One measured step under a PhaseTracker (CPU, or fake tensors); returns (loss, measured)."""
+def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=()) -> tuple[torch.Tensor, dict]:
+    """One measured step under a PhaseTracker (CPU, or fake tensors); returns (loss, measured).
+    `aliases`: tensors whose storage is already counted elsewhere (see PhaseTracker.alias)."""
+    inner = getattr(opt, "optimizer", opt)         # a LayerwiseOptimizer wraps the real one
     tracker = PhaseTracker()
-    tracker.track_external(model, opt, ids)
+    tracker.track_external(model, inner, ids)
     tracker.track(weight_extras(model), "parameters")
-    tracker.track([t for _, t in optimizer_tensors(getattr(opt, "optimizer", opt))], "optimizer")
+    tracker.alias(aliases)
+    tracker.track([t for _, t in optimizer_tensors(inner)], "optimizer")
     seen = {}
 
     def on_phase(name: str) -> None:
@@ -80,7 +84,10 @@ def tracked_step(model, opt, ids, progress, layerwise: bool) -> tuple[torch.Tens
         if name in PHASES:
             tracker.set_phase(name)
         progress(name)
-    with tracker:
+    with tracker, warnings.catch_warnings():
+        # layer-wise updates free a gradient inside its post-accumulate hook, before MemTracker's
+        # own hook looks at it; MemTracker then warns about a None gradient (harmless).
+        warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
         loss = train_step(model, opt, ids, on_phase)
     if layerwise:
         seen["gradients"] = tracker.category_peaks.get("gradients", 0)
@@ -200,7 +207,7 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
     ids = synthetic_batch(r, device, seed)
     losses, seconds, measured = [], [], []
     for k in range(1, warmup + steps + 1):
-        progress.step = k
+        progress.step, progress.phase = k, "setup"
         if k == warmup + 1:
             fence.reset_peak()
         t0 = time.perf_counter()

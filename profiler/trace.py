@@ -94,17 +94,20 @@ def _fake_friendly():
 def trace_layers(r: Resolved, layers: int) -> dict:
     """Measure one traced step of `r`'s model cut to `layers` decoder layers (a Measurement dict)."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     from .build import build_model, build_optimizer, synthetic_batch, train_step
     from .runner import merge_steps, tracked_step
     torch.manual_seed(0)
-    with _fake_friendly(), FakeTensorMode(allow_non_fake_inputs=True):
+    with _fake_friendly(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         model = build_model(r, "cpu", layers=layers)
         opt = build_optimizer(model, r)
         ids = synthetic_batch(r, "cpu")
+        # a real parameter in the fake model (NF4 codes, see build._nf4_weight) is seen by the ops
+        # as its memoised fake conversion; the tracker counts the real one and aliases the fake.
+        converted = [mode.from_tensor(p) for p in model.parameters() if not isinstance(p, FakeTensor)]
         train_step(model, opt, ids)
-        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise)
+        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise, converted)
         return merge_steps([seen], model, opt)
 
 
