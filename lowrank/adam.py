@@ -39,6 +39,7 @@ __all__ = [
     "ADAM_STYLES",
     "check_adam_style",
     "check_adam_group",
+    "check_adam_hyperparameters",
     "adam_step_size",
     "adam_moments_",
     "adam_denoms",
@@ -61,6 +62,14 @@ def check_adam_style(style) -> None:
 def check_adam_group(group: dict) -> None:
     """Raise ``ValueError`` naming the value for a bad ``lr``, ``betas``, ``eps``, ``weight_decay``,
     ``adam_style`` or ``optim_bits`` of a param group."""
+    check_adam_hyperparameters(group)
+    if group["optim_bits"] not in (8, 32):
+        raise ValueError(f"optim_bits must be 8 or 32, got {group['optim_bits']!r}")
+
+
+def check_adam_hyperparameters(group: dict) -> None:
+    """Raise ``ValueError`` naming the value for a bad ``lr``, ``betas``, ``eps``, ``weight_decay``
+    or ``adam_style`` of a param group."""
     if not group["lr"] >= 0:
         raise ValueError(f"lr must be >= 0, got {group['lr']!r}")
     for i, beta in enumerate(group["betas"]):
@@ -71,8 +80,6 @@ def check_adam_group(group: dict) -> None:
     if not group["weight_decay"] >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
     check_adam_style(group["adam_style"])
-    if group["optim_bits"] not in (8, 32):
-        raise ValueError(f"optim_bits must be 8 or 32, got {group['optim_bits']!r}")
 
 
 def adam_step_size(lr: float, beta1: float, beta2: float, step: float, style: str, correct_bias: bool = True) -> float:

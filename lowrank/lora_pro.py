@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from .adam import (adam_denoms, adam_directions, adam_moments_, adam_step_size, adamw_step_,
-                   check_adam_style, decay_after_, decay_before_)
+                   check_adam_hyperparameters, decay_after_, decay_before_)
 from .projection import check_positive
 
 __all__ = [
@@ -132,18 +132,9 @@ def lora_pro_adjust(
 
 
 def _check_group(group: dict) -> None:
-    if not group["lr"] >= 0:
-        raise ValueError(f"lr must be >= 0, got {group['lr']!r}")
-    for i, beta in enumerate(group["betas"]):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
-    if not group["eps"] >= 0:
-        raise ValueError(f"eps must be >= 0, got {group['eps']!r}")
-    if not group["weight_decay"] >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
+    check_adam_hyperparameters(group)
     if not group["delta"] >= 0:
         raise ValueError(f"delta must be >= 0, got {group['delta']!r}")
-    check_adam_style(group["adam_style"])
     if group["scaling"] is not None:
         check_positive("scaling", group["scaling"])
         _check_pairs(group["params"])
