@@ -7,6 +7,11 @@ wraps ONE ordinary optimizer instead (state_dict, param groups and LR schedulers
 and steps *every* trainable parameter, embeddings, norms and ``lm_head`` included (Q-GaLore's
 per-layer mode never updates those; see the methods reference, 3.10).
 
+Q-GaLore's INT8 weights (``QGaLoreLinear.weight_int8``, uint8, no ``.grad``) step from the layer's
+:meth:`~lowrank.qgalore.QGaLoreLinear.register_weight_grad_hook` instead, which runs inside the
+layer's backward once ``weight_grad`` is complete; the hook steps the weight (dequantise, update,
+requantise) and frees ``weight_grad``, as the reference's per-layer mode does.
+
 Gradient accumulation (``accumulation_steps=k``): a parameter's hook counts the backward passes
 that reach it; on the first ``k - 1`` its gradient accumulates in ``.grad`` as usual, on the
 ``k``-th the parameter steps and ``.grad`` is freed. The result equals the non-layer-wise
@@ -24,6 +29,8 @@ step; this is per-tensor, not global, clipping.
 from __future__ import annotations
 
 import torch
+
+from .qgalore import int8_layer
 
 __all__ = ["step_parameter", "LayerwiseOptimizer"]
 
@@ -47,6 +54,12 @@ def step_parameter(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> Non
             g["params"] = params
 
 
+def _clip_(grad: torch.Tensor, max_norm: float) -> None:
+    """``clip_grad_norm_`` of one gradient: scale it by ``min(1, max_norm / (||grad|| + 1e-6))``."""
+    norm = torch.nn.utils.get_total_norm([grad])
+    grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
 class LayerwiseOptimizer:
     """Run ``optimizer`` parameter by parameter during ``backward()``.
 
@@ -65,19 +78,33 @@ class LayerwiseOptimizer:
         self.accumulation_steps = accumulation_steps
         self.max_grad_norm = max_grad_norm
         self._counts: dict[torch.Tensor, int] = {}
-        params = {id(p): p for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params.values()]
+        params = {id(p): p for g in optimizer.param_groups for p in g["params"]}
+        self._handles = []
+        for p in params.values():
+            layer = int8_layer(p)
+            if layer is not None:
+                self._handles.append(layer.register_weight_grad_hook(self._int8_hook))
+            elif p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._hook))
+
+    def _step_when_due(self, param: torch.Tensor, grad: torch.Tensor) -> bool:
+        """Count a backward pass reaching ``param``; on the last of ``accumulation_steps``, step it."""
+        count = self._counts.get(param, 0) + 1
+        self._counts[param] = count % self.accumulation_steps
+        if count < self.accumulation_steps:
+            return False
+        if self.max_grad_norm is not None:
+            _clip_(grad, self.max_grad_norm)
+        step_parameter(self.optimizer, param)
+        return True
 
     def _hook(self, param: torch.Tensor) -> None:
-        count = self._counts.get(param, 0) + 1
-        if count < self.accumulation_steps:
-            self._counts[param] = count
-            return
-        self._counts[param] = 0
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([param], self.max_grad_norm)
-        step_parameter(self.optimizer, param)
-        param.grad = None
+        if self._step_when_due(param, param.grad):
+            param.grad = None
+
+    def _int8_hook(self, layer) -> None:
+        if self._step_when_due(layer.weight_int8, layer.weight_grad):
+            layer.weight_grad = None
 
     def step(self, closure=None):
         """No-op: parameters already stepped inside ``backward()``. Runs ``closure`` if given."""

@@ -12,22 +12,28 @@ gpt2      c_attn, c_proj, c_fc (``Conv1D``: ``fan_in_fan_out=True``)
 roberta   query, key, value, dense
 ========  =================================================
 
-``peft`` is imported lazily, inside the functions that need it.
+QLoRA (:func:`apply_qlora`; Dettmers et al. 2023, ``artidoro/qlora``) first replaces those linears
+by bitsandbytes ``Linear4bit``: NF4 codes packed two per byte, block 64, double quantisation (the
+fp32 absmax of each 64-block is itself 8-bit quantised, with an fp32 absmax per 256 of them).
+
+``peft`` and ``bitsandbytes`` are imported lazily, inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch
 
 __all__ = [
     "LORA_TARGETS",
+    "NF4_BLOCKSIZE",
     "lora_targets",
     "lora_target_regex",
     "apply_lora",
+    "quantize_nf4",
+    "apply_qlora",
+    "quantized_base_bytes",
     "lora_pairs",
     "lora_pro_param_groups",
 ]
@@ -41,6 +47,7 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "roberta": ("query", "key", "value", "dense"),
 }
 _FAN_IN_FAN_OUT = frozenset({"gpt2"})  # architectures whose linears are transformers' Conv1D
+NF4_BLOCKSIZE = 64                      # QLoRA's (bitsandbytes quantize_4bit's default)
 
 
 def _model_type(model_or_type) -> str:
@@ -82,10 +89,12 @@ def apply_lora(
     dropout: float = 0.0,
     targets: tuple[str, ...] | list[str] | None = None,
     use_rslora: bool = False,
+    autocast_adapter_dtype: bool = True,
 ):
     """Wrap ``model``'s block linears with LoRA adapters; returns the ``peft`` model.
 
     Only the adapters are trainable afterwards (peft freezes everything else).
+    ``autocast_adapter_dtype`` (peft's default): adapters are fp32 even on a 16-bit base.
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
@@ -104,7 +113,95 @@ def apply_lora(
         use_rslora=use_rslora,
         fan_in_fan_out=_model_type(model) in _FAN_IN_FAN_OUT,
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
+
+
+def quantize_nf4(model, targets, compute_dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Replace the ``nn.Linear`` modules that LoRA would adapt (``targets``) by NF4 ``Linear4bit``.
+
+    The existing (e.g. random) weights are cast to ``compute_dtype`` and quantised where they lie
+    (``Params4bit.to(device)`` quantises, on the CPU too): NF4, block :data:`NF4_BLOCKSIZE`, double
+    quantisation, ``quant_storage=torch.uint8``. A bias stays as it is. Marks the model
+    ``is_loaded_in_4bit`` as transformers' bitsandbytes loader does, so peft adds its 4-bit LoRA
+    layers. Returns the qualified names replaced.
+    """
+    import bitsandbytes as bnb
+    from torch import nn
+
+    pattern = re.compile(lora_target_regex(tuple(targets)))
+    replaced = []
+    for name, linear in list(model.named_modules()):
+        if not (type(linear) is nn.Linear and pattern.fullmatch(name)):
+            continue
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                  compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
+                                  quant_storage=torch.uint8, device="meta")
+        weight = bnb.nn.Params4bit(linear.weight.data.to(compute_dtype), requires_grad=False,
+                                   blocksize=NF4_BLOCKSIZE, compress_statistics=True, quant_type="nf4",
+                                   quant_storage=torch.uint8, module=layer)
+        layer.weight = weight.to(linear.weight.device)                 # quantises; sets layer.quant_state
+        layer.bias = linear.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        replaced.append(name)
+    if not replaced:
+        raise ValueError(f"no nn.Linear matches the targets {list(targets)} inside numbered blocks "
+                         "(GPT-2's Conv1D layers cannot be quantised to 4 bits here)")
+    model.is_loaded_in_4bit = True
+    return replaced
+
+
+def apply_qlora(
+    model,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: tuple[str, ...] | list[str] | None = None,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    *,
+    gradient_checkpointing: bool = False,
+):
+    """QLoRA on a model built from its config: NF4 base (:func:`quantize_nf4`), LoRA adapters.
+
+    No ``from_pretrained``: the model's own weights are quantised. Then
+    ``peft.prepare_model_for_kbit_training`` (freezes everything; casts every fp16/bf16 parameter
+    that is not 4-bit, i.e. embeddings, norms, lm_head, to fp32; with ``gradient_checkpointing``
+    turns it on, with input gradients) and :func:`apply_lora` with fp32 adapters. Returns the peft
+    model; train the adapters with ``torch.optim.AdamW``.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    names = tuple(targets) if targets is not None else lora_targets(model)
+    if _model_type(model) in _FAN_IN_FAN_OUT:
+        raise ValueError(f"qlora needs nn.Linear targets; {_model_type(model)!r} uses Conv1D")
+    quantize_nf4(model, names, compute_dtype)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return apply_lora(model, rank, alpha, dropout, names)
+
+
+def quantized_base_bytes(model) -> int:
+    """Bytes the frozen 4-bit weights of ``model`` (or of one layer) hold, each storage once.
+
+    Per bitsandbytes ``Params4bit``: the packed codes and every tensor of its ``QuantState`` and
+    nested ``state2``: uint8 absmax per block, fp32 nested absmax per 256 blocks, the 16-entry NF4
+    code, the 256-entry nested code and the fp32 offset. (bitsandbytes repacks the weight for its
+    CPU kernel on a first eval-mode, no-grad forward; the bytes are those held at the call.)
+    """
+    tensors = []
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None) if getattr(p, "bnb_quantized", False) else None
+        if state is not None:
+            tensors.append(p)
+        while state is not None:
+            tensors += [v for v in vars(state).values() if torch.is_tensor(v)]
+            state = state.state2
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
 
 
 def lora_pairs(model, adapter: str = "default") -> list[tuple[str, "torch.Tensor", "torch.Tensor", float]]:

@@ -20,12 +20,19 @@ Source: VITA-Group/Q-GaLore (commit 5bd2f1c) ``q_galore_torch/q_galore_projector
   ``grad_outᵀ x`` into ``layer.weight_grad`` (activation dtype), which the optimizer reads. After
   each update the optimizer requantises with stochastic rounding (P(ceil) = frac) from a
   generator seeded by ``(sr_seed, parameter index, step)``, so a resumed run draws the same noise.
+* **Layer-wise hook**: ``weight_int8`` has no ``.grad``, so ``Tensor.register_post_accumulate_grad_hook``
+  never fires for it; :meth:`QGaLoreLinear.register_weight_grad_hook` is its analogue (called
+  inside backward once ``weight_grad`` holds this pass's gradient), which
+  :class:`lowrank.layerwise.LayerwiseOptimizer` uses to step the INT8 weight and free ``weight_grad``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from . import quant4
 from .projected_adamw import BasisRule, ProjectedAdamW, register_basis
@@ -33,6 +40,7 @@ from .projection import check_positive, check_positive_int, svd_basis
 
 __all__ = [
     "QGaLoreLinear",
+    "int8_layer",
     "quantize_linears",
     "first_vector",
     "push_cos",
@@ -74,6 +82,9 @@ class _Int8LinearFn(torch.autograd.Function):
         else:
             layer.weight_grad.add_(grad_w)
         grad_b = g2.sum(0) if ctx.has_bias else None
+        del w, g2, grad_w                              # a hook that frees weight_grad frees it at once
+        for hook in tuple(layer._weight_grad_hooks.values()):
+            hook(layer)                                # may step weight_int8 in place: grad_x is done
         return grad_x, None, None, None, grad_b, None
 
 
@@ -83,6 +94,8 @@ class QGaLoreLinear(nn.Module):
     ``weight_int8`` is a frozen ``nn.Parameter`` (so an optimizer can key state on it);
     ``weight_scale``/``weight_zero`` are buffers; the accumulated weight gradient is
     ``weight_grad`` (``None`` until a backward pass). The bias, if any, stays a float parameter.
+    Hooks added by :meth:`register_weight_grad_hook` run once per use of the layer in the graph
+    (a layer called once per forward, as in transformer blocks: once per backward).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -97,7 +110,13 @@ class QGaLoreLinear(nn.Module):
         b = torch.zeros(out_features, device=device, dtype=dtype) if bias else None
         self.bias = nn.Parameter(b) if bias else None
         self.weight_grad: torch.Tensor | None = None
+        self._weight_grad_hooks: OrderedDict = OrderedDict()      # as nn.Module's hook dicts
         self.weight_int8._qgalore_layer = self
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_weight_grad_hooks", OrderedDict())   # pickled before the hooks
+        self.weight_int8._qgalore_layer = self          # deepcopy / pickle drop tensor attributes
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = quant4.GROUP_SIZE) -> "QGaLoreLinear":
@@ -117,6 +136,16 @@ class QGaLoreLinear(nn.Module):
         self.weight_int8.copy_(codes)
         self.weight_scale.copy_(scale)
         self.weight_zero.copy_(zero)
+
+    def register_weight_grad_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(layer)`` inside backward once ``weight_grad`` holds this pass's gradient.
+
+        The INT8 analogue of ``Tensor.register_post_accumulate_grad_hook``: the hook may step
+        ``weight_int8`` in place and free ``weight_grad``. Returns a handle with ``remove()``.
+        """
+        handle = RemovableHandle(self._weight_grad_hooks)
+        self._weight_grad_hooks[handle.id] = hook
+        return handle
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return quant4.dequantize_int8(self.weight_int8, self.weight_scale, self.weight_zero,
@@ -164,7 +193,10 @@ def qgalore_param_groups(model: nn.Module, **options) -> list[dict]:
     if "rank" not in options:
         raise ValueError("qgalore_param_groups needs rank=... for the projected group")
     projected, regular = split_projected_params(model)
-    projected += [m.weight_int8 for m in model.modules() if isinstance(m, QGaLoreLinear)]
+    for m in model.modules():
+        if isinstance(m, QGaLoreLinear):
+            m.weight_int8._qgalore_layer = m            # re-link a weight replaced since construction
+            projected.append(m.weight_int8)
     if not projected:
         raise ValueError("model has no projectable linear weights (attention/MLP linears inside numbered blocks)")
     return [{"params": regular}, {"params": projected, **options}]
@@ -263,7 +295,8 @@ class QGaLoreBasis(BasisRule):
 register_basis(QGaLoreBasis())
 
 
-def _int8_layer(p: torch.Tensor) -> QGaLoreLinear | None:
+def int8_layer(p: torch.Tensor) -> QGaLoreLinear | None:
+    """The :class:`QGaLoreLinear` whose ``weight_int8`` is ``p``, or ``None`` for any other tensor."""
     return getattr(p, "_qgalore_layer", None)
 
 
@@ -310,14 +343,14 @@ class QGaLoreAdamW(ProjectedAdamW):
 
     @torch.no_grad()
     def step_parameter(self, param: torch.Tensor) -> None:
-        if _int8_layer(param) is not None:
+        if int8_layer(param) is not None:
             self._int8_update(self._group_of(param), param)
         else:
             super().step_parameter(param)
 
     def _int8_update(self, group: dict, p: torch.Tensor) -> None:
         """Dequantise ``p`` into a float view, run the skeleton on it, requantise (stochastically)."""
-        layer = _int8_layer(p)
+        layer = int8_layer(p)
         if layer is None or layer.weight_grad is None:
             return
         codes = p.data
@@ -337,7 +370,7 @@ class QGaLoreAdamW(ProjectedAdamW):
         super().zero_grad(set_to_none)
         for group in self.param_groups:
             for p in group["params"]:
-                layer = _int8_layer(p)
+                layer = int8_layer(p)
                 if layer is not None and layer.weight_grad is not None:
                     if set_to_none:
                         layer.weight_grad = None

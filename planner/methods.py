@@ -83,7 +83,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
-           "offset); fp32 adapters (peft's default).",
+           "offset); fp32 adapters (peft's default); embeddings, norms and lm_head upcast to fp32 "
+           "by peft's prepare_model_for_kbit_training.",
            "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
            "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64),

@@ -160,7 +160,9 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         _check_rank(model, rank)
     if spec.layerwise and method.id == "lora-pro":
         raise ValueError("lora-pro adjusts A and B together, so it has no layer-wise mode")
-    frozen = weights if weights in FLOATS else "bf16"
+    # peft's prepare_model_for_kbit_training (standard QLoRA) upcasts every 16-bit parameter that
+    # is not 4-bit — embeddings, norms, lm_head — to fp32
+    frozen = "fp32" if method.id == "qlora" else weights
     # peft's get_peft_model(autocast_adapter_dtype=True) keeps adapters in fp32 on a 16-bit base;
     # their gradients and AdamW moments (zeros_like) follow the adapters' dtype.
     adapter = "fp32"
