@@ -19,6 +19,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's packages
+
 from planner import METHOD_IDS, TrainingSpec, estimate
 from planner.compare import method_specs
 from planner.format import human_bytes
@@ -26,7 +28,7 @@ from planner.gpus import get_gpu
 from profiler import compare, run_burst
 from profiler.calibrate import calibrate, calibration_status
 from profiler.env import versions
-from profiler.nvml import device_name
+from profiler.nvml import device_name, driver_version
 
 START, END = "<!-- gpu-validation:start -->", "<!-- gpu-validation:end -->"
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters", "activations",
@@ -78,7 +80,7 @@ def markdown(rows: list[dict], device: str, board: str, calibration: str) -> str
     head = [f"### {board} — {date.today().isoformat()}", "",
             f"torch {v['torch']} (CUDA {v.get('cuda', '?')}), transformers {v['transformers']}, "
             f"peft {v['peft']}, bitsandbytes {v['bitsandbytes']}, nvidia-ml-py {v['nvidia-ml-py']}; "
-            f"device {device}; overhead constants: {calibration}", "",
+            f"driver {driver_version() or 'n/a'}; device {device}; overhead constants: {calibration}", "",
             "| model | method | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 2) + "|"]
     table: dict[tuple, dict] = {}
     for r in rows:

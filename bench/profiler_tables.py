@@ -14,6 +14,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's packages
+
 from planner import METHOD_IDS, METHODS, TrainingSpec, estimate
 from planner.format import human_bytes
 from profiler import compare, run_burst, trace
@@ -26,9 +28,13 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 176, "num
 
 
 def _cell(row: dict) -> str:
-    """'exact' when equal, else 'measured (±x.x %)'."""
+    """'exact' when equal, 'measured +n B' for a difference under 1 KiB, else 'measured (±x.x %)'
+    with the prediction's relative error."""
     if row["predicted_bytes"] == row["measured_bytes"]:
         return "exact" if row["measured_bytes"] else "0"
+    diff = row["measured_bytes"] - row["predicted_bytes"]      # validate's records carry no abs_error
+    if abs(diff) < 1024:
+        return f"measured {diff:+d} B"
     err = row["relative_error"]
     return f"{human_bytes(row['measured_bytes'])} ({100 * err:+.1f} %)" if err is not None else "n/a"
 

@@ -88,8 +88,12 @@ def _filled_spec(r: Resolved, gpu) -> TrainingSpec:
                           states=r.states, projection=r.projection if r.method.kind == "projected" else None)
 
 
-def estimate(spec: TrainingSpec) -> MemoryBreakdown:
+def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
     """Memory of one training configuration, component by component and matrix by matrix.
+
+    `kernels="cpu"` sizes activations as PyTorch's CPU kernels save them (dropout noise and
+    LayerNorm statistics in the activation dtype, SDPA's math fallback under dropout), so a CPU
+    measurement compares like with like; the default is the GPU's.
 
     Raises ValueError, with a message saying what to change, for anything the method or model
     does not support.
@@ -102,7 +106,7 @@ def estimate(spec: TrainingSpec) -> MemoryBreakdown:
         rows = _layerwise(rows, r)
     sizes = _components(rows)
     overhead = overhead_for(gpu)
-    peak = phase_peaks(r, rows, sizes, overhead)
+    peak = phase_peaks(r, rows, sizes, overhead, kernels)
     return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
                            components=peak.components, rows=tuple(rows), gpu=gpu,
                            assumptions=r.assumptions, phases=peak.phases, peak_phase=peak.peak_phase,

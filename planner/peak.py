@@ -3,8 +3,8 @@
 Phases (all hold the persistent part P = weights + optimizer states + projections + adapters):
 - forward/backward, at three instants of the backward pass (L layers, activations A per layer as
   stored, gradients G per layer, G_out for parameters outside the stack):
-    start:  P + the activations' backward peak + G_out   (logits' gradient alive while lm_head's forms)
-    top:    P + L·A + embeddings + recompute + G_out + G_layer          (head done, top layer's grads)
+    start:  P + the activations' backward peak                  (the loss's backward, no gradient yet)
+    top:    P + L·A + embeddings + recompute + G_head + G_layer         (head done, top layer's grads)
     end:    P + A + embeddings + recompute + all gradients              (activations nearly all freed)
   Each is a linear function of the layer index in between, so the maximum is at one of them.
 - optimizer step: P + all gradients + the step's temporaries.
@@ -37,36 +37,39 @@ class PhasePeak:
     activations: int              # activation bytes stored at the end of the forward pass
 
 
-def _activations(r: Resolved):
+def _activations(r: Resolved, kernels: str):
     spec = r.spec
     lora = r.rank if r.method.kind == "adapter" else None
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
                              attention=spec.attention, checkpointing=spec.checkpointing, lora_rank=lora,
-                             lora_dtype=r.adapter if lora else None)
+                             lora_dtype=r.adapter if lora else None, kernels=kernels)
 
 
-def _gradient_split(rows: list[Row]) -> tuple[int, int, int]:
-    """(all gradients, one layer's gradients, gradients outside the layer stack)."""
+def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
+    """(all gradients, one layer's gradients, gradients formed at the head: lm_head and final norm,
+    and the word embedding too when lm_head is tied to it; other embeddings' come last)."""
     layer = sum(row.memory.gradients for row in rows if row.layers)
-    outside = sum(row.memory.gradients for row in rows if not row.layers)
+    head = sum(row.memory.gradients for row in rows
+               if not row.layers and (row.role != "embedding" or tied))
     total = sum(row.count * row.memory.gradients for row in rows)
-    return total, layer, outside
+    return total, layer, head
 
 
 def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
     """(activation bytes, gradient bytes) alive at the start, top and end of backward."""
-    total, layer, outside = grads
+    total, layer, head = grads
     stored_one = act.layers // max(layers, 1)
     held = act.total - act.logits - act.head          # the stack and embeddings, head done
-    return [(act.peak_backward, outside),             # logits' gradient alive as lm_head's is formed
-            (held + act.recompute, outside + layer),
+    return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet
+            (held + act.recompute, head + layer),
             (act.embeddings + stored_one + act.recompute, total)]
 
 
-def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead) -> PhasePeak:
+def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
+                kernels: str = "cuda") -> PhasePeak:
     """Every phase's total and the components resident at the worst one."""
-    act = _activations(r)
-    grads = _gradient_split(rows)
+    act = _activations(r, kernels)
+    grads = _gradient_split(rows, r.model.tie_word_embeddings)
     temps, refresh = step_temporaries(r), refresh_workspace(r)
     instants = _backward_instants(act, grads, r.model.num_layers)
     fb = max(instants, key=sum)

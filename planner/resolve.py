@@ -168,7 +168,9 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
     adapter = "fp32"
     if method.kind == "adapter" and not spec.states:
         states = adapter
-    activations = "fp32" if weights == "fp32" else ("fp16" if weights == "fp16" else "bf16")
+    # the residual stream has the embeddings' dtype: QLoRA's upcast embeddings make it fp32
+    # (bitsandbytes' Linear4bit casts its output back to its input's dtype)
+    activations = frozen if method.kind == "adapter" else weights
     r = Resolved(spec, model, method, weights, grads, states, projection, adapter, frozen, activations,
                  master, rank, _option(spec, method, "update_proj_gap"), _option(spec, method, "scale"),
                  _proj_type(spec, method), ())

@@ -29,8 +29,8 @@ def _master(numel: int, r: Resolved) -> int:
 def _dense_states(p: Param, r: Resolved) -> int:
     """Full-rank optimizer states of one trainable parameter."""
     n = p.numel
-    if r.method.id == "adafactor":   # factored fp32 row/column second moment; step and RMS are floats
-        return 4 * (math.prod(p.shape[:-1]) + p.shape[-1]) if len(p.shape) >= 2 else 4 * n
+    if r.method.id == "adafactor":   # factored fp32 row/column second moment + 0-d fp32 RMS; int step
+        return 4 * (math.prod(p.shape[:-1]) + p.shape[-1] + 1) if len(p.shape) >= 2 else 4 * (n + 1)
     if r.method.id == "sgd":         # torch SGD: momentum_buffer only
         return tensor_bytes(n, r.states)
     moments = moments_8bit(n) if r.method.eight_bit else adam_moments(n, r.states)

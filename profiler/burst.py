@@ -20,7 +20,7 @@ from .child import ChildOutcome, run_in_child
 from .env import versions
 from .results import BurstResult, Failure, Measurement
 
-__all__ = ["run_burst", "burst_message", "DEFAULT_TIMEOUT_S"]
+__all__ = ["run_burst", "burst_message", "normalize_device", "record_result", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0
 _PHASE_WORDS = {"optimizer_step": "the optimizer step", "build": "model and optimizer build",
@@ -69,8 +69,8 @@ def burst_message(outcome: ChildOutcome, timeout: float) -> str:
 def _failure(outcome: ChildOutcome) -> Failure:
     err = outcome.error or {}
     step, phase, _ = _where(outcome.progress, err)
-    return Failure(step, phase, err.get("allocated_bytes"), f"{err.get('type', '')}: {err.get('message', '')}"
-                   if err else "")
+    exception = f"{err.get('type', '')}: {err.get('message', '')}" if err else ""
+    return Failure(step, phase, err.get("allocated_bytes"), exception)
 
 
 def _result(spec, outcome: ChildOutcome, steps, warmup, device, timeout) -> BurstResult:
@@ -91,6 +91,16 @@ def _result(spec, outcome: ChildOutcome, steps, warmup, device, timeout) -> Burs
                        measurement=Measurement(**value["measurement"]), **common)
 
 
+def normalize_device(device: str) -> str:
+    """"cpu", "cuda" (= "cuda:0") or "cuda:N"; anything else is a ValueError."""
+    d = str(device).strip().lower()
+    if d == "cuda":
+        return "cuda:0"
+    if d == "cpu" or (d.startswith("cuda:") and d[5:].isdigit()):
+        return d
+    raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+
+
 def record_result(kind: str, result, history) -> None:
     """Append `result` to the history unless `history` is False (None: the default location)."""
     if history is False:
@@ -108,15 +118,19 @@ def run_burst(spec: TrainingSpec, steps: int = 3, warmup: int = 1, device: str =
 
     on_progress(event): called as the child reports {"step": k, "total": n, "phase": ...}.
     history: where to record the result (None: $MEMFIT_HISTORY or the user data folder;
-    False: not recorded). memory_limit: bytes the child may grow by after start-up (CPU: its
-    address space, to see where a smaller memory fails). Raises ValueError for a spec the planner rejects; everything that
-    goes wrong while running is a result, never an exception.
+    False: not recorded). memory_limit: bytes the child may grow by after start-up (its address
+    space: a CPU stand-in for a smaller device). Raises ValueError for a spec the planner
+    rejects or a bad device; everything that goes wrong while running is a result.
     """
     resolve_spec(spec)
+    device = normalize_device(device)
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    # a CUDA child is spawned: a fresh process owns its CUDA context (forking after CUDA is
+    # initialised anywhere in the family is undefined); CPU children fork from the preloaded server
     outcome = run_in_child("profiler.runner:burst_entry", spec.as_dict(), steps, warmup, device, seed,
-                           memory_limit, timeout=timeout, on_progress=on_progress)
+                           memory_limit, timeout=timeout, on_progress=on_progress,
+                           start_method="spawn" if device.startswith("cuda") else None)
     result = _result(spec, outcome, steps, warmup, device, timeout)
     record_result("burst", result, history)
     return result

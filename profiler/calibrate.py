@@ -92,14 +92,19 @@ def write_calibration(fitted: dict[str, dict], path: str | os.PathLike | None = 
 
 
 def calibrate(records: list[dict] | None = None, *, history=None, path=None) -> dict[str, dict]:
-    """Fit from `records` (burst records; default: every burst in the history) and write the file.
+    """Fit from `records` (burst records; default: every burst in the history `history`), write
+    the file and record a "calibration" entry in that history (`history=False`: none).
     Returns what was fitted ({} when no CUDA burst had the figures: nothing is written)."""
     if records is None:
         from .history import entries
-        records = [e.result for e in entries(history, kind="burst")]
+        records = [e.result for e in entries(history or None, kind="burst")] if history is not False else []
     fitted = fit_overhead(records)
     if fitted:
-        write_calibration(fitted, path)
+        target = write_calibration(fitted, path)
+        if history is not False:
+            from .history import record
+            record("calibration", {"path": str(target), "gpus": fitted}, device="cuda",
+                   status="ok", path=history or None)
     return fitted
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["device_used_bytes", "device_name"]
+__all__ = ["device_used_bytes", "device_name", "driver_version"]
 
 
 def _handle(device: str):
@@ -38,5 +38,16 @@ def device_name(device: str = "cuda:0") -> str | None:
         import pynvml
         name = pynvml.nvmlDeviceGetName(_handle(device))
         return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version, or None without NVML."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
     except Exception:  # noqa: BLE001
         return None

@@ -33,6 +33,9 @@ class Measurement:
     categories: MemTracker's own categories at the peak (CPU bursts and traces).
     phase_categories: the same at each phase's peak (CUDA: only its "total").
     device_stats: CUDA: max_memory_reserved, NVML used bytes; CPU: peak and current RSS.
+    kernels: whose kernels saved the activations: "cpu" (CPU bursts and traces: CPU dropout keeps
+        a noise tensor in the activation dtype, SDPA falls back to its math kernel under dropout)
+        or "cuda". LLaMA-style models (no dropout) save the same tensors either way.
     """
     components: dict[str, int]
     peak_bytes: int
@@ -40,6 +43,7 @@ class Measurement:
     categories: dict[str, int] = field(default_factory=dict)
     phase_categories: dict[str, dict[str, int]] = field(default_factory=dict)
     device_stats: dict[str, int] = field(default_factory=dict)
+    kernels: str = "cpu"
 
     def to_record(self) -> dict:
         return asdict(self)

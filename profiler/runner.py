@@ -17,7 +17,7 @@ from planner.resolve import resolve_spec
 from planner.spec import TrainingSpec
 
 from .build import build_model, build_optimizer, synthetic_batch, train_step
-from .memory import PhaseTracker, gradient_tensors, held_bytes, optimizer_tensors, weight_extras
+from .memory import PhaseTracker, held_bytes, optimizer_tensors, weight_extras
 from .rss import limit_address_space, process_rss, reset_peak_rss
 
 __all__ = ["burst_entry", "burst_in_child", "Fence", "tracked_step", "merge_steps", "finish", "PHASES"]
@@ -47,10 +47,6 @@ class Fence:
         if self.cuda:
             return torch.cuda.memory_allocated(self.device)
         return process_rss()["rss_bytes"]
-
-    def peak(self) -> int:
-        self.sync()
-        return torch.cuda.max_memory_allocated(self.device) if self.cuda else 0
 
 
 class _Progress:
@@ -224,4 +220,5 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
         losses.append(float(loss))
     result = merge_steps(measured, model, opt)
     result["device_stats"] = _device_stats(fence, measured, nvml_before)
+    result["kernels"] = "cuda" if fence.cuda else "cpu"
     return {"losses": losses, "step_seconds": seconds, "measurement": result, "pid": os.getpid()}

@@ -33,11 +33,18 @@ def _trace_resolved(r: Resolved) -> Resolved:
     return resolve_spec(r.spec.replace(update_proj_gap=1))
 
 
+_TORCH_APPLY = []      # torch's own nn.Module._apply while the patch is in place
+
+
 def _fake_apply(self, fn, recurse=True):
     """`nn.Module._apply` for fake parameters: torch 2.13 swaps them in place, which fails for
     every FakeTensor (the mode holds a weakref to each); here a converted parameter is replaced by
-    a new Parameter carrying the old one's attributes, and a no-op conversion keeps the tensor."""
+    a new Parameter carrying the old one's attributes, and a no-op conversion keeps the tensor.
+    A module without fake parameters (another thread's) gets torch's own `_apply`."""
     import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+    if not any(isinstance(p, FakeTensor) for p in self.parameters()):
+        return _TORCH_APPLY[0](self, fn, recurse)
     if recurse:
         for module in self.children():
             module._apply(fn)
@@ -82,6 +89,8 @@ def _fake_friendly():
     except ImportError:
         pass
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    if Module._apply is not _fake_apply:          # re-entered: torch's own is already saved
+        _TORCH_APPLY[:] = [Module._apply]
     try:
         for obj, name, value in patches:
             setattr(obj, name, value)

@@ -140,3 +140,18 @@ def test_record_shape():
     assert rec["peak_bytes"] == sum(rec["components"].values())
     assert rec["spec"]["rank"] == 128 and rec["gpu"] == "t4" and rec["fits"] is True
     assert all(isinstance(v, int) for v in rec["components"].values())
+
+
+def test_foreach_bucket_matches_lowrank():
+    from lowrank.projected_adamw import FOREACH_BUCKET_NUMEL
+    from planner.transients import FOREACH_BUCKET_NUMEL as planned
+    assert planned == FOREACH_BUCKET_NUMEL
+
+
+def test_cpu_kernels_size_dropout_like_a_cpu_run():
+    # GPT-2 trains with dropout 0.1: CUDA saves 1-byte masks, CPU saves noise in the activation dtype
+    gpu = estimate(TrainingSpec(model="gpt2", seq=128), kernels="cuda").sizes.activations
+    cpu = estimate(TrainingSpec(model="gpt2", seq=128), kernels="cpu").sizes.activations
+    assert cpu > gpu
+    with pytest.raises(ValueError, match="kernels"):
+        estimate(TrainingSpec(model="gpt2", seq=128), kernels="tpu")

@@ -5,8 +5,6 @@ What must hold (the profiler's contract with the planner, docs/storage-contract.
   bytes of the distinct storages the real model and optimizer hold, exactly;
 - activations: within 10 % of what MemTracker sees saved at the end of the forward;
 - the step's peak: within 10 % of MemTracker's peak.
-Known planner/lowrank discrepancies are `xfail(strict=True)` with their cause (KNOWN below), so
-a fix shows up as an unexpected pass.
 """
 import math
 
@@ -17,27 +15,6 @@ from profiler import compare, run_burst
 
 STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 PRECISIONS = ("fp32", "bf16")
-
-_LOGITS = ("planner/peak.py: the backward-start instant adds every gradient outside the layer stack "
-           "(embedding, final norm, lm_head: 512,256 B here) to the activations' backward peak, which "
-           "already holds both 4·b·s·V logits-gradient temporaries; measured, no gradient is alive at "
-           "that instant (the embedding's forms at the end of backward), so the planner over-predicts")
-_DEQUANT = ("planner/transients.py: memfit's 8-bit optimizers dequantise the plain (non-projected) "
-            "parameters' two moments to fp32 bucket by bucket (lowrank.projected_adamw "
-            "FOREACH_BUCKET_NUMEL) plus AdamW's temporaries; the planner counts one fp32 copy of the "
-            "largest matrix, so the optimizer step is under-predicted")
-_RMS = ("planner/rules.py: transformers' Adafactor keeps `RMS` as a 0-d fp32 tensor per parameter "
-        "(4 B x 21 parameters = 84 B here); the planner counts it as a Python float")
-
-#: (method, precision, check) -> reason
-KNOWN = {("adafactor", p, "static"): _RMS for p in PRECISIONS}
-KNOWN |= {(m, "fp32", "peak"): _LOGITS for m in ("adamw", "adamw-8bit", "adafactor", "sgd", "galore",
-                                                 "fira", "gradnormlorp", "galore-dct", "apollo", "apollo-mini")}
-KNOWN |= {(m, "bf16", "peak"): _LOGITS for m in ("adamw", "adamw-8bit", "sgd", "galore", "fira",
-                                                 "gradnormlorp", "galore-dct", "apollo", "apollo-mini")}
-KNOWN |= {(m, p, "peak"): _DEQUANT for m in ("galore-8bit", "q-galore", "gradnormlorp-8bit") for p in PRECISIONS}
-KNOWN.pop(("adamw", "fp32", "peak"))     # 4.3 % over: inside the 10 % band
-
 
 def spec_for(config: str, method: str, precision: str) -> TrainingSpec:
     """Rank 8 wherever there is a rank; projection refresh every 2 steps, so one measured step
@@ -65,14 +42,8 @@ def burst(tiny_config):
     return get
 
 
-def _mark(method: str, precision: str, check: str):
-    reason = KNOWN.get((method, precision, check))
-    return pytest.param(method, precision, marks=pytest.mark.xfail(strict=True, reason=reason)) \
-        if reason else pytest.param(method, precision)
-
-
 def _cases(check: str):
-    return [_mark(m, p, check) for p in PRECISIONS for m in METHOD_IDS if not (m == "qlora" and p == "fp32")]
+    return [pytest.param(m, p) for p in PRECISIONS for m in METHOD_IDS if not (m == "qlora" and p == "fp32")]
 
 
 @pytest.mark.parametrize("method, precision", _cases("static"))
@@ -114,14 +85,7 @@ def test_burst_record_is_complete(burst, method):
     assert record["mode"] == "burst" and record["spec"]["method"] == method
 
 
-_INT8_LAYERWISE = ("lowrank/layerwise.py: LayerwiseOptimizer hooks only parameters that require a "
-                   "gradient; Q-GaLore's `weight_int8` does not (its gradient accumulates in the "
-                   "layer's `weight_grad`), so the INT8 weights are never stepped layer-wise: no "
-                   "projected states or projections appear and `weight_grad` keeps accumulating")
-
-
-@pytest.mark.parametrize("method", ["adamw", "galore-8bit", pytest.param(
-    "q-galore", marks=pytest.mark.xfail(strict=True, reason=_INT8_LAYERWISE))])
+@pytest.mark.parametrize("method", ["adamw", "galore-8bit", "q-galore"])
 def test_layerwise_updates_hold_one_gradient_as_the_planner_says(tiny_config, method):
     spec = spec_for(tiny_config, method, "fp32").replace(layerwise=True)
     result = run_burst(spec, steps=2, warmup=1, history=False)

@@ -7,6 +7,7 @@ import json
 from planner.gpus import get_gpu
 from planner.overhead import DEFAULT_OVERHEAD, overhead_for
 from profiler.calibrate import calibrate, calibration_status, fit_overhead, sample_from_record
+from profiler.history import entries, record
 
 MIB = 1 << 20
 
@@ -47,6 +48,14 @@ def test_written_file_is_what_the_planner_reads(tmp_path):
     status = calibration_status(gpu.name)
     assert status["calibrated"] and "calibrated on NVIDIA H100" in status["source"]
     assert calibration_status("4090")["source"] == DEFAULT_OVERHEAD.source
+    assert entries(kind="calibration")[0].result["gpus"] == fitted
+
+
+def test_calibrate_reads_cuda_bursts_from_the_history():
+    record("burst", _record(1000, 1100, 1700), spec={"model": "llama-60m", "method": "adamw"}, status="ok")
+    record("burst", {"status": "ok", "device": "cpu (x86_64)"}, spec={"model": "m", "method": "sgd"}, status="ok")
+    fitted = calibrate()
+    assert list(fitted) == [get_gpu("NVIDIA H100 80GB HBM3").name] and fitted[list(fitted)[0]]["samples"] == 1
 
 
 def test_nothing_to_fit_writes_nothing(tmp_path):

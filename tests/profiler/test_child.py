@@ -8,7 +8,7 @@ import pytest
 
 from planner import TrainingSpec
 from profiler import run_burst
-from profiler.burst import burst_message
+from profiler.burst import burst_message, normalize_device
 from profiler.child import ChildOutcome, run_in_child
 
 T = "tests.profiler._targets:"
@@ -20,6 +20,11 @@ def test_ok_returns_value_and_streams_progress_in_order():
     assert out.status == "ok" and out.value["value"] == 42
     assert out.value["pid"] != os.getpid()
     assert [e["step"] for e in events] == [1, 2]
+
+
+def test_spawned_child_as_cuda_bursts_use():
+    out = run_in_child(T + "returns", 7, timeout=60, start_method="spawn")
+    assert out.status == "ok" and out.value["value"] == 7
 
 
 def test_child_that_raises_is_an_error_result_with_where_it_stopped():
@@ -77,6 +82,12 @@ def test_unsupported_spec_is_reported_not_run(tiny_config):
     result = run_burst(spec, steps=1, history=False)
     assert result.status == "unsupported"
     assert result.message.startswith("not available: mixed precision keeps an fp32 master copy")
+
+
+def test_device_names():
+    assert [normalize_device(d) for d in ("cpu", "CUDA", "cuda:1")] == ["cpu", "cuda:0", "cuda:1"]
+    with pytest.raises(ValueError, match="unknown device"):
+        normalize_device("gpu")
 
 
 def test_invalid_spec_raises_value_error_before_starting(tiny_config):

@@ -22,8 +22,8 @@ def test_trace_json_has_the_planners_record_shape_plus_seconds(capsys):
 
 
 def test_validate_json_is_a_list_of_records(capsys, tiny_config):
-    flags = ["--config", tiny_config, "--trace-model", tiny_config, "--methods", "adamw,galore,qlora",
-             "--rank", "8", "--batch", "2", "--seq", "32", "--precision", "fp32", "--steps", "1"]
+    flags = ["--config", tiny_config, "--trace-model", tiny_config, "--methods", "adamw,galore,lora-pro",
+             "--rank", "8", "--batch", "2", "--seq", "32", "--precision", "fp32", "--steps", "1", "--layerwise"]
     records = _json(capsys, ["validate", *flags, "--format", "json"])
     assert all(RECORD_KEYS <= set(r) for r in records)
     ok = [r for r in records if r["status"] == "ok"]
@@ -31,8 +31,9 @@ def test_validate_json_is_a_list_of_records(capsys, tiny_config):
                                                       ("galore", "burst"), ("galore", "trace")}
     weights = [r for r in ok if r["component"] == "weights"]
     assert weights and all(r["relative_error"] == 0 for r in weights)
-    qlora = [r for r in records if r["method"] == "qlora"]
-    assert all(r["component"] is None and r["status"] != "ok" and r["message"] for r in qlora)
+    lora_pro = [r for r in records if r["method"] == "lora-pro"]      # no layer-wise mode
+    assert len(lora_pro) == 2 and all(r["component"] is None and r["status"] == "unsupported"
+                                      and "layer-wise" in r["message"] for r in lora_pro)
 
 
 def test_run_table_then_history(capsys, tiny_config):
