@@ -8,7 +8,7 @@ from .breakdown import COMPONENT_COLUMNS, COMPONENTS
 from .format import human_bytes, render
 from .spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS, TrainingSpec
 
-__all__ = ["main", "build_parser", "spec_from_args"]
+__all__ = ["main", "build_parser", "spec_from_args", "run_command"]
 
 
 def _add_spec_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
@@ -154,9 +154,8 @@ def _listing(args) -> str:
     return render(rows, args.format)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"estimate": _estimate, "compare": _compare, "fit": _fit, "ask": _ask}.get(args.command, _listing)
+def run_command(handler, args: argparse.Namespace) -> int:
+    """Run a subcommand: its text to --output or stdout; a ValueError becomes a one-line error, exit 2."""
     try:
         text = handler(args)
     except ValueError as err:
@@ -168,3 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"estimate": _estimate, "compare": _compare, "fit": _fit, "ask": _ask}.get(args.command, _listing)
+    return run_command(handler, args)

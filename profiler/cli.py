@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from planner.cli import _add_output_flags, _add_spec_flags, spec_from_args
+from planner.cli import _add_output_flags, _add_spec_flags, run_command, spec_from_args
 from planner.estimate import estimate
 from planner.format import human_bytes, render
 
@@ -176,14 +176,4 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _run, "trace": _trace, "validate": _validate, "history": _history,
                "calibrate": _calibrate}[args.command]
-    try:
-        text = handler(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-    else:
-        print(text)
-    return 0
+    return run_command(handler, args)
