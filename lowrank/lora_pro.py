@@ -90,7 +90,7 @@ def lora_pro_project(
     All fp32. ``(I - P_B) grad_b`` is formed as ``grad_b - B ((BᵀB)⁻¹ (Bᵀ grad_b))``, never the
     ``(m, m)`` projector the reference builds.
     """
-    a32, b32 = a.float(), b.float()
+    b32 = b.float()
     inv_s2 = 1.0 / scaling**2
     if first:
         return grad_a.float(), inv_s2 * (grad_b.float() @ aat_inv)

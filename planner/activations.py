@@ -30,6 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .activation_blocks import (LAYER_BYTES, Dims, attention_bytes, embeddings_bytes, head_bytes,
+                                layer_norm_bytes, logits_backward_bytes, logits_bytes, mlp_bytes,
+                                rms_norm_bytes)
 from .dtypes import canonical_dtype, tensor_bytes
 from .models import ModelConfig
 
@@ -88,183 +91,6 @@ class ActivationBreakdown:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"peak": self.peak}
 
 
-@dataclass(frozen=True)
-class _Dims:
-    """The formula symbols of one request."""
-    family: str
-    b: int
-    s: int
-    h: int
-    i: int
-    a: int
-    k: int
-    d: int
-    V: int
-    L: int
-    D: int              # bytes per activation element
-    t: int              # bytes per LayerNorm mean/rstd element
-    m_hidden: int       # bytes per hidden-dropout mask element, 0 without dropout
-    m_attn: int         # bytes per attention-dropout mask element, 0 without dropout
-    core: str           # attention kernel: "flash" | "eager" | "math" (CPU SDPA with dropout)
-    act_saves: int      # ACTIVATION_SAVES of the MLP activation
-    frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
-    kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
-
-    @property
-    def bs(self) -> int:
-        return self.b * self.s
-
-    @property
-    def bsh(self) -> int:
-        return self.b * self.s * self.h
-
-
-# ---- one layer ------------------------------------------------------------------------------
-
-def rms_norm_bytes(x: _Dims) -> int:
-    """LlamaRMSNorm: 4bsh + 4bs (+ D·bsh when its weight trains).
-
-    `x.to(fp32)` (the input itself in fp32, a copy otherwise; saved by `pow`), `rsqrt(var)`
-    (4bs), `normed.to(D)` (saved by `weight *` only if the weight trains). The output is the
-    next linear's saved input, counted there.
-    """
-    return 4 * x.bsh + 4 * x.bs + (0 if x.frozen else x.D * x.bsh)
-
-
-def layer_norm_bytes(x: _Dims) -> int:
-    """nn.LayerNorm: its input D·bsh plus mean and rstd 2t·bs (`native_layer_norm` saves them
-    whether or not weight and bias train)."""
-    return x.D * x.bsh + 2 * x.t * x.bs
-
-
-def attention_bytes(x: _Dims, softmax_fp32: bool = False) -> int:
-    """Attention: q/k/v's shared input (D·bsh), the core, the output projection's input (ctx).
-
-    flash: q (D·bs·a·d), k and v (D·bs·k·d each: GQA passes k heads with `enable_gqa`), the
-        output (D·bs·a·d, laid out (b, s, a, d), so `.transpose(1, 2).contiguous()` is free and
-        it is ctx) and the logsumexp 4·b·a·s. Dropout is replayed from the RNG seed: no mask.
-    eager: q, kᵀ, v at a heads (copies where `matmul` cannot view the transpose, `repeat_kv`
-        copies under GQA), the softmax output D·S (Llama: fp32 4·S plus the `.to(D)` copy
-        matmul saves, when D ≠ 4 and no dropout), with dropout its mask and the dropped copy
-        (m + D)·S, and the contiguous ctx D·bs·a·d. No Korthikanti 5·as²b in flash.
-    math (CPU SDPA with dropout): q·√scale, k·√scale and v copies, softmax, noise and dropped
-        scores, all fp32 (12·bs·a·d + 12·S), and ctx cast back to D.
-    """
-    qd, S = x.bs * x.a * x.d, x.b * x.a * x.s * x.s
-    if x.core == "flash":
-        return x.D * x.bsh + x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.b * x.a * x.s
-    if x.core == "math":
-        return x.D * x.bsh + 12 * qd + 12 * S + x.D * qd
-    probs = (4 + (x.D if x.D != 4 and not x.m_attn else 0)) if softmax_fp32 else x.D
-    dropped = x.m_attn + x.D if x.m_attn else 0
-    return x.D * x.bsh + 3 * x.D * qd + (probs + dropped) * S + x.D * qd
-
-
-def mlp_bytes(x: _Dims, gated: bool) -> int:
-    """MLP: its input D·bsh plus b·s·i tensors.
-
-    SwiGLU (Llama): the activation's saves (SiLU: the gate output), its output and the up
-    output (both saved by `*`), their product (down_proj's input): (saves + 3)·D·bsi.
-    GELU MLP (GPT-2, RoBERTa): the activation's saves and output (c_proj's / dense's input):
-    (saves + 1)·D·bsi, so 5·D·bsi for gelu_new and 2·D·bsi for exact GELU.
-    """
-    return x.D * x.bsh + (x.act_saves + (3 if gated else 1)) * x.D * x.bs * x.i
-
-
-def llama_layer_bytes(x: _Dims) -> int:
-    """LlamaDecoderLayer: 2 RMSNorms, attention (fp32 softmax), SwiGLU MLP. Residual adds save
-    nothing; rotary's cos/sin are shared by all layers (`embeddings`). Full fine-tune, flash,
-    k = a, a·d = h: fp32 40bsh + 16bsi + 8bs + 4bas; bf16 24bsh + 8bsi + 8bs + 4bas."""
-    return 2 * rms_norm_bytes(x) + attention_bytes(x, softmax_fp32=True) + mlp_bytes(x, True)
-
-
-def gpt2_layer_bytes(x: _Dims) -> int:
-    """GPT2Block (pre-LN): ln_1, attention, resid-dropout mask, ln_2, MLP, dropout mask.
-
-    With `use_cache` (GPT2Config's default; checkpointing turns it off) the forward builds a
-    DynamicCache: k and v are concatenated into contiguous copies, which SDPA-flash then saves
-    while q, a view of c_attn's output, keeps the fused q/k/v storage alive: +2·D·bsh.
-
-    With exact GELU, i = 4h, CUDA: 16·D·bsh + 2bsh + 4t·bs, plus 4bas (flash) or 5·S at D = 2
-    (eager: softmax, mask, dropped): Korthikanti's 34sbh + 5as²b in fp16, term for term.
-    GPT-2's default gelu_new saves three more b·s·i tensors: +12·D·bsh.
-    """
-    cache_copies = 2 * x.D * x.bsh if x.kv_cache and x.core == "flash" else 0
-    return (2 * layer_norm_bytes(x) + attention_bytes(x) + mlp_bytes(x, gated=False)
-            + 2 * x.m_hidden * x.bsh + cache_copies)
-
-
-def roberta_layer_bytes(x: _Dims) -> int:
-    """RobertaLayer (post-LN): attention (its input is the layer input), dropout mask,
-    LayerNorm(dense + input), MLP, dropout mask, LayerNorm(dense + residual)."""
-    return (attention_bytes(x) + mlp_bytes(x, gated=False) + 2 * layer_norm_bytes(x)
-            + 2 * x.m_hidden * x.bsh)
-
-
-_LAYER = {"llama": llama_layer_bytes, "gpt2": gpt2_layer_bytes, "roberta": roberta_layer_bytes}
-
-
-# ---- outside the layers ---------------------------------------------------------------------
-
-def embeddings_bytes(x: _Dims, checkpointing: bool = False) -> int:
-    """Saved before the first layer.
-
-    llama: rotary cos and sin, (1, s, d) in D, shared by every layer: 2·D·s·d.
-    gpt2: the position ids wpe saves (int64, 8s) and the embedding-dropout mask m·bsh.
-    roberta: position and token-type ids (16bs), the LayerNorm's input and stats, the mask.
-    Frozen embeddings (LoRA) save no ids, and without checkpointing nothing before the first
-    layer needs a gradient. With checkpointing, transformers' `enable_input_require_grads`
-    makes the word embeddings' output a leaf that requires grad: what follows it is saved, and
-    the leaf itself (D·bsh; Llama's is the first layer's input) is held by its AccumulateGrad.
-    """
-    if x.family == "llama":
-        return 2 * x.D * x.s * x.d
-    if x.frozen and not checkpointing:
-        return 0
-    ids = 0 if x.frozen else (8 * x.s if x.family == "gpt2" else 16 * x.bs)
-    leaf = x.D * x.bsh if x.frozen else 0
-    norm = layer_norm_bytes(x) if x.family == "roberta" else 0
-    return ids + leaf + norm + x.m_hidden * x.bsh
-
-
-def head_bytes(x: _Dims) -> int:
-    """The final norm and LM head's saved inputs (a frozen head saves none of its inputs).
-
-    llama: final RMSNorm + lm_head input D·bsh; gpt2: ln_f + lm_head input D·bsh;
-    roberta: dense input, GELU input, LayerNorm input and stats, decoder input.
-    """
-    trained_input = 0 if x.frozen else x.D * x.bsh
-    if x.family == "llama":
-        return rms_norm_bytes(x) + trained_input
-    if x.family == "gpt2":
-        return layer_norm_bytes(x) + trained_input
-    return 2 * trained_input + x.D * x.bsh + layer_norm_bytes(x)
-
-
-def logits_bytes(x: _Dims) -> int:
-    """Loss tensors alive at the forward's end, once the caller keeps only the loss.
-
-    Causal LMs (`ForCausalLMLoss`): `logits.float()`, then cross_entropy = log_softmax + nll.
-    log_softmax saves its fp32 output, 4bsV; nll the shifted labels (int64, 8bs). The logits
-    (D·bsV) and their fp32 copy (D ≠ 4) are saved by nothing and freed with the model output
-    (HF Trainer's `compute_loss` drops it; a loop that keeps `outputs` through backward holds
-    another D·bsV). RobertaForMaskedLM's `CrossEntropyLoss` does not upcast: D·bsV.
-    """
-    if x.family == "roberta":
-        return x.D * x.bs * x.V
-    return 4 * x.bs * x.V + 8 * x.bs
-
-
-def logits_backward_bytes(x: _Dims) -> int:
-    """At the start of backward, nll's gradient and log_softmax's input gradient, each the size
-    of the saved log-softmax, are alive with it: 2·4bsV (RoBERTa 2·D·bsV) over `total`. This
-    exceeds the forward's own peak at the loss (logits + fp32 copy + log-softmax)."""
-    return 2 * (x.D if x.family == "roberta" else 4) * x.bs * x.V
-
-
-# ---- LoRA -----------------------------------------------------------------------------------
-
-#: the tensor feeding each block linear (its name after the layer index).
 _LINEAR_INPUT = {
     "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
     "self_attn.o_proj": "ctx", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in",
@@ -288,7 +114,7 @@ def adapted_linears(model: ModelConfig) -> list[tuple[str, int]]:
     return out
 
 
-def lora_layer_bytes(x: _Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
+def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
                      lora_m: int) -> int:
     """Adapter extras of one layer; peft's `lora.Linear` computes
     base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
@@ -307,7 +133,7 @@ def lora_layer_bytes(x: _Dims, linears: list[tuple[str, int]], rank: int, lora_d
     return extra - sum(x.D * x.bs * n for _, n in released)
 
 
-def lora_grad_bytes(x: _Dims, linears: list[tuple[str, int]], lora_d: int, lora_m: int) -> int:
+def lora_grad_bytes(x: Dims, linears: list[tuple[str, int]], lora_d: int, lora_m: int) -> int:
     """An adapter that copies its input (cast or dropout) holds, in backward, the gradient of
     A's input in lora_d and its image through dropout (lora_d) or the cast (D), for the widest
     input (the MLP's last linear, first in backward): (lora_d + lora_d or D)·bs·in."""
@@ -316,7 +142,7 @@ def lora_grad_bytes(x: _Dims, linears: list[tuple[str, int]], lora_d: int, lora_
     return (lora_d + (lora_d if lora_m else x.D)) * x.bs * max(n for _, n in linears)
 
 
-def frozen_input_bytes(x: _Dims, linears: list[tuple[str, int]], lora_m: int) -> int:
+def frozen_input_bytes(x: Dims, linears: list[tuple[str, int]], lora_m: int) -> int:
     """What layer 0 does not save under LoRA without checkpointing, its input (from frozen
     embeddings) needing no gradient: the pre-attention norm (Llama 4bsh + 4bs, GPT-2's ln_1)
     and the adapter-dropout masks on the attention input (dropout saves none for a non-grad
@@ -327,7 +153,7 @@ def frozen_input_bytes(x: _Dims, linears: list[tuple[str, int]], lora_m: int) ->
 
 # ---- backward -------------------------------------------------------------------------------
 
-def attention_grad_bytes(x: _Dims) -> int:
+def attention_grad_bytes(x: Dims) -> int:
     """Gradients alive at the worst point of the attention core's backward.
 
     eager Llama (fp32 softmax): the probabilities' gradient in fp32 and the scores' in D,
@@ -342,7 +168,7 @@ def attention_grad_bytes(x: _Dims) -> int:
     return (4 + x.D) * S if x.family == "llama" else x.D * S
 
 
-def layer_backward_bytes(x: _Dims, lora_saved: int = 0, lora_grads: int = 0) -> int:
+def layer_backward_bytes(x: Dims, lora_saved: int = 0, lora_grads: int = 0) -> int:
     """One layer's saved tensors (adapters' included) plus its backward's gradient peak.
 
     The MLP's backward runs first, with everything saved: the gradients of the activation's
@@ -353,7 +179,7 @@ def layer_backward_bytes(x: _Dims, lora_saved: int = 0, lora_grads: int = 0) -> 
     attention backward runs once the MLP, its norm and masks are released. Throughout, the
     layer output's gradient D·bsh is alive.
     """
-    per_layer = _LAYER[x.family](x)
+    per_layer = LAYER_BYTES[x.family](x)
     pre_attention = attention_bytes(x, softmax_fp32=x.family == "llama") + {
         "llama": rms_norm_bytes(x), "gpt2": layer_norm_bytes(x), "roberta": 0}[x.family]
     mlp_grads = (2 if x.family == "llama" or x.act_saves > 1 else 1) * x.D * x.bs * x.i
@@ -364,7 +190,7 @@ def layer_backward_bytes(x: _Dims, lora_saved: int = 0, lora_grads: int = 0) -> 
     return max(phases) + x.D * x.bsh
 
 
-def checkpoint_held_bytes(x: _Dims) -> int:
+def checkpoint_held_bytes(x: Dims) -> int:
     """Held by every checkpoint besides its layer input (keyword arguments of the layer, freed
     after the forward without checkpointing): eager causal attention's additive mask, (b, 1,
     s, s) in D (SDPA gets `is_causal`, RoBERTa no mask), and Llama's and GPT-2's position ids,
@@ -374,7 +200,7 @@ def checkpoint_held_bytes(x: _Dims) -> int:
     return mask + ids
 
 
-def input_saved_by_layer(x: _Dims, lora_copies: bool) -> bool:
+def input_saved_by_layer(x: Dims, lora_copies: bool) -> bool:
     """Whether a layer saves its input tensor itself, which a checkpoint already holds: fp32
     RMSNorm, GPT-2's ln_1, RoBERTa's q/k/v (unless adapters copy their input)."""
     return {"llama": x.D == 4, "gpt2": True, "roberta": not lora_copies}[x.family]
@@ -410,7 +236,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     if lora_rank is not None:
         lora_layer, lora_grads, discount, copies = _lora_terms(
             x, model, lora_rank, lora_dropout, lora_dtype or dtype, kernels)
-    per_layer, full = _LAYER[x.family](x), checkpointing == "full"
+    per_layer, full = LAYER_BYTES[x.family](x), checkpointing == "full"
     embeddings, head, logits = embeddings_bytes(x, full), head_bytes(x), logits_bytes(x)
     top = layer_backward_bytes(x, lora_layer, lora_grads)    # the last layer in its backward
     if full:
@@ -427,7 +253,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
 
 
 def _check(model: ModelConfig, batch, seq, attention, checkpointing, kernels, lora_rank) -> None:
-    if model.family not in _LAYER:
+    if model.family not in LAYER_BYTES:
         raise ValueError(f"activation memory is modelled for Llama-style (llama, mistral, "
                          f"qwen2), GPT-2 and RoBERTa blocks; {model.name} is model_type "
                          f"{model.model_type!r}")
@@ -462,7 +288,7 @@ def _compute_bytes(dtype: str, name: str) -> int:
 
 
 def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kernels: str,
-          dropout: float | None, frozen: bool, checkpointing: bool) -> _Dims:
+          dropout: float | None, frozen: bool, checkpointing: bool) -> Dims:
     """The symbols, with dropouts from `dropout` or the config and the attention kernel."""
     if dropout is not None:
         p = _probability("dropout", dropout)
@@ -478,7 +304,7 @@ def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kern
     mask = 1 if kernels == "cuda" else D
     core = "eager" if attention == "eager" else (
         "math" if kernels == "cpu" and p_attn > 0 else "flash")
-    return _Dims(model.family, batch, seq, model.hidden_size, model.intermediate_size,
+    return Dims(model.family, batch, seq, model.hidden_size, model.intermediate_size,
                  model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
                  model.num_layers, D, 4 if kernels == "cuda" else D,
                  mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
@@ -486,7 +312,7 @@ def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kern
                  bool(model.hf_config.get("use_cache", True)) and not checkpointing)
 
 
-def _lora_terms(x: _Dims, model: ModelConfig, rank: int, dropout: float, lora_dtype: str,
+def _lora_terms(x: Dims, model: ModelConfig, rank: int, dropout: float, lora_dtype: str,
                 kernels: str) -> tuple[int, int, int, bool]:
     """(adapter extras per layer, their backward gradients, layer 0's frozen-input saving,
     whether the adapters copy their inputs)."""

@@ -44,9 +44,8 @@ def step_temporaries(r: Resolved) -> int:
     if mid in ("lora", "qlora"):
         adapters = [r.rank * sum(p.shape) for p in r.model.selected]
         return tensor_bytes(max(adapters) if r.spec.layerwise else sum(adapters), r.states)
-    extra = largest.shape[0] ** 2 if mid == "lora-pro" else 0   # I - B (B^T B)^-1 B^T
-    if mid == "adafactor" and r.weights != "fp32":             # p.float() and grad.float() copy
-        extra = 2 * largest.numel
+    # memfit's LoRA-Pro never forms the (m, m) projector I - B (B^T B)^-1 B^T the reference builds
+    extra = 2 * largest.numel if mid == "adafactor" and r.weights != "fp32" else 0   # p/grad.float()
     return 4 * (STEP_COPIES.get(mid, 1) * largest.numel + extra)
 
 
