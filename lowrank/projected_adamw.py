@@ -267,8 +267,12 @@ class ProjectedAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self._update(group, [p for p in group["params"] if p.grad is not None])
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict) -> None:
+        """Update a group's parameters that have a gradient (methods with more state extend this)."""
+        self._update(group, [p for p in group["params"] if p.grad is not None])
 
     @torch.no_grad()
     def step_parameter(self, param: torch.Tensor) -> None:

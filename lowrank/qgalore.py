@@ -329,17 +329,10 @@ class QGaLoreAdamW(ProjectedAdamW):
             raise ValueError(f"sr_seed must be an int, got {param_group['sr_seed']!r}")
         super().add_param_group(param_group)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._update(group, [p for p in group["params"] if p.grad is not None])
-            for p in group["params"]:
-                self._int8_update(group, p)
-        return loss
+    def _step_group(self, group: dict) -> None:
+        super()._step_group(group)
+        for p in group["params"]:
+            self._int8_update(group, p)
 
     @torch.no_grad()
     def step_parameter(self, param: torch.Tensor) -> None:

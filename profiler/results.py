@@ -66,8 +66,23 @@ def _spec_record(spec: TrainingSpec) -> dict:
     return spec.as_dict()
 
 
+class _Result:
+    """What bursts and traces share: a status, and a JSON-ready record tagged with the mode."""
+    mode = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_record(self) -> dict:
+        d = asdict(self)
+        d["spec"] = _spec_record(self.spec)
+        d["mode"] = self.mode
+        return d
+
+
 @dataclass(frozen=True)
-class BurstResult:
+class BurstResult(_Result):
     """One short real training run. `measurement` is None unless status is "ok"."""
     spec: TrainingSpec
     status: str
@@ -83,19 +98,11 @@ class BurstResult:
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_record(self) -> dict:
-        d = asdict(self)
-        d["spec"] = _spec_record(self.spec)
-        d["mode"] = "burst"
-        return d
+    mode = "burst"
 
 
 @dataclass(frozen=True)
-class TraceResult:
+class TraceResult(_Result):
     """One full-size training step traced under FakeTensorMode (no memory allocated).
 
     traced_layers: the layer counts actually traced; `extrapolated` when the result for the
@@ -111,12 +118,4 @@ class TraceResult:
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_record(self) -> dict:
-        d = asdict(self)
-        d["spec"] = _spec_record(self.spec)
-        d["mode"] = "trace"
-        return d
+    mode = "trace"

@@ -10,7 +10,7 @@ from lowrank.apollo import next_seed, random_projection
 from lowrank.dct import dct_basis, dct_projection, select_dct_columns
 from lowrank.projection import project
 
-from _lowrank_helpers import TinyNet, clone_model, train
+from _lowrank_helpers import TinyNet, train
 
 
 @pytest.mark.parametrize("d", [1, 5, 64])
