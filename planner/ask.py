@@ -8,9 +8,8 @@ from __future__ import annotations
 import re
 
 from . import gpus, methods, models
-from .fit import fit_report
+from .fit import fit_records
 from .resolve import resolve_spec
-from .methods import METHOD_IDS
 from .names import normalize, suggest
 from .spec import TrainingSpec
 
@@ -102,15 +101,7 @@ def ask(question: str, default_gpu: str | None = None) -> dict:
     """Answer for every method, best first; the method named in the question is flagged `asked`."""
     spec, named, assumed = parse_question(question, default_gpu)
     resolve_spec(spec.replace(method="adamw", rank=None))   # a bad model/batch/seq fails once, clearly
-    results = []
-    for mid in METHOD_IDS:
-        s = spec.replace(method=mid, rank=spec.rank if "rank" in methods.get_method(mid).options else None)
-        try:
-            report = fit_report(s)
-        except ValueError as err:
-            results.append({"method": mid, "error": str(err), "fits": None, "asked": mid == named})
-            continue
-        results.append({**report.to_record(), "asked": mid == named, "error": ""})
+    results = [{**r, "asked": r["method"] == named} for r in fit_records(spec)]
     fitting = {r["method"] for r in results if r["fits"]}
     recommended = next((m for m in methods.RECOMMENDATION_ORDER if m in fitting), None)
     return {"question": question, "model": spec.model, "gpu": spec.gpu, "assumptions": assumed,

@@ -115,14 +115,21 @@ def _fit_rows(records: list[dict]) -> list[dict]:
              "to fit": "; ".join(s["description"] for s in r["suggestions"][:1])} for r in records]
 
 
+def _fit_table(records: list[dict]) -> str:
+    ok = [r for r in records if not r["error"]]
+    cannot = [f"{r['method']}: {r['error']}" for r in records if r["error"]]
+    return render(_fit_rows(ok), "table") + "".join(f"\n{line}" for line in cannot)
+
+
 def _fit(args) -> str:
-    from .fit import fit_all
+    from .fit import fit_records
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    records = [r.to_record() for r in fit_all(spec_from_args(args), methods)]
+    records = fit_records(spec_from_args(args), methods)
     if args.format == "json":
         return render([], "json", payload=records)
-    return render(_fit_rows(records) if args.format == "table" else
-                  [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in records], args.format)
+    if args.format == "table":
+        return _fit_table(records)
+    return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in records], "csv")
 
 
 def _ask(args) -> str:
@@ -130,12 +137,12 @@ def _ask(args) -> str:
     answer = ask(" ".join(args.question))
     if args.format == "json":
         return render([], "json", payload=answer)
-    ok = [r for r in answer["results"] if not r["error"]]
     if args.format == "csv":
-        return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in ok], "csv")
+        return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+                       for r in answer["results"]], "csv")
     head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}",
             "assumes: " + "; ".join(answer["assumptions"]), ""]
-    return "\n".join(head) + render(_fit_rows(ok), "table")
+    return "\n".join(head) + _fit_table(answer["results"])
 
 
 def _listing(args) -> str:

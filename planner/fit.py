@@ -12,7 +12,7 @@ from .methods import METHOD_IDS, get_method
 from .resolve import resolve_spec
 from .spec import TrainingSpec
 
-__all__ = ["FitReport", "Suggestion", "fit_report", "fit_all", "largest"]
+__all__ = ["FitReport", "Suggestion", "fit_report", "fit_all", "fit_records", "largest"]
 
 #: a method's 8-bit variant, for the "8-bit states" switch
 EIGHT_BIT = {"adamw": "adamw-8bit", "galore": "galore-8bit", "gradnormlorp": "gradnormlorp-8bit"}
@@ -148,10 +148,14 @@ def suggestions(spec: TrainingSpec, limit: int = 3) -> tuple[Suggestion, ...]:
     return ()
 
 
-def fit_report(spec: TrainingSpec) -> FitReport:
-    """Fit verdict and searches for one spec; the spec must name a GPU."""
+def _require_gpu(spec: TrainingSpec) -> None:
     if not spec.gpu:
         raise ValueError("a fit check needs a GPU: name one (e.g. --gpu 4090) or a capacity (--gpu 24GB)")
+
+
+def fit_report(spec: TrainingSpec) -> FitReport:
+    """Fit verdict and searches for one spec; the spec must name a GPU."""
+    _require_gpu(spec)
     b = estimate(spec)
     model = resolve_spec(spec).model
     rank_limit = _rank_limit(spec)
@@ -163,8 +167,10 @@ def fit_report(spec: TrainingSpec) -> FitReport:
 
 
 def fit_all(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[FitReport]:
-    """`fit_report` for every method (options a method lacks are dropped for it)."""
+    """`fit_report` for every method that can take this spec (options a method lacks are
+    dropped for it); `fit_records` also says why the others cannot."""
     from .compare import method_specs
+    _require_gpu(spec)
     reports = []
     for s in method_specs(spec, methods or METHOD_IDS):
         try:
@@ -172,3 +178,17 @@ def fit_all(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[Fi
         except ValueError:
             continue
     return reports
+
+
+def fit_records(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[dict]:
+    """One record per method: `fit_report`'s with `error` "", or {"method", "fits": None, "error"}
+    saying why this method cannot take the spec (a rank larger than a matrix, say)."""
+    from .compare import method_specs
+    _require_gpu(spec)
+    out = []
+    for s in method_specs(spec, methods or METHOD_IDS):
+        try:
+            out.append({**fit_report(s).to_record(), "error": ""})
+        except ValueError as err:
+            out.append({"method": s.method, "fits": None, "error": str(err)})
+    return out

@@ -108,3 +108,22 @@ def test_largest_batch_equals_a_linear_scan(method, gpu, model, seq):
     upper = 40
     scan = [b for b in range(1, upper + 1) if estimate(spec.replace(batch=b)).fits]
     assert largest(spec, "batch", upper) == (max(scan) if scan else None)
+
+
+def test_fit_records_say_why_a_method_cannot_take_the_spec(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 176,
+                               "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 1000,
+                               "max_position_embeddings": 256}))
+    from planner.fit import fit_records
+    records = fit_records(TrainingSpec(model=str(cfg), gpu="t4", seq=32))
+    by_method = {r["method"]: r for r in records}
+    assert len(records) == 16 and by_method["adamw"]["fits"] is True
+    assert by_method["galore"]["fits"] is None and "choose a rank of at most 64" in by_method["galore"]["error"]
+    assert main(["fit", "--config", str(cfg), "--gpu", "t4", "--seq", "32"]) == 0
+    assert "galore: rank 128 is larger than" in capsys.readouterr().out
+
+
+def test_fit_cli_without_a_gpu_says_so(capsys):
+    assert main(["fit", "--model", "gpt2"]) == 2
+    assert "needs a GPU" in capsys.readouterr().err
