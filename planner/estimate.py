@@ -1,6 +1,7 @@
 """`estimate(spec) -> MemoryBreakdown`: the planner's one entry point for a single configuration."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -43,18 +44,11 @@ def _shared_rows(r: Resolved, rows: list[Row]) -> list[Row]:
         dims = sorted({basis_dim(p, r) for _, p, _ in param_groups(r.model) if p.role == "block_linear"})
         out += [Row(f"shared DCT basis {d}x{d}", (d, d), "shared", (),
                     ParamMemory(projection=tensor_bytes(d * d, r.projection))) for d in dims]
-    if uses_bnb_qmaps(r) and any(row.memory.gradients and max(row.shape) and
-                                 _numel(row.shape) >= MIN_8BIT_NUMEL for row in rows):
+    if uses_bnb_qmaps(r) and any(row.memory.gradients and math.prod(row.shape) >= MIN_8BIT_NUMEL
+                                 for row in rows):
         out.append(Row("bitsandbytes quantisation maps", (2, 256), "shared", (),
                        ParamMemory(optimizer_states=BNB_QMAP_BYTES)))
     return out
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _layerwise(rows: list[Row], r: Resolved) -> list[Row]:
@@ -73,11 +67,7 @@ def _layerwise(rows: list[Row], r: Resolved) -> list[Row]:
 
 
 def _components(rows: list[Row]) -> Components:
-    sums = [0] * 5
-    for row in rows:
-        for k, v in enumerate(row.memory.astuple()):
-            sums[k] += row.count * v
-    return Components(*sums)
+    return Components(*sum((row.memory.scaled(row.count) for row in rows), ParamMemory()).astuple())
 
 
 def _filled_spec(r: Resolved, gpu) -> TrainingSpec:

@@ -8,6 +8,7 @@ from itertools import combinations
 
 from .breakdown import MemoryBreakdown
 from .estimate import estimate
+from .gpus import get_gpu
 from .methods import METHOD_IDS, get_method
 from .resolve import resolve_spec
 from .spec import TrainingSpec
@@ -66,7 +67,7 @@ def largest(spec: TrainingSpec, field: str, upper: int) -> int | None:
     interpolates the crossing of the capacity line (then checks the neighbour), falling back to
     bisection whenever interpolation fails to halve the bracket: a handful of estimates.
     """
-    cap = estimate(spec).gpu.capacity_bytes
+    cap = get_gpu(spec.gpu).capacity_bytes
     at = lambda v: _peak(spec.replace(**{field: v}))
     f_lo = at(1)
     if upper < 1 or f_lo is None or f_lo > cap:
@@ -166,29 +167,26 @@ def fit_report(spec: TrainingSpec) -> FitReport:
         suggestions=() if b.fits else suggestions(spec), breakdown=b)
 
 
-def fit_all(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[FitReport]:
-    """`fit_report` for every method that can take this spec (options a method lacks are
-    dropped for it); `fit_records` also says why the others cannot."""
+def _each_method(spec: TrainingSpec, methods: Iterable[str] | None):
+    """(method id, its FitReport or the ValueError saying why it cannot take the spec), per method;
+    options a method lacks are dropped for it."""
     from .compare import method_specs
     _require_gpu(spec)
-    reports = []
     for s in method_specs(spec, methods or METHOD_IDS):
         try:
-            reports.append(fit_report(s))
-        except ValueError:
-            continue
-    return reports
+            yield s.method, fit_report(s)
+        except ValueError as err:
+            yield s.method, err
+
+
+def fit_all(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[FitReport]:
+    """`fit_report` for every method that can take this spec; `fit_records` also says why the
+    others cannot."""
+    return [r for _, r in _each_method(spec, methods) if isinstance(r, FitReport)]
 
 
 def fit_records(spec: TrainingSpec, methods: Iterable[str] | None = None) -> list[dict]:
     """One record per method: `fit_report`'s with `error` "", or {"method", "fits": None, "error"}
     saying why this method cannot take the spec (a rank larger than a matrix, say)."""
-    from .compare import method_specs
-    _require_gpu(spec)
-    out = []
-    for s in method_specs(spec, methods or METHOD_IDS):
-        try:
-            out.append({**fit_report(s).to_record(), "error": ""})
-        except ValueError as err:
-            out.append({"method": s.method, "fits": None, "error": str(err)})
-    return out
+    return [{**r.to_record(), "error": ""} if isinstance(r, FitReport)
+            else {"method": method, "fits": None, "error": str(r)} for method, r in _each_method(spec, methods)]
