@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's packages
 
 from planner import METHOD_IDS, TrainingSpec, estimate
-from planner.compare import method_specs
+from planner.comparison import method_specs
 from planner.format import human_bytes
 from planner.gpus import get_gpu
 from profiler import compare, run_burst

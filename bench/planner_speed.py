@@ -26,7 +26,7 @@ def _best_of(fn, repeat: int) -> tuple[float, float]:
 
 def main() -> None:
     from planner import TrainingSpec
-    from planner.compare import compare_records
+    from planner.comparison import compare_records
     from planner.spec import PRECISIONS
 
     base = TrainingSpec(model="llama-7b", gpu="rtx-4090")

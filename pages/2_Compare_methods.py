@@ -7,7 +7,7 @@ from ui import analysis, cached, charts, inputs, views
 
 st.set_page_config(page_title="memfit · Compare methods", layout="wide")
 st.title("Compare methods")
-st.caption("Rows are `planner.compare.compare_records` — the same rows as "
+st.caption("Rows are `planner.comparison.compare_records` — the same rows as "
            "`python -m planner compare --all-precisions --format csv`.")
 
 with st.sidebar:

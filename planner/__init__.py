@@ -13,6 +13,6 @@ __all__ = ["COMPONENT_COLUMNS", "COMPONENTS", "Components", "MemoryBreakdown", "
 
 
 def compare(*args, **kwargs):
-    """Every method (and precision) for one model as a pandas DataFrame; see planner.compare."""
-    from .compare import compare as _compare   # pandas is imported only when asked for
+    """Every method (and precision) for one model as a pandas DataFrame; see planner.comparison."""
+    from .comparison import compare as _compare   # pandas is imported only when asked for
     return _compare(*args, **kwargs)

@@ -93,7 +93,7 @@ def _estimate(args) -> str:
 
 
 def _compare(args) -> str:
-    from .compare import compare_records
+    from .comparison import compare_records
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     records = compare_records(spec_from_args(args), methods,
                               list(PRECISIONS) if args.all_precisions else None)

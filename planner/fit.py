@@ -170,7 +170,7 @@ def fit_report(spec: TrainingSpec) -> FitReport:
 def _each_method(spec: TrainingSpec, methods: Iterable[str] | None):
     """(method id, its FitReport or the ValueError saying why it cannot take the spec), per method;
     options a method lacks are dropped for it."""
-    from .compare import method_specs
+    from .comparison import method_specs
     _require_gpu(spec)
     for s in method_specs(spec, methods or METHOD_IDS):
         try:

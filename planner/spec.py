@@ -43,6 +43,30 @@ class TrainingSpec:
     seq: int = 512
     checkpointing: str = "none"
     attention: str = "sdpa"
+    # LoRA as people configure it (issue 11); None: peft's / the method's default
+    lora_targets: str | None = None       # "q_proj,v_proj", "all-linear", may include lm_head / embed_tokens
+    lora_dropout: float | None = None
+    adapter_dtype: str | None = None      # fp32 | bf16 | fp16
+    modules_to_save: str | None = None    # "embed_tokens,lm_head": trained in full beside the adapters
+    base_quant: str | None = None         # none | int8 | nf4 (the frozen base of an adapter method)
+    double_quant: bool = True             # bitsandbytes nested quantisation of NF4 absmax
+    kbit_upcast: bool | None = None       # peft prepare_model_for_kbit_training's fp32 upcast
+    rslora: bool = False                  # rsLoRA scaling: no memory effect
+    lora_init: str = "default"            # default | gaussian | pissa | olora: no memory effect
+    # the training stack (issue 12)
+    loss: str | None = None               # full | chunked | fused
+    loss_chunks: int | None = None        # chunked cross-entropy's chunk count
+    grad_accum: int = 1
+    paged: bool = False                   # bitsandbytes paged optimizer states
+    activation_offload: bool = False      # torchtune-style activation offloading to CPU
+    stack: str | None = None              # hf | torchtune | litgpt | axolotl | llamafactory | unsloth
+    # more than one GPU (issue 13)
+    devices: int = 1
+    sharding: str = "none"                # none | ddp | zero1 | zero2 | zero3 | fsdp | hsdp
+    shard_group: int | None = None        # hsdp: devices per shard group
+    offload: str = "none"                 # none | optimizer | params
+    # mixture of experts (issue 10): None = balanced top-k routing
+    capacity_factor: float | None = None
 
     def replace(self, **changes) -> "TrainingSpec":
         return dataclasses.replace(self, **changes)

@@ -16,12 +16,12 @@ __all__ = ["run_burst", "trace", "compare", "validate", "COMPARED", "Comparison"
 
 
 def trace(*args, **kwargs):
-    """One full-size training step traced under FakeTensorMode; see profiler.trace.trace."""
-    from .trace import trace as _trace
+    """One full-size training step traced under FakeTensorMode; see profiler.tracing.trace."""
+    from .tracing import trace as _trace
     return _trace(*args, **kwargs)
 
 
 def validate(*args, **kwargs):
-    """Predicted vs measured for every method; see profiler.validate.validate."""
-    from .validate import validate as _validate
+    """Predicted vs measured for every method; see profiler.validation.validate."""
+    from .validation import validate as _validate
     return _validate(*args, **kwargs)

@@ -119,7 +119,7 @@ def _run(args) -> str:
 
 
 def _trace(args) -> str:
-    from .trace import trace
+    from .tracing import trace
     spec = spec_from_args(args)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))
     records = _compared(spec, result, "trace")
@@ -138,7 +138,7 @@ def _trace(args) -> str:
 
 
 def _validate(args) -> str:
-    from .validate import validate
+    from .validation import validate
     methods = None if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     records = validate(args.config or args.model, methods, modes=[m.strip() for m in args.modes.split(",")],
                        device=args.device, steps=args.steps, warmup=args.warmup,

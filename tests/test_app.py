@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from planner import GPU_CATALOG, METHODS, TrainingSpec, estimate
 from planner.ask import ask
-from planner.compare import compare_records
+from planner.comparison import compare_records
 from planner.fit import fit_report
 from planner.format import human_bytes, render
 from planner.spec import PRECISIONS

@@ -6,7 +6,7 @@ import pytest
 
 CHECKS = {
     # module imported -> modules that must not be loaded afterwards
-    "planner, planner.cli, planner.estimate, planner.compare, planner.methods": ["torch", "streamlit", "transformers", "pandas"],
+    "planner, planner.cli, planner.estimate, planner.comparison, planner.methods": ["torch", "streamlit", "transformers", "pandas"],
     "lowrank": ["planner", "profiler", "streamlit"],
     "profiler": ["streamlit"],
 }
@@ -18,5 +18,22 @@ def test_import_boundaries(modules, forbidden):
             f"    try:\n        importlib.import_module(m)\n    except ModuleNotFoundError as e:\n"
             f"        if e.name != m: raise\n"
             f"bad = [f for f in {forbidden!r} if f in sys.modules]\nprint(bad)\nassert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_package_functions_survive_importing_their_submodules():
+    """`planner.compare`, `profiler.trace` and `profiler.validate` are functions; importing any
+    submodule anywhere (as the app and the CLI do, in any order) must not rebind them to a module
+    (issue 9: the Validate page's second trace raised "'module' object is not callable")."""
+    code = ("import importlib, planner, profiler\n"
+            "for m in ['planner.ask', 'planner.fit', 'planner.comparison', 'planner.cli', 'profiler.cli',\n"
+            "          'profiler.tracing', 'profiler.validation', 'profiler.compare', 'profiler.burst']:\n"
+            "    importlib.import_module(m)\n"
+            "import types\n"
+            "for f in (planner.compare, profiler.trace, profiler.validate, profiler.compare, planner.estimate):\n"
+            "    assert callable(f) and not isinstance(f, types.ModuleType), f\n"
+            "from planner import compare\n"
+            "assert len(compare('llama-60m', methods=['adamw'])) == 1\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

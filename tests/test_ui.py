@@ -8,7 +8,7 @@ import io
 import pytest
 
 from planner import COMPONENT_COLUMNS, COMPONENTS, GPU_CATALOG, METHODS, TrainingSpec, estimate
-from planner.compare import compare_records
+from planner.comparison import compare_records
 from planner.fit import fit_report
 from planner.format import human_bytes
 from planner.spec import PRECISIONS, spec_fields

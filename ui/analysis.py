@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from planner import METHODS, TrainingSpec
-from planner.compare import compare_records
+from planner.comparison import compare_records
 
 __all__ = ["SWEEPS", "sweep", "methods_with"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from planner import TrainingSpec
-from planner.compare import compare_records
+from planner.comparison import compare_records
 
 from . import analysis, gpu_info
 

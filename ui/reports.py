@@ -11,7 +11,7 @@ import io
 import json
 
 from planner import COMPONENT_COLUMNS, TrainingSpec
-from planner.compare import compare_records
+from planner.comparison import compare_records
 from planner.format import render
 from planner.spec import spec_fields
 

@@ -35,8 +35,8 @@ def missing_api() -> list[str]:
 
 
 def modes() -> list[str]:
-    """burst always; trace when `profiler.trace` has its module (FakeTensorMode tracing)."""
-    return ["burst"] + (["trace"] if importlib.util.find_spec("profiler.trace") else [])
+    """burst always; trace when `profiler.tracing` is importable (FakeTensorMode tracing)."""
+    return ["burst"] + (["trace"] if importlib.util.find_spec("profiler.tracing") else [])
 
 
 def devices() -> list[str]:

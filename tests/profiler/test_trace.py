@@ -6,7 +6,7 @@ from planner import METHOD_IDS, TrainingSpec, estimate
 from planner.resolve import resolve_spec
 from profiler import compare, trace
 from profiler.rss import process_rss
-from profiler.trace import _trace_resolved, extrapolate, trace_layers
+from profiler.tracing import _trace_resolved, extrapolate, trace_layers
 
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters", "activations", "peak")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from planner.compare import method_specs
+from planner.comparison import method_specs
 from planner.estimate import estimate
 from planner.spec import TrainingSpec
 
@@ -23,7 +23,7 @@ MODES = ("burst", "trace")
 
 
 def validation_specs(base: TrainingSpec, methods: Iterable[str] | None = None) -> list[TrainingSpec]:
-    """One spec per method from `base` (options a method lacks are dropped: planner.compare)."""
+    """One spec per method from `base` (options a method lacks are dropped: planner.comparison)."""
     return method_specs(base, methods)
 
 
@@ -43,7 +43,7 @@ def _run(spec: TrainingSpec, mode: str, device: str, steps: int, warmup: int, ti
         return run_burst(spec, steps, warmup, device, timeout=timeout, history=history,
                          on_progress=(lambda e: on_progress({"method": spec.method, "mode": mode, **e}))
                          if on_progress else None)
-    from .trace import trace
+    from .tracing import trace
     if on_progress:
         on_progress({"method": spec.method, "mode": mode, "phase": "trace"})
     return trace(spec, history=history)
