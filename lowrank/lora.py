@@ -2,15 +2,11 @@
 
 peft's ``LoraLayer`` (``tuners/lora/layer.py``) adds ``lora_A`` ``(r, n)`` and ``lora_B`` ``(m, r)``
 to a frozen ``W0 (m, n)`` with ``y = W0 x + scaling * B A x``, ``scaling = lora_alpha / r``
-(rsLoRA: ``lora_alpha / sqrt(r)``); A is kaiming-uniform, B zero. The targets are the attention and
-MLP linears of every transformer block (a module path with a numeric block index, so a model's
-``lm_head``, pooler or classifier head is never adapted):
-
-========  =================================================
-llama     q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (also mistral, qwen2)
-gpt2      c_attn, c_proj, c_fc (``Conv1D``: ``fan_in_fan_out=True``)
-roberta   query, key, value, dense
-========  =================================================
+(rsLoRA: ``lora_alpha / sqrt(r)``); A is kaiming-uniform, B zero. The targets are module names
+inside numbered transformer blocks (a model's ``lm_head``, pooler or classifier head is never
+adapted): by default peft's own per-architecture defaults (Llama: ``q_proj, v_proj``; GPT-2:
+``c_attn``, a ``Conv1D`` with ``fan_in_fan_out=True``; RoBERTa: ``query, value``), or every block
+linear (:func:`block_linear_names`, peft's "all-linear").
 
 QLoRA (:func:`apply_qlora`; Dettmers et al. 2023, ``artidoro/qlora``) first replaces those linears
 by bitsandbytes ``Linear4bit``: NF4 codes packed two per byte, block 64, double quantisation (the
@@ -26,9 +22,9 @@ import re
 import torch
 
 __all__ = [
-    "LORA_TARGETS",
     "NF4_BLOCKSIZE",
     "lora_targets",
+    "block_linear_names",
     "lora_target_regex",
     "apply_lora",
     "quantize_nf4",
@@ -38,15 +34,6 @@ __all__ = [
     "lora_pro_param_groups",
 ]
 
-_LLAMA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "roberta": ("query", "key", "value", "dense"),
-}
-_FAN_IN_FAN_OUT = frozenset({"gpt2"})  # architectures whose linears are transformers' Conv1D
 NF4_BLOCKSIZE = 64                      # QLoRA's (bitsandbytes quantize_4bit's default)
 
 
@@ -57,15 +44,30 @@ def _model_type(model_or_type) -> str:
     return getattr(config, "model_type", type(model_or_type).__name__)
 
 
+def block_linear_names(model) -> tuple[str, ...]:
+    """The last names of every linear inside a numbered block (``nn.Linear`` or transformers'
+    ``Conv1D``): what "all-linear" adapts. ``lm_head``, poolers and heads are never included."""
+    from torch import nn
+    names = {name.rpartition(".")[2] for name, m in model.named_modules()
+             if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and re.search(r"\.\d+\.", name)}
+    return tuple(sorted(names))
+
+
 def lora_targets(model_or_type) -> tuple[str, ...]:
-    """Module-name suffixes adapted for an architecture (a ``model_type`` string or a HF model)."""
+    """peft's default ``target_modules`` for an architecture (a ``model_type`` string or a HF
+    model): ``peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
     kind = _model_type(model_or_type)
-    if kind not in LORA_TARGETS:
-        raise ValueError(
-            f"no LoRA targets known for model_type {kind!r}; pass targets=... explicitly "
-            f"(known: {', '.join(sorted(LORA_TARGETS))})"
-        )
-    return LORA_TARGETS[kind]
+    if kind not in defaults:
+        raise ValueError(f"peft has no default LoRA targets for model_type {kind!r}; pass targets=... "
+                         "(module names such as q_proj, or block_linear_names(model) for all linears)")
+    return tuple(defaults[kind])
+
+
+def _fan_in_fan_out(model, names) -> bool:
+    """Whether the targets are transformers' ``Conv1D`` layers (weight stored (in, out))."""
+    return any(type(m).__name__ == "Conv1D" and name.rpartition(".")[2] in names
+               for name, m in model.named_modules())
 
 
 def lora_target_regex(targets: tuple[str, ...] | list[str]) -> str:
@@ -90,11 +92,15 @@ def apply_lora(
     targets: tuple[str, ...] | list[str] | None = None,
     use_rslora: bool = False,
     autocast_adapter_dtype: bool = True,
+    modules_to_save: tuple[str, ...] | list[str] | None = None,
+    use_dora: bool = False,
 ):
-    """Wrap ``model``'s block linears with LoRA adapters; returns the ``peft`` model.
+    """Wrap ``model``'s block linears named ``targets`` (default: peft's for the architecture)
+    with LoRA adapters; returns the ``peft`` model.
 
-    Only the adapters are trainable afterwards (peft freezes everything else).
-    ``autocast_adapter_dtype`` (peft's default): adapters are fp32 even on a 16-bit base.
+    Only the adapters (and ``modules_to_save``, which peft trains as a full copy beside the frozen
+    original) are trainable afterwards. ``autocast_adapter_dtype`` (peft's default): adapters are
+    fp32 even on a 16-bit base. ``use_dora``: DoRA's magnitude vectors on top (peft).
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
@@ -111,7 +117,9 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=lora_target_regex(names),
         use_rslora=use_rslora,
-        fan_in_fan_out=_model_type(model) in _FAN_IN_FAN_OUT,
+        fan_in_fan_out=_fan_in_fan_out(model, names),
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        use_dora=use_dora,
     )
     return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
 
@@ -161,7 +169,8 @@ def apply_qlora(
     *,
     gradient_checkpointing: bool = False,
 ):
-    """QLoRA on a model built from its config: NF4 base (:func:`quantize_nf4`), LoRA adapters.
+    """QLoRA on a model built from its config: every block linear NF4 (:func:`quantize_nf4`), LoRA
+    adapters on ``targets`` (default: peft's).
 
     No ``from_pretrained``: the model's own weights are quantised. Then
     ``peft.prepare_model_for_kbit_training`` (freezes everything; casts every fp16/bf16 parameter
@@ -172,9 +181,10 @@ def apply_qlora(
     from peft import prepare_model_for_kbit_training
 
     names = tuple(targets) if targets is not None else lora_targets(model)
-    if _model_type(model) in _FAN_IN_FAN_OUT:
+    if _fan_in_fan_out(model, names):
         raise ValueError(f"qlora needs nn.Linear targets; {_model_type(model)!r} uses Conv1D")
-    quantize_nf4(model, names, compute_dtype)
+    # transformers' 4-bit loading quantises every linear but the output layer, adapted or not
+    quantize_nf4(model, block_linear_names(model), compute_dtype)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return apply_lora(model, rank, alpha, dropout, names)
 

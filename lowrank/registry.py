@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-__all__ = ["OPTIMIZER_PATHS", "OPTIMIZERS", "METHOD_IDS", "make_optimizer"]
+__all__ = ["OPTIMIZER_PATHS", "OPTIMIZERS", "METHOD_IDS", "make_optimizer", "build_optimizer"]
 
 OPTIMIZER_PATHS: dict[str, str] = {
     # full-rank baselines (third-party classes)
@@ -43,8 +43,14 @@ _GROUP_BUILDERS: dict[str, str] = {
     "q-galore": "lowrank.qgalore:qgalore_param_groups",
     "lora-pro": "lowrank.lora:lora_pro_param_groups",
 }
+#: constructor arguments every build of a method uses unless the caller overrides them: the
+#: one place they are written (the profiler builds through :func:`build_optimizer` too).
 _CONSTRUCTOR_DEFAULTS: dict[str, dict] = {
-    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},  # a fixed lr
+    # torch's foreach implementation, the CUDA default (on CPU torch would loop per tensor)
+    "adamw": {"foreach": True},
+    "sgd": {"momentum": 0.9, "foreach": True},
+    # a fixed learning rate and no first moment, as the GaLore runs use Adafactor
+    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False, "beta1": None},
 }
 
 
@@ -90,4 +96,10 @@ def make_optimizer(method: str, model, lr: float = 1e-3, group_options: dict | N
         params = projection_param_groups(model, **options)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-    return cls(params, lr=lr, **{**_CONSTRUCTOR_DEFAULTS.get(method, {}), **kwargs})
+    return build_optimizer(method, params, lr, **kwargs)
+
+
+def build_optimizer(method: str, params, lr: float = 1e-3, **kwargs):
+    """``OPTIMIZERS[method](params, lr, ...)`` with the method's constructor defaults
+    (:data:`_CONSTRUCTOR_DEFAULTS`) under ``kwargs``; ``params`` are parameters or groups."""
+    return OPTIMIZERS[method](params, lr=lr, **{**_CONSTRUCTOR_DEFAULTS.get(method, {}), **kwargs})

@@ -1,22 +1,21 @@
-"""Per-block activation formulas: what autograd saves in one decoder/encoder layer, the
-embeddings, the head and the loss, as functions of the symbols in `Dims`.
+"""Activation formulas of the blocks families share: norms, attention, MLPs, the loss, as pure
+functions of the symbols in `Dims`.
 
 The derivation, tensor by tensor, is in `planner/activations.py`'s module docstring and in each
-function's docstring; `activation_memory` there assembles these terms.
+function's docstring; the family records (`planner/families/`) compose these into a layer, and
+`activation_memory` assembles the step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Dims", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "mlp_bytes",
-           "llama_layer_bytes", "gpt2_layer_bytes", "roberta_layer_bytes", "LAYER_BYTES",
-           "embeddings_bytes", "head_bytes", "logits_bytes", "logits_backward_bytes"]
+__all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
+           "mlp_bytes", "logits_bytes", "logits_backward_bytes"]
 
 
 @dataclass(frozen=True)
 class Dims:
     """The formula symbols of one request."""
-    family: str
     b: int
     s: int
     h: int
@@ -42,6 +41,21 @@ class Dims:
     @property
     def bsh(self) -> int:
         return self.b * self.s * self.h
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """Under adapters, which of layer 0's attention projections carry one (their outputs then
+    need a gradient although the layer's input, from frozen embeddings, does not)."""
+    q: bool
+    k: bool
+    v: bool
+    o: bool
+
+    @property
+    def attention(self) -> bool:
+        """Whether the attention's output, so the residual after it, needs a gradient."""
+        return self.q or self.k or self.v or self.o
 
 
 # ---- one layer ------------------------------------------------------------------------------
@@ -85,6 +99,38 @@ def attention_bytes(x: Dims, softmax_fp32: bool = False) -> int:
     return x.D * x.bsh + 3 * x.D * qd + (probs + dropped) * S + x.D * qd
 
 
+def first_layer_attention_discount(x: Dims, g: FirstLayer, softmax_fp32: bool = False) -> int:
+    """What layer 0's attention does not save, its input needing no gradient.
+
+    No projection adapted: autograd records nothing of the core (its input, attn_in, is
+    released by the adapter rule; ctx stays only if an adapter on o reads it). Otherwise the
+    flash kernels save q, k, v and the output whatever needs a gradient, but eager/math attention
+    saves q for kᵀ's gradient and kᵀ for q's (`mm` saves an operand only for the other's grad):
+    without an adapter on k, q is not kept (D·bs·a·d; the math kernel's fp32 scaled copy 4·bs·a·d),
+    and the same for kᵀ without one on q; without one on v, `probs @ v` keeps no probabilities
+    for v's gradient. (An adapter on v alone, with none on q or k, is not modelled further: the
+    scores then need no gradient either.)
+    """
+    qd = x.bs * x.a * x.d
+    if not (g.q or g.k or g.v):
+        kept_ctx = x.D * qd if (g.o or x.core != "flash") else 0   # eager ctx: the adapter rule's
+        return attention_bytes(x, softmax_fp32) - x.D * x.bsh - kept_ctx
+    if x.core == "flash":
+        return 0
+    copy = 4 * qd if x.core == "math" else x.D * qd
+    return (0 if g.k else copy) + (0 if g.q else copy) + (0 if g.v else _probs_for_v(x, softmax_fp32))
+
+
+def _probs_for_v(x: Dims, softmax_fp32: bool) -> int:
+    """The scores-sized tensor `probs @ v` saves only for v's gradient: the dropped copy under
+    attention dropout (math kernel: fp32), or the `.to(D)` copy of an fp32 softmax; without
+    either, softmax saves the probabilities itself anyway."""
+    S = x.b * x.a * x.s * x.s
+    if x.core == "math":
+        return 4 * S
+    return x.D * S if x.m_attn or (softmax_fp32 and x.D != 4) else 0
+
+
 def mlp_bytes(x: Dims, gated: bool) -> int:
     """MLP: its input D·bsh plus b·s·i tensors.
 
@@ -96,97 +142,45 @@ def mlp_bytes(x: Dims, gated: bool) -> int:
     return x.D * x.bsh + (x.act_saves + (3 if gated else 1)) * x.D * x.bs * x.i
 
 
-def llama_layer_bytes(x: Dims) -> int:
-    """LlamaDecoderLayer: 2 RMSNorms, attention (fp32 softmax), SwiGLU MLP. Residual adds save
-    nothing; rotary's cos/sin are shared by all layers (`embeddings`). Full fine-tune, flash,
-    k = a, a·d = h: fp32 40bsh + 16bsi + 8bs + 4bas; bf16 24bsh + 8bsi + 8bs + 4bas."""
-    return 2 * rms_norm_bytes(x) + attention_bytes(x, softmax_fp32=True) + mlp_bytes(x, True)
 
 
-def gpt2_layer_bytes(x: Dims) -> int:
-    """GPT2Block (pre-LN): ln_1, attention, resid-dropout mask, ln_2, MLP, dropout mask.
+def attention_grad_bytes(x: Dims, softmax_fp32: bool = False) -> int:
+    """Gradients alive at the worst point of the attention core's backward.
 
-    With `use_cache` (GPT2Config's default; checkpointing turns it off) the forward builds a
-    DynamicCache: k and v are concatenated into contiguous copies, which SDPA-flash then saves
-    while q, a view of c_attn's output, keeps the fused q/k/v storage alive: +2·D·bsh.
-
-    With exact GELU, i = 4h, CUDA: 16·D·bsh + 2bsh + 4t·bs, plus 4bas (flash) or 5·S at D = 2
-    (eager: softmax, mask, dropped): Korthikanti's 34sbh + 5as²b in fp16, term for term.
-    GPT-2's default gelu_new saves three more b·s·i tensors: +12·D·bsh.
+    eager with an fp32 softmax (Llama-style): the probabilities' gradient in fp32 and the
+    scores' in D, (4 + D)·S; eager in D (GPT-2, RoBERTa): D·S net of the released dropped copy;
+    CPU math: 4·S. flash: dq, dk, dv, the output gradient and CUDA's fp32 dq accumulator.
     """
-    cache_copies = 2 * x.D * x.bsh if x.kv_cache and x.core == "flash" else 0
-    return (2 * layer_norm_bytes(x) + attention_bytes(x) + mlp_bytes(x, gated=False)
-            + 2 * x.m_hidden * x.bsh + cache_copies)
+    S = x.b * x.a * x.s * x.s
+    if x.core == "flash":
+        return x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.bs * x.a * x.d
+    if x.core == "math":
+        return 4 * S
+    return (4 + x.D) * S if softmax_fp32 else x.D * S
 
 
-def roberta_layer_bytes(x: Dims) -> int:
-    """RobertaLayer (post-LN): attention (its input is the layer input), dropout mask,
-    LayerNorm(dense + input), MLP, dropout mask, LayerNorm(dense + residual)."""
-    return (attention_bytes(x) + mlp_bytes(x, gated=False) + 2 * layer_norm_bytes(x)
-            + 2 * x.m_hidden * x.bsh)
+# ---- the loss -------------------------------------------------------------------------------
 
-
-LAYER_BYTES = {"llama": llama_layer_bytes, "gpt2": gpt2_layer_bytes, "roberta": roberta_layer_bytes}
-
-
-# ---- outside the layers ---------------------------------------------------------------------
-
-def embeddings_bytes(x: Dims, checkpointing: bool = False) -> int:
-    """Saved before the first layer.
-
-    llama: rotary cos and sin, (1, s, d) in D, shared by every layer: 2·D·s·d.
-    gpt2: the position ids wpe saves (int64, 8s) and the embedding-dropout mask m·bsh.
-    roberta: position and token-type ids (16bs), the LayerNorm's input and stats, the mask.
-    Frozen embeddings (LoRA) save no ids, and without checkpointing nothing before the first
-    layer needs a gradient. With checkpointing, transformers' `enable_input_require_grads`
-    makes the word embeddings' output a leaf that requires grad: what follows it is saved, and
-    the leaf itself (D·bsh; Llama's is the first layer's input) is held by its AccumulateGrad.
-    """
-    if x.family == "llama":
-        return 2 * x.D * x.s * x.d
-    if x.frozen and not checkpointing:
-        return 0
-    ids = 0 if x.frozen else (8 * x.s if x.family == "gpt2" else 16 * x.bs)
-    leaf = x.D * x.bsh if x.frozen else 0
-    norm = layer_norm_bytes(x) if x.family == "roberta" else 0
-    return ids + leaf + norm + x.m_hidden * x.bsh
-
-
-def head_bytes(x: Dims) -> int:
-    """The final norm and LM head's saved inputs (a frozen head saves none of its inputs).
-
-    llama: final RMSNorm + lm_head input D·bsh; gpt2: ln_f + lm_head input D·bsh;
-    roberta: dense input, GELU input, LayerNorm input and stats, decoder input.
-    """
-    trained_input = 0 if x.frozen else x.D * x.bsh
-    if x.family == "llama":
-        return rms_norm_bytes(x) + trained_input
-    if x.family == "gpt2":
-        return layer_norm_bytes(x) + trained_input
-    return 2 * trained_input + x.D * x.bsh + layer_norm_bytes(x)
-
-
-def logits_bytes(x: Dims) -> int:
+def logits_bytes(x: Dims, upcast: bool = True) -> int:
     """Loss tensors alive at the forward's end, once the caller keeps only the loss.
 
     Causal LMs (`ForCausalLMLoss`): `logits.float()`, then cross_entropy = log_softmax + nll.
     log_softmax saves its fp32 output, 4bsV; nll the shifted labels (int64, 8bs). The logits
     (D·bsV) and their fp32 copy (D ≠ 4) are saved by nothing and freed with the model output
     (HF Trainer's `compute_loss` drops it; a loop that keeps `outputs` through backward holds
-    another D·bsV). RobertaForMaskedLM's `CrossEntropyLoss` does not upcast: D·bsV.
+    another D·bsV). A masked LM's `CrossEntropyLoss` (RoBERTa, BERT) does not upcast: D·bsV.
     """
-    if x.family == "roberta":
-        return x.D * x.bs * x.V
-    return 4 * x.bs * x.V + 8 * x.bs
+    return 4 * x.bs * x.V + 8 * x.bs if upcast else x.D * x.bs * x.V
 
 
-def logits_backward_bytes(x: Dims) -> int:
+def logits_backward_bytes(x: Dims, upcast: bool = True) -> int:
     """At the start of backward, nll's gradient and log_softmax's input gradient, each the size
-    of the saved log-softmax, are alive with it: 2·4bsV (RoBERTa 2·D·bsV) over `total`. This
-    exceeds the forward's own peak at the loss (logits + fp32 copy + log-softmax)."""
-    return 2 * (x.D if x.family == "roberta" else 4) * x.bs * x.V
+    of the saved log-softmax, are alive with it: 2·4bsV (2·D·bsV without the upcast) over
+    `total`. This exceeds the forward's own peak at the loss (logits + fp32 copy + log-softmax)."""
+    return 2 * (4 if upcast else x.D) * x.bs * x.V
 
 
-# ---- LoRA -----------------------------------------------------------------------------------
-
-#: the tensor feeding each block linear (its name after the layer index).
+def mlp_grad_bytes(x: Dims, gated: bool) -> int:
+    """Gradients alive in the MLP activation's backward, net of the released input of the last
+    linear: SwiGLU and gelu_new (several saved inputs) 2·D·bsi, exact GELU D·bsi."""
+    return (2 if gated or x.act_saves > 1 else 1) * x.D * x.bs * x.i

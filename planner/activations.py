@@ -30,10 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .activation_blocks import (LAYER_BYTES, Dims, attention_bytes, embeddings_bytes, head_bytes,
-                                layer_norm_bytes, logits_backward_bytes, logits_bytes, mlp_bytes,
-                                rms_norm_bytes)
+from .activation_blocks import Dims, FirstLayer, logits_backward_bytes, logits_bytes
 from .dtypes import canonical_dtype, tensor_bytes
+from .families import Family
 from .models import ModelConfig
 
 __all__ = ["ActivationBreakdown", "activation_memory", "ATTENTIONS", "CHECKPOINTING", "KERNELS",
@@ -47,15 +46,6 @@ KERNELS = ("cuda", "cpu")
 #: gelu_new, GPT-2's Python formula: x (for pow), tanh(...), 0.5·x and 1 + tanh(...).
 ACTIVATION_SAVES = {"silu": 1, "swish": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "quick_gelu": 2,
                     "gelu_new": 4, "relu": 0}
-_ACT_KEY = {"llama": ("hidden_act", "silu"), "gpt2": ("activation_function", "gelu_new"),
-            "roberta": ("hidden_act", "gelu")}
-#: (hidden, attention) dropout fields and their transformers defaults (GPT-2's embd_pdrop is
-#: taken as resid_pdrop).
-_DROPOUT_KEYS = {"llama": ((None, 0.0), ("attention_dropout", 0.0)),
-                 "gpt2": (("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
-                 "roberta": (("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1))}
-
-
 @dataclass(frozen=True)
 class ActivationBreakdown:
     """Activation bytes of one micro-batch's training step.
@@ -91,45 +81,43 @@ class ActivationBreakdown:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"peak": self.peak}
 
 
-_LINEAR_INPUT = {
-    "self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
-    "self_attn.o_proj": "ctx", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in",
-    "mlp.down_proj": "mlp_act", "attn.c_attn": "attn_in", "attn.c_proj": "ctx",
-    "mlp.c_fc": "mlp_in", "mlp.c_proj": "mlp_act", "attention.self.query": "attn_in",
-    "attention.self.key": "attn_in", "attention.self.value": "attn_in",
-    "attention.output.dense": "ctx", "intermediate.dense": "mlp_in", "output.dense": "mlp_act"}
-
-
-def adapted_linears(model: ModelConfig) -> list[tuple[str, int]]:
-    """(input tensor, in_features) of each linear LoRA adapts in a layer: the `block_linear`
-    parameters, LoRA's targets in `planner.methods`."""
+def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
+    """(input tensor, in_features) of each linear an adapter method adapts in a layer: the
+    `block_linear` parameters whose module name ends with one of `targets` (None: all of them).
+    The family record says which tensor each linear reads."""
+    family = _family(model)
     out = []
     for p in model.params:
-        if p.role == "block_linear" and p.layer == 0:
-            local = p.name.split(".0.", 1)[1].removesuffix(".weight")
-            in_features = p.shape[0] if model.family == "gpt2" else p.shape[1]   # Conv1D: (in, out)
-            if local not in _LINEAR_INPUT:
-                raise ValueError(f"{model.name}: no activation rule for LoRA on {p.name}")
-            out.append((_LINEAR_INPUT[local], in_features))
+        if p.role != "block_linear" or p.layer != 0:
+            continue
+        if targets is not None and p.module.rpartition(".")[2] not in targets:
+            continue
+        if p.module not in family.linear_inputs:
+            raise ValueError(f"{model.name}: the {family.name} record has no activation rule for an "
+                             f"adapter on {p.name}")
+        out.append((family.linear_inputs[p.module], family.in_features(p.shape)))
     return out
 
 
 def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
-                     lora_m: int) -> int:
+                     lora_m: int, groups: list[tuple[str, int]] | None = None) -> int:
     """Adapter extras of one layer; peft's `lora.Linear` computes
     base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
 
     Each adapter saves A's output, lora_d·bs·r (B's input). A saves its input: the base
     linear's input itself (already counted) when adapters are in D without dropout; otherwise
-    its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. The frozen base linear saves
-    nothing, so an input that only linears read is then released: −D·bs·in once per distinct
-    input (not ctx under flash, which SDPA saves as its output).
+    its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. A frozen base linear saves
+    nothing, so an input (of `groups`, every block linear's input; default: the adapted ones')
+    that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx under
+    flash, which SDPA saves as its output).
     """
     extra = len(linears) * lora_d * x.bs * rank
-    if lora_d == x.D and not lora_m:
-        return extra
-    extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
-    released = {(key, n) for key, n in linears if not (key == "ctx" and x.core == "flash")}
+    copies = lora_d != x.D or lora_m > 0
+    if copies:
+        extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
+    read_as_is = set() if copies else {key for key, _ in linears}
+    released = {(key, n) for key, n in (groups if groups is not None else linears)
+                if key not in read_as_is and not (key == "ctx" and x.core == "flash")}
     return extra - sum(x.D * x.bs * n for _, n in released)
 
 
@@ -142,68 +130,32 @@ def lora_grad_bytes(x: Dims, linears: list[tuple[str, int]], lora_d: int, lora_m
     return (lora_d + (lora_d if lora_m else x.D)) * x.bs * max(n for _, n in linears)
 
 
-def frozen_input_bytes(x: Dims, linears: list[tuple[str, int]], lora_m: int) -> int:
-    """What layer 0 does not save under LoRA without checkpointing, its input (from frozen
-    embeddings) needing no gradient: the pre-attention norm (Llama 4bsh + 4bs, GPT-2's ln_1)
-    and the adapter-dropout masks on the attention input (dropout saves none for a non-grad
-    input)."""
-    norm = {"llama": 4 * x.bsh + 4 * x.bs, "gpt2": layer_norm_bytes(x), "roberta": 0}[x.family]
-    return norm + sum(lora_m * x.bs * n for key, n in linears if key == "attn_in")
+def frozen_input_bytes(x: Dims, family: Family, linears: list[tuple[str, int]], lora_m: int,
+                       first: FirstLayer) -> int:
+    """What layer 0 does not save under adapters without checkpointing, its input (from frozen
+    embeddings) needing no gradient: the family's rule (the pre-attention norm; an attention no
+    adapter touches and what follows it), and the adapter-dropout masks on inputs that need no
+    gradient (dropout saves none then): the attention input, and the MLP's input when the
+    attention carries no adapter."""
+    frozen_inputs = {"attn_in"} | (set() if first.attention else {"mlp_in"})
+    masks = sum(lora_m * x.bs * n for key, n in linears if key in frozen_inputs)
+    return family.activation.frozen_first_layer(x, first) + masks
+
+
+def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
+    """Which attention projections of a layer carry adapters (None: every block linear)."""
+    def adapted(role: str) -> bool:
+        names = family.attention_inputs.get(role, ())
+        return targets is None or any(n in targets for n in names)
+    return FirstLayer(adapted("q"), adapted("k"), adapted("v"), adapted("o"))
 
 
 # ---- backward -------------------------------------------------------------------------------
 
-def attention_grad_bytes(x: Dims) -> int:
-    """Gradients alive at the worst point of the attention core's backward.
-
-    eager Llama (fp32 softmax): the probabilities' gradient in fp32 and the scores' in D,
-    (4 + D)·S; eager GPT-2/RoBERTa: D·S net of the released dropped copy; CPU math: 4·S.
-    flash: dq, dk, dv, the output gradient and CUDA's fp32 dq accumulator.
-    """
-    S = x.b * x.a * x.s * x.s
-    if x.core == "flash":
-        return x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.bs * x.a * x.d
-    if x.core == "math":
-        return 4 * S
-    return (4 + x.D) * S if x.family == "llama" else x.D * S
-
-
-def layer_backward_bytes(x: Dims, lora_saved: int = 0, lora_grads: int = 0) -> int:
-    """One layer's saved tensors (adapters' included) plus its backward's gradient peak.
-
-    The MLP's backward runs first, with everything saved: the gradients of the activation's
-    output and inputs (SwiGLU, gelu_new: 2·D·bsi net of the released down/c_proj input; exact
-    GELU: D·bsi), or before them the last linear's adapter gradients. Llama's post-attention
-    RMSNorm backward, after the MLP's release, holds five fp32 b·s·h temporaries
-    (`pow_backward`'s 2·x chain, the mean's expanded gradient, the product's gradients). The
-    attention backward runs once the MLP, its norm and masks are released. Throughout, the
-    layer output's gradient D·bsh is alive.
-    """
-    per_layer = LAYER_BYTES[x.family](x)
-    pre_attention = attention_bytes(x, softmax_fp32=x.family == "llama") + {
-        "llama": rms_norm_bytes(x), "gpt2": layer_norm_bytes(x), "roberta": 0}[x.family]
-    mlp_grads = (2 if x.family == "llama" or x.act_saves > 1 else 1) * x.D * x.bs * x.i
-    phases = [per_layer + lora_saved + max(mlp_grads, lora_grads),
-              pre_attention + attention_grad_bytes(x)]
-    if x.family == "llama":
-        phases.append(per_layer - mlp_bytes(x, gated=True) + 5 * 4 * x.bsh)
-    return max(phases) + x.D * x.bsh
-
-
-def checkpoint_held_bytes(x: Dims) -> int:
-    """Held by every checkpoint besides its layer input (keyword arguments of the layer, freed
-    after the forward without checkpointing): eager causal attention's additive mask, (b, 1,
-    s, s) in D (SDPA gets `is_causal`, RoBERTa no mask), and Llama's and GPT-2's position ids,
-    int64 (1, s) (which GPT-2's trained wpe already saves)."""
-    mask = x.D * x.b * x.s * x.s if x.core == "eager" and x.family != "roberta" else 0
-    ids = 8 * x.s if x.family == "llama" or (x.family == "gpt2" and x.frozen) else 0
-    return mask + ids
-
-
-def input_saved_by_layer(x: Dims, lora_copies: bool) -> bool:
-    """Whether a layer saves its input tensor itself, which a checkpoint already holds: fp32
-    RMSNorm, GPT-2's ln_1, RoBERTa's q/k/v (unless adapters copy their input)."""
-    return {"llama": x.D == 4, "gpt2": True, "roberta": not lora_copies}[x.family]
+def layer_backward_bytes(x: Dims, family: Family, lora_saved: int = 0, lora_grads: int = 0) -> int:
+    """One layer's saved tensors (adapters' included) plus its backward's gradient peak: the
+    family's candidate phases, with the layer output's gradient D·bsh alive throughout."""
+    return max(family.activation.backward_phases(x, lora_saved, lora_grads)) + x.D * x.bsh
 
 
 # ---- the entry point ------------------------------------------------------------------------
@@ -212,13 +164,15 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
                       attention: str = "sdpa", checkpointing: str = "none",
                       lora_rank: int | None = None, lora_dropout: float = 0.0,
                       lora_dtype: str | None = None, dropout: float | None = None,
-                      kernels: str = "cuda") -> ActivationBreakdown:
+                      kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None
+                      ) -> ActivationBreakdown:
     """Activation bytes of one training step of `model` on a (batch, seq) micro-batch.
 
     dtype: the compute dtype of weights and activations. attention: "sdpa" (transformers'
     default), "eager" or "flash". checkpointing: "none" or "full" (every layer, transformers'
-    non-reentrant `activation_checkpointing_enable()`). lora_rank: LoRA on every block linear
-    over a frozen base (None: full fine-tuning); lora_dtype: the adapters' dtype (None: dtype;
+    non-reentrant `activation_checkpointing_enable()`). lora_rank: adapters over a frozen base
+    (None: full fine-tuning) on the block linears named by `lora_targets` (module names such
+    as "q_proj"; None: every block linear); lora_dtype: the adapters' dtype (None: dtype;
     peft keeps fp32 adapters on a bf16 base unless `autocast_adapter_dtype=False`).
     dropout: one probability for every dropout (None: the config's, 0.1 for GPT-2 and
     RoBERTa). kernels: "cuda" (the planner's case) or "cpu" (dropout noise and LayerNorm stats
@@ -229,34 +183,41 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     recomputed tensors and gradient peak, the head and loss tensors released by then).
     Raises ValueError, saying what to change, for an input it cannot model.
     """
+    family = _family(model)
     _check(model, batch, seq, attention, checkpointing, kernels, lora_rank)
-    x = _dims(model, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels, dropout,
-              lora_rank is not None, checkpointing == "full")
+    x = _dims(model, family, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels,
+              dropout, lora_rank is not None, checkpointing == "full")
+    rule = family.activation
     lora_layer, lora_grads, discount, copies = 0, 0, 0, False
     if lora_rank is not None:
         lora_layer, lora_grads, discount, copies = _lora_terms(
-            x, model, lora_rank, lora_dropout, lora_dtype or dtype, kernels)
-    per_layer, full = LAYER_BYTES[x.family](x), checkpointing == "full"
-    embeddings, head, logits = embeddings_bytes(x, full), head_bytes(x), logits_bytes(x)
-    top = layer_backward_bytes(x, lora_layer, lora_grads)    # the last layer in its backward
+            x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, kernels, lora_targets)
+    per_layer, full = rule.layer(x), checkpointing == "full"
+    embeddings, head = rule.embeddings(x, full), rule.head(x)
+    logits = logits_bytes(x, rule.causal_loss_upcast)
+    top = layer_backward_bytes(x, family, lora_layer, lora_grads)    # the last layer in its backward
     if full:
-        layers = x.L * x.D * x.bsh + checkpoint_held_bytes(x)
+        layers = x.L * x.D * x.bsh + rule.checkpoint_held(x)
         recompute, lora = per_layer + lora_layer, 0
-        shared = x.D * x.bsh if input_saved_by_layer(x, copies) else 0
+        shared = x.D * x.bsh if rule.input_saved_by_layer(x, copies) else 0
         in_layers = layers + embeddings + top - shared
     else:
         layers, recompute, lora = x.L * per_layer - discount, 0, x.L * lora_layer
         in_layers = layers - per_layer + embeddings + lora - lora_layer + top
     total = layers + embeddings + head + logits + lora
+    start = total + logits_backward_bytes(x, rule.causal_loss_upcast)
     return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, logits, lora,
-                               total, max(total + logits_backward_bytes(x), in_layers))
+                               total, max(start, in_layers))
+
+
+def _family(model: ModelConfig) -> Family:
+    if model.family is None:
+        raise ValueError(f"{model.name}: memfit has no activation record for model_type "
+                         f"{model.model_type!r}; its activations must be traced")
+    return model.family
 
 
 def _check(model: ModelConfig, batch, seq, attention, checkpointing, kernels, lora_rank) -> None:
-    if model.family not in LAYER_BYTES:
-        raise ValueError(f"activation memory is modelled for Llama-style (llama, mistral, "
-                         f"qwen2), GPT-2 and RoBERTa blocks; {model.name} is model_type "
-                         f"{model.model_type!r}")
     for name, value in (("batch", batch), ("seq", seq),
                         ("lora_rank", 1 if lora_rank is None else lora_rank)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -275,7 +236,7 @@ def _check(model: ModelConfig, batch, seq, attention, checkpointing, kernels, lo
 
 def _probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r:.40}")
     return float(value)
 
 
@@ -287,39 +248,43 @@ def _compute_bytes(dtype: str, name: str) -> int:
     return tensor_bytes(1, canonical)
 
 
-def _dims(model: ModelConfig, batch: int, seq: int, D: int, attention: str, kernels: str,
-          dropout: float | None, frozen: bool, checkpointing: bool) -> Dims:
+def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, attention: str,
+          kernels: str, dropout: float | None, frozen: bool, checkpointing: bool) -> Dims:
     """The symbols, with dropouts from `dropout` or the config and the attention kernel."""
+    (hidden_key, hidden_default), (attn_key, attn_default) = family.dropout_fields
     if dropout is not None:
         p = _probability("dropout", dropout)
-        p_hidden, p_attn = (0.0 if model.family == "llama" else p), p
+        p_hidden, p_attn = (p if hidden_key else 0.0), p
     else:
         p_hidden, p_attn = (_probability(key, model.hf_config.get(key, default)) if key else 0.0
-                            for key, default in _DROPOUT_KEYS[model.family])
-    key, default = _ACT_KEY[model.family]
+                            for key, default in family.dropout_fields)
+    key, default = family.act_field
     act = model.hf_config.get(key, default)
     if act not in ACTIVATION_SAVES:
-        raise ValueError(f"{model.name}: MLP activation {act!r} is not modelled; known: "
+        raise ValueError(f"{model.name}: MLP activation {act!r:.40} is not modelled; known: "
                          f"{', '.join(ACTIVATION_SAVES)}")
     mask = 1 if kernels == "cuda" else D
     core = "eager" if attention == "eager" else (
         "math" if kernels == "cpu" and p_attn > 0 else "flash")
-    return Dims(model.family, batch, seq, model.hidden_size, model.intermediate_size,
-                 model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
-                 model.num_layers, D, 4 if kernels == "cuda" else D,
-                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
-                 ACTIVATION_SAVES[act], frozen,
-                 bool(model.hf_config.get("use_cache", True)) and not checkpointing)
+    return Dims(batch, seq, model.hidden_size, model.intermediate_size,
+                model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
+                model.num_layers, D, 4 if kernels == "cuda" else D,
+                mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
+                ACTIVATION_SAVES[act], frozen,
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing)
 
 
-def _lora_terms(x: Dims, model: ModelConfig, rank: int, dropout: float, lora_dtype: str,
-                kernels: str) -> tuple[int, int, int, bool]:
+def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
+                lora_dtype: str, kernels: str, targets) -> tuple[int, int, int, bool]:
     """(adapter extras per layer, their backward gradients, layer 0's frozen-input saving,
     whether the adapters copy their inputs)."""
     lora_d = _compute_bytes(lora_dtype, "lora_dtype")
     p = _probability("lora_dropout", dropout)
     lora_m = (1 if kernels == "cuda" else lora_d) if p > 0 else 0
-    linears = adapted_linears(model)
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m),
+    linears = adapted_linears(model, targets)
+    if not linears:
+        raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
+    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model)),
             lora_grad_bytes(x, linears, lora_d, lora_m),
-            frozen_input_bytes(x, linears, lora_m), lora_d != x.D or lora_m > 0)
+            frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
+            lora_d != x.D or lora_m > 0)

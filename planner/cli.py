@@ -6,33 +6,74 @@ import sys
 
 from .breakdown import COMPONENT_COLUMNS, COMPONENTS
 from .format import human_bytes, render
-from .spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS, TrainingSpec
+from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
+                   PRECISIONS, SHARDINGS, TrainingSpec)
 
 __all__ = ["main", "build_parser", "spec_from_args", "run_command"]
 
 
+def _on_off(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
+#: spec flags beyond --model/--config/--method: (flag, TrainingSpec field, argparse options)
+SPEC_FLAGS = [
+    ("--gpu", "gpu", dict(help="GPU name (see `gpus`) or a capacity such as 24GB")),
+    ("--rank", "rank", dict(type=int)),
+    ("--update-proj-gap", "update_proj_gap", dict(type=int)),
+    ("--scale", "scale", dict(type=float)),
+    ("--proj-type", "proj_type", dict(help="std, reverse_std, left, right or full")),
+    ("--layerwise", "layerwise", dict(action="store_true", help="layer-wise weight updates")),
+    ("--precision", "precision", dict(choices=list(PRECISIONS),
+                                      help="default: bf16, or amp-fp16 on a GPU without bf16")),
+    ("--weights", "weights", dict(help="weight format: fp32 bf16 fp16 (an adapter method's frozen base)")),
+    ("--grads", "grads", dict(help="gradient format: fp32 bf16 fp16")),
+    ("--states", "states", dict(help="optimizer-state format: fp32 bf16 fp16")),
+    ("--projection", "projection", dict(help="projection format: fp32 bf16 fp16")),
+    ("--impl", "impl", dict(default="memfit", choices=list(IMPLS),
+                            help="memfit's own optimizers, or the authors' reference storage")),
+    ("--batch", "batch", dict(type=int, default=1, help="micro-batch size")),
+    ("--seq", "seq", dict(type=int, default=512, help="sequence length (the packed length)")),
+    ("--checkpointing", "checkpointing", dict(choices=list(CHECKPOINTING))),
+    ("--attention", "attention", dict(choices=list(ATTENTIONS))),
+    ("--lora-targets", "lora_targets", dict(help="module names (q_proj,v_proj) or all-linear; "
+                                                 "default: peft's for the architecture")),
+    ("--lora-dropout", "lora_dropout", dict(type=float)),
+    ("--adapter-dtype", "adapter_dtype", dict(help="fp32 (peft's default), bf16 or fp16")),
+    ("--modules-to-save", "modules_to_save", dict(help="fully trained modules, e.g. embed_tokens,lm_head")),
+    ("--base-quant", "base_quant", dict(choices=list(BASE_QUANTS), help="an adapter method's frozen base")),
+    ("--double-quant", "double_quant", dict(type=_on_off, default=True, metavar="on|off")),
+    ("--kbit-upcast", "kbit_upcast", dict(type=_on_off, metavar="on|off",
+                                          help="prepare_model_for_kbit_training's fp32 upcast")),
+    ("--rslora", "rslora", dict(action="store_true", help="rsLoRA scaling (no memory effect)")),
+    ("--lora-init", "lora_init", dict(default="default", choices=list(LORA_INITS))),
+    ("--loss", "loss", dict(choices=list(LOSSES), help="full, chunked (torchtune) or fused (Liger, Cut-CE)")),
+    ("--loss-chunks", "loss_chunks", dict(type=int)),
+    ("--grad-accum", "grad_accum", dict(type=int, default=1, help="gradient accumulation steps")),
+    ("--paged", "paged", dict(action="store_true", help="bitsandbytes paged optimizer states")),
+    ("--activation-offload", "activation_offload", dict(action="store_true")),
+    ("--stack", "stack", dict(help="hf, torchtune, litgpt, axolotl, llamafactory or unsloth defaults")),
+    ("--devices", "devices", dict(type=int, default=1)),
+    ("--sharding", "sharding", dict(default="none", choices=list(SHARDINGS))),
+    ("--shard-group", "shard_group", dict(type=int)),
+    ("--offload", "offload", dict(default="none", choices=list(OFFLOADS))),
+    ("--capacity-factor", "capacity_factor", dict(type=float, help="MoE expert capacity factor "
+                                                                   "(default: balanced routing)")),
+]
+
+
 def _add_spec_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
-    p.add_argument("--model", default="llama-7b", help="catalog name (see `models`) or use --config")
+    p.add_argument("--model", default="llama-7b", help="catalog name or Hub id (see `models`), or use --config")
     p.add_argument("--config", help="path of a Hugging Face config.json (parsed offline)")
     if method:
         p.add_argument("--method", default="adamw", help="method id (see `methods`)")
-    p.add_argument("--gpu", help="GPU name (see `gpus`) or a capacity such as 24GB")
-    p.add_argument("--rank", type=int)
-    p.add_argument("--update-proj-gap", type=int)
-    p.add_argument("--scale", type=float)
-    p.add_argument("--proj-type", help="std, reverse_std, left, right or full")
-    p.add_argument("--layerwise", action="store_true", help="layer-wise weight updates")
-    p.add_argument("--precision", default="bf16", choices=list(PRECISIONS))
-    p.add_argument("--weights", help="weight format: fp32 bf16 fp16 (nf4 for qlora)")
-    p.add_argument("--grads", help="gradient format: fp32 bf16 fp16")
-    p.add_argument("--states", help="optimizer-state format: fp32 bf16 fp16")
-    p.add_argument("--projection", help="projection format: fp32 bf16 fp16")
-    p.add_argument("--impl", default="memfit", choices=list(IMPLS),
-                   help="memfit's own optimizers, or the authors' reference storage")
-    p.add_argument("--batch", type=int, default=1, help="micro-batch size")
-    p.add_argument("--seq", type=int, default=512, help="sequence length")
-    p.add_argument("--checkpointing", default="none", choices=list(CHECKPOINTING))
-    p.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    for flag, dest, options in SPEC_FLAGS:
+        p.add_argument(flag, dest=dest, **options)
     _add_output_flags(p)
 
 
@@ -62,12 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace, method: str | None = None) -> TrainingSpec:
     return TrainingSpec(model=args.config or args.model, method=method or getattr(args, "method", "adamw"),
-                        gpu=args.gpu, rank=args.rank, update_proj_gap=args.update_proj_gap,
-                        scale=args.scale, proj_type=args.proj_type, layerwise=args.layerwise,
-                        precision=args.precision, weights=args.weights, grads=args.grads,
-                        states=args.states, projection=args.projection, impl=args.impl,
-                        batch=args.batch, seq=args.seq, checkpointing=args.checkpointing,
-                        attention=args.attention)
+                        **{dest: getattr(args, dest) for _, dest, _ in SPEC_FLAGS})
 
 
 def _estimate(args) -> str:

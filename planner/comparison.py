@@ -10,6 +10,8 @@ from .spec import PRECISIONS, TrainingSpec
 __all__ = ["compare", "compare_records", "method_specs"]
 
 _METHOD_OPTIONS = ("rank", "update_proj_gap", "scale", "proj_type")
+_ADAPTER_OPTIONS = ("lora_targets", "lora_dropout", "adapter_dtype", "modules_to_save", "base_quant",
+                    "kbit_upcast")
 
 
 def method_specs(base: TrainingSpec, methods: Iterable[str] | None = None,
@@ -20,6 +22,8 @@ def method_specs(base: TrainingSpec, methods: Iterable[str] | None = None,
     for mid in methods or METHOD_IDS:
         method = get_method(mid)
         drop = {o: None for o in _METHOD_OPTIONS if o not in method.options}
+        if method.kind != "adapter":        # adapter options mean nothing to other methods
+            drop |= {o: None for o in _ADAPTER_OPTIONS}
         fixed = {"states": None} if method.eight_bit or method.states_fixed else {}
         for precision in precisions or [base.precision]:
             specs.append(base.replace(method=method.id, precision=precision, **drop, **fixed))

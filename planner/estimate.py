@@ -12,9 +12,9 @@ from .overhead import overhead_for
 from .peak import phase_peaks
 from .models import ModelConfig, Param
 from .resolve import Resolved, resolve_spec
-from .rules import basis_dim, param_memory, uses_bnb_qmaps
+from .rules import param_memory
 from .spec import TrainingSpec
-from .storage import BNB_QMAP_BYTES, MIN_8BIT_NUMEL, ParamMemory
+from .storage import ParamMemory
 
 __all__ = ["estimate", "param_groups"]
 
@@ -37,25 +37,11 @@ def param_groups(model: ModelConfig) -> list[tuple[str, Param, tuple[int, ...]]]
     return result
 
 
-def _shared_rows(r: Resolved, rows: list[Row]) -> list[Row]:
-    """Tensors held once per optimizer: DCT bases, bitsandbytes' quantisation maps."""
-    out = []
-    if r.method.id == "galore-dct":
-        dims = sorted({basis_dim(p, r) for _, p, _ in param_groups(r.model) if p.role == "block_linear"})
-        out += [Row(f"shared DCT basis {d}x{d}", (d, d), "shared", (),
-                    ParamMemory(projection=tensor_bytes(d * d, r.projection))) for d in dims]
-    if uses_bnb_qmaps(r) and any(row.memory.gradients and math.prod(row.shape) >= MIN_8BIT_NUMEL
-                                 for row in rows):
-        out.append(Row("bitsandbytes quantisation maps", (2, 256), "shared", (),
-                       ParamMemory(optimizer_states=BNB_QMAP_BYTES)))
-    return out
-
-
 def _layerwise(rows: list[Row], r: Resolved) -> list[Row]:
     """Layer-wise updates free each gradient in its post-accumulate hook: at most the largest one
     is alive. (Q-GaLore's reference per-layer mode never steps non-INT8 parameters, so their
     gradients stay.)"""
-    keep = r.reference and r.method.id == "q-galore"
+    keep = r.reference and r.method.reference_layerwise_keeps_plain_grads
     largest = max(rows, key=lambda row: row.memory.gradients)
     out = [Row(row.name, row.shape, row.role, row.layers,
                ParamMemory(row.memory.weights, row.memory.gradients if keep and row.role != "block_linear"
@@ -73,9 +59,13 @@ def _components(rows: list[Row]) -> Components:
 def _filled_spec(r: Resolved, gpu) -> TrainingSpec:
     """The spec with every default made explicit and names canonical, so a report row re-runs exactly."""
     model = r.model.name if r.model.source == "catalog" else r.spec.model
-    return r.spec.replace(model=model, gpu=gpu.name if gpu else None, method=r.method.id, rank=r.rank, update_proj_gap=r.update_proj_gap,
-                          scale=r.scale, proj_type=r.proj_type, weights=r.weights, grads=r.grads,
-                          states=r.states, projection=r.projection if r.method.kind == "projected" else None)
+    adapters = r.method.kind == "adapter"
+    return r.spec.replace(model=model, gpu=gpu.name if gpu else None, method=r.method.id, rank=r.rank,
+                          update_proj_gap=r.update_proj_gap, scale=r.scale, proj_type=r.proj_type,
+                          weights=r.frozen if adapters else r.weights, grads=r.grads, states=r.states,
+                          projection=r.projection if r.method.kind == "projected" else None,
+                          lora_targets=",".join(r.lora_targets) if adapters else None,
+                          adapter_dtype=r.adapter if adapters else None)
 
 
 def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
@@ -91,7 +81,7 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
     r = resolve_spec(spec)
     gpu = get_gpu(spec.gpu) if spec.gpu else None
     rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
-    rows += _shared_rows(r, rows)
+    rows += r.method.shared(r, rows)
     if spec.layerwise:
         rows = _layerwise(rows, r)
     sizes = _components(rows)

@@ -9,15 +9,11 @@ from itertools import combinations
 from .breakdown import MemoryBreakdown
 from .estimate import estimate
 from .gpus import get_gpu
-from .methods import METHOD_IDS, get_method
+from .methods import METHOD_IDS
 from .resolve import resolve_spec
 from .spec import TrainingSpec
 
 __all__ = ["FitReport", "Suggestion", "fit_report", "fit_all", "fit_records", "largest"]
-
-#: a method's 8-bit variant, for the "8-bit states" switch
-EIGHT_BIT = {"adamw": "adamw-8bit", "galore": "galore-8bit", "gradnormlorp": "gradnormlorp-8bit"}
-
 
 @dataclass(frozen=True)
 class Suggestion:
@@ -105,18 +101,19 @@ def _rank_limit(spec: TrainingSpec) -> int | None:
 
 
 def _switches(spec: TrainingSpec) -> list[tuple[str, dict]]:
-    """Each switch a user can flip, as (description, changes)."""
-    out = []
-    if spec.checkpointing == "none":
+    """Each switch a user can flip, as (description, changes): what the method's record allows."""
+    r = resolve_spec(spec)
+    method, out = r.method, []
+    if r.spec.checkpointing == "none":
         out.append(("activation checkpointing", {"checkpointing": "full"}))
-    method = get_method(spec.method).id
-    if method in EIGHT_BIT:
-        out.append((f"8-bit states ({EIGHT_BIT[method]})", {"method": EIGHT_BIT[method], "states": None}))
-    if not spec.layerwise and method != "lora-pro":
+    if method.variant_8bit:
+        out.append((f"8-bit states ({method.variant_8bit})",
+                    {"method": method.variant_8bit, "states": None}))
+    if not spec.layerwise and method.layerwise:
         out.append(("layer-wise updates", {"layerwise": True}))
     if spec.batch > 1:
         out.append(("a smaller micro-batch", {"batch": None}))
-    if spec.rank and "rank" in get_method(spec.method).options:
+    if r.rank and r.rank > 1 and "rank" in method.options:     # the typed rank or the method's default
         out.append(("a lower rank", {"rank": None}))
     return out
 
@@ -125,7 +122,8 @@ def _apply(spec: TrainingSpec, changes: dict) -> tuple[TrainingSpec, dict] | Non
     """Apply switches; "batch"/"rank" None means "the largest that fits given the others"."""
     fixed = {k: v for k, v in changes.items() if v is not None or k == "states"}
     candidate = spec.replace(**fixed)
-    for field, upper in (("batch", spec.batch - 1), ("rank", (spec.rank or 1) - 1)):
+    rank = spec.rank or resolve_spec(spec).rank or 1
+    for field, upper in (("batch", spec.batch - 1), ("rank", rank - 1)):
         if field in changes and changes[field] is None:
             best = largest(candidate, field, upper)
             if best is None:

@@ -9,12 +9,14 @@ import difflib
 import io
 import logging
 
-__all__ = ["enumerate_parameters"]
+__all__ = ["enumerate_parameters", "model_class"]
 
 _HEADS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
 
 
-def _model_class(transformers, config, architectures):
+def model_class(transformers, config, architectures):
+    """The transformers class that trains a config: its `architectures` entry, else the first
+    auto head (causal LM, masked LM, base model) that knows the config's class."""
     for arch in architectures or []:
         cls = getattr(transformers, str(arch), None)
         if cls is not None and getattr(cls, "config_class", None) is type(config):
@@ -26,8 +28,10 @@ def _model_class(transformers, config, architectures):
     raise ValueError(f"transformers has no model class for model_type {config.model_type!r}")
 
 
-def enumerate_parameters(d: dict, label: str) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, owning module class name) for every distinct parameter, tied weights once."""
+def enumerate_parameters(d: dict, label: str, remote_code: bool = False
+                         ) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, owning module class name) for every distinct parameter, tied weights once.
+    `remote_code`: the config had an `auto_map`, which is never run."""
     import transformers
     from accelerate import init_empty_weights
 
@@ -37,6 +41,10 @@ def enumerate_parameters(d: dict, label: str) -> list[tuple[str, tuple[int, ...]
     logging.getLogger("transformers").setLevel(logging.ERROR)
     known = transformers.CONFIG_MAPPING
     if model_type not in known:
+        if remote_code:
+            raise ValueError(f"{label}: model_type {model_type!r} exists only as remote code "
+                             f"('auto_map'), which memfit never runs; the installed transformers "
+                             f"{transformers.__version__} has no built-in class for it")
         close = difflib.get_close_matches(str(model_type), list(known.keys()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"{label}: field 'model_type' = {model_type!r} is not an architecture the "
@@ -45,7 +53,7 @@ def enumerate_parameters(d: dict, label: str) -> list[tuple[str, tuple[int, ...]
         config = transformers.AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{label}: transformers rejected this config: {str(err)[:300]}") from None
-    cls = _model_class(transformers, config, d.get("architectures"))
+    cls = model_class(transformers, config, d.get("architectures"))
     try:
         with init_empty_weights(), contextlib.redirect_stderr(io.StringIO()):
             model = cls._from_config(config)

@@ -5,9 +5,15 @@ rules live in `storage.py` and are keyed by the same ids.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+from . import transients as t
 from .names import normalize, resolve
+from .rules import (Adapter, FullRank, Projected, adafactor_states, adam8_states, adam_states,
+                    apollo_extra, bnb_qmaps, dct_bases, dct_indices, fira_extra, gradnorm_extra,
+                    gradnorm_reference_extra, int4_projection, int8_trained_weight,
+                    lora_pro_states, no_shared, qgalore_extra, seeded_projection, sgd_states)
 
 __all__ = ["Method", "METHODS", "METHOD_IDS", "RECOMMENDATION_ORDER", "get_method", "PROJ_TYPES"]
 
@@ -16,21 +22,63 @@ PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
 @dataclass(frozen=True)
 class Method:
-    """What a method trains, stores and takes as options."""
+    """One training method: what it trains, stores, allocates in a step, supports, and how it
+    is built. The planner, lowrank's builder, the profiler, `fit` and the app read these fields;
+    nothing else in memfit branches on a method id.
+
+    kind: "full" (every parameter trained), "projected" (low-rank optimizer states for the block
+        linears) or "adapter" (a frozen base with trainable adapters).
+    storage: the layout (`planner.rules.FullRank` / `Projected` / `Adapter`) that sizes one
+        parameter's weights, gradient, states, projection and adapters.
+    temporaries / refresh: bytes alive in `optimizer.step()` / in a projection refresh
+        (`planner.transients`); `step_copies`: fp32 full-size copies a step holds.
+    shared: tensors held once per optimizer (DCT bases, bitsandbytes' maps).
+    bnb_state: the bitsandbytes optimizer state layout (Python-int step, quantisation maps).
+    quantized_weights / projection_fixed: formats the method imposes (Q-GaLore: INT8 linears,
+        INT4 projections).
+    layerwise: whether layer-wise updates apply (`layerwise_note` says why not).
+    variant_8bit: the method with 8-bit states, for fit's "8-bit states" switch.
+    recommend: order of preference among fitting methods (lower trains more like AdamW).
+    defaults: spec fields the method sets when the user leaves them unset.
+    states_follow_params: torch's own optimizer keeps states like the parameters (zeros_like).
+    optimizer: the `lowrank.OPTIMIZERS` id that trains it; wrapper: what the builder does to the
+        model first ("adapters": peft LoRA; "int8-linears": Q-GaLore's INT8 layers; None);
+        groups: how its parameter groups are made ("trainable", "projected", "lora-pairs").
+    """
     id: str
     name: str
-    kind: str                      # "full" | "adapter" | "projected"
-    summary: str                   # what it stores and why
+    kind: str
+    summary: str
     formula: str                   # memfit storage per selected m x n matrix (m >= n), bytes b_*
     paper: str
     paper_url: str
     code_url: str
+    storage: object
+    temporaries: Callable
+    optimizer: str
+    recommend: int
+    refresh: Callable | None = None
+    step_copies: int = 1
+    upcasts_in_step: bool = False
+    shared: Callable = no_shared
     rank: int | None = None        # default rank (adapters / projections)
     update_proj_gap: int | None = None
     scale: float | None = None
     proj_types: tuple[str, ...] = ()
     eight_bit: bool = False        # block-wise 8-bit moments (bitsandbytes layout)
     states_fixed: str | None = None   # a state format the method fixes (adafactor: fp32)
+    bnb_state: bool = False
+    reference_int_step: bool = True
+    quantized_weights: str | None = None
+    projection_fixed: str | None = None
+    layerwise: bool = True
+    layerwise_note: str = ""
+    reference_layerwise_keeps_plain_grads: bool = False
+    variant_8bit: str | None = None
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    wrapper: str | None = None
+    groups: str = "trainable"
+    states_follow_params: bool = False   # torch's optimizer: states are zeros_like(param)
     reference: str = ""            # how the authors' code stores differently
     fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
 
@@ -41,6 +89,14 @@ class Method:
         return tuple(n for n, v in names if v is not None and n not in self.fixed) + (
             ("proj_type",) if self.proj_types else ())
 
+    @property
+    def trains_adapters(self) -> bool:
+        return self.kind == "adapter"
+
+    @property
+    def projects(self) -> bool:
+        return self.kind == "projected"
+
 
 _GALORE = ("GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection (Zhao et al., ICML 2024)",
            "https://arxiv.org/abs/2403.03507", "https://github.com/jiaweizzhao/GaLore")
@@ -50,11 +106,21 @@ _LORA = ("LoRA: Low-Rank Adaptation of Large Language Models (Hu et al., ICLR 20
          "https://arxiv.org/abs/2106.09685", "https://github.com/huggingface/peft")
 _LOWRANK_OPTS = dict(rank=128, update_proj_gap=200, scale=0.25)
 
+
+def _gradnorm_plain(p, r) -> int:
+    """GradNormLoRP's plain part: AdamW states (the reference weight-normalises it too)."""
+    return adam_states(p, r) + gradnorm_reference_extra(p, r)
+
+
+def _gradnorm8_plain(p, r) -> int:
+    return adam8_states(p, r) + gradnorm_reference_extra(p, r)
+
 METHODS: dict[str, Method] = {m.id: m for m in [
     Method("adamw", "AdamW", "full",
            "Full-rank training: two moments per parameter. Pure fp32, pure bf16 (as the GaLore code "
            "trains its baselines) or mixed precision (bf16 weights and gradients, fp32 master copy and states).",
-           "mn·b_w + mn·b_g + 2mn·b_s (+ 4mn master in mixed precision)", *_ADAMW),
+           "mn·b_w + mn·b_g + 2mn·b_s (+ 4mn master in mixed precision)", *_ADAMW,
+           storage=FullRank(adam_states), temporaries=t.foreach_adamw, optimizer="adamw", recommend=0, states_follow_params=True, variant_8bit="adamw-8bit", reference_int_step=False),
     Method("adamw-8bit", "8-bit AdamW (bitsandbytes)", "full",
            "Both moments stored block-wise in 8 bits with one fp32 absmax per 256-element block; "
            "tensors under 4096 elements keep fp32 moments (bitsandbytes 0.50's rule).",
@@ -62,7 +128,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "8-bit Optimizers via Block-wise Quantization (Dettmers et al., ICLR 2022)",
            "https://arxiv.org/abs/2110.02861", "https://github.com/bitsandbytes-foundation/bitsandbytes",
            eight_bit=True, reference="bitsandbytes keeps the step as a Python int and the two 256-entry "
-           "quantisation maps once per optimizer."),
+           "quantisation maps once per optimizer.",
+           storage=FullRank(adam8_states), temporaries=t.in_place, optimizer="adamw-8bit", recommend=1, bnb_state=True, shared=bnb_qmaps),
     Method("adafactor", "Adafactor", "full",
            "Factored second moment: one fp32 row and one fp32 column vector per matrix, no first "
            "moment (transformers' Adafactor with beta1=None, as the GaLore runs use it).",
@@ -70,16 +137,19 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost (Shazeer & Stern, ICML 2018)",
            "https://arxiv.org/abs/1804.04235",
            "https://github.com/huggingface/transformers/blob/main/src/transformers/optimization.py",
-           states_fixed="fp32"),
+           states_fixed="fp32",
+           storage=FullRank(adafactor_states), temporaries=t.per_parameter_copies, step_copies=2, upcasts_in_step=True, optimizer="adafactor", recommend=11),
     Method("sgd", "SGD with momentum", "full", "One momentum buffer per parameter.",
            "mn·b_w + mn·b_g + mn·b_s", "On the importance of initialization and momentum in deep "
            "learning (Sutskever et al., ICML 2013)", "http://proceedings.mlr.press/v28/sutskever13.html",
-           "https://github.com/pytorch/pytorch/blob/main/torch/optim/sgd.py"),
+           "https://github.com/pytorch/pytorch/blob/main/torch/optim/sgd.py",
+           storage=FullRank(sgd_states), temporaries=t.in_place, optimizer="sgd", recommend=12, states_follow_params=True),
     Method("lora", "LoRA", "adapter",
            "Frozen base; trainable rank-r adapters A (r×n) and B (m×r) on the attention and MLP "
            "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
            "fp32, as peft keeps them by default on a 16-bit base.",
-           "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16),
+           "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16,
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters"),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
@@ -87,7 +157,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "by peft's prepare_model_for_kbit_training.",
            "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
-           "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64),
+           "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64,
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}),
     Method("lora-pro", "LoRA-Pro", "adapter",
            "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
            "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
@@ -96,20 +167,23 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "LoRA-Pro: Are Low-Rank Adapters Properly Optimized? (Wang et al., ICLR 2025)",
            "https://arxiv.org/abs/2407.18242", "https://github.com/mrflogs/LoRA-Pro", rank=8,
            reference="the reference lives inside a patched DeepSpeed ZeRO-1/2 (fp32 master and "
-           "gradient partitions) with the LoRA scaling hard-coded to 2."),
+           "gradient partitions) with the LoRA scaling hard-coded to 2.",
+           storage=Adapter(lora_pro_states), temporaries=t.per_parameter_copies, step_copies=2, optimizer="lora-pro", recommend=13, wrapper="adapters", groups="lora-pairs", layerwise=False, layerwise_note="lora-pro adjusts A and B together, so it has no layer-wise mode"),
     Method("galore", "GaLore", "projected",
            "Full-rank weights and gradients; Adam moments of the gradient projected onto r singular "
            "vectors (refreshed by SVD every update_proj_gap steps) plus the projection matrix.",
            "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p", *_GALORE, **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
            reference="the reference keeps moments and projection in the gradient's dtype and the "
-           "step as a Python int."),
+           "step as a Python int.",
+           storage=Projected(), temporaries=t.projected_step, refresh=t.svd_workspace, optimizer="galore", recommend=4, variant_8bit="galore-8bit", groups="projected"),
     Method("galore-8bit", "8-bit GaLore", "projected",
            "GaLore with the projected moments (and the plain parameters' moments) stored block-wise "
            "in 8 bits; with layer-wise updates this is the paper's 7B-on-24GB setup.",
            "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p", *_GALORE, **_LOWRANK_OPTS,
            proj_types=PROJ_TYPES, eight_bit=True,
            reference="the reference is a bitsandbytes Optimizer2State subclass (step as an int, "
-           "quantisation maps once per optimizer)."),
+           "quantisation maps once per optimizer).",
+           storage=Projected(plain=adam8_states), temporaries=t.projected_step, refresh=t.svd_workspace, optimizer="galore-8bit", recommend=5, groups="projected", shared=bnb_qmaps),
     Method("q-galore", "Q-GaLore", "projected",
            "8-bit GaLore with INT8 attention/MLP weights (group-256 scale and zero, stochastic "
            "rounding) and INT4 projections packed two per byte; the projection refresh gap grows "
@@ -118,7 +192,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Q-GaLore: Quantized GaLore with INT4 Projection and Layer-Adaptive Low-Rank Gradients "
            "(Zhang et al., 2024)", "https://arxiv.org/abs/2407.08296", "https://github.com/VITA-Group/Q-GaLore",
            **_LOWRANK_OPTS, proj_types=("std",), eight_bit=True,
-           reference="the reference stores each INT4 projection code in a whole byte (twice memfit's)."),
+           reference="the reference stores each INT4 projection code in a whole byte (twice memfit's).",
+           storage=Projected(extra=qgalore_extra, projection=int4_projection, weight=int8_trained_weight, plain=adam8_states), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="q-galore", recommend=10, groups="projected", wrapper="int8-linears", quantized_weights="int8", projection_fixed="int4", reference_layerwise_keeps_plain_grads=True, shared=bnb_qmaps),
     Method("fira", "Fira", "projected",
            "GaLore's states plus one scalar per matrix (the norm-growth limiter's previous residual "
            "norm); the residual outside the subspace is applied full-rank, scaled by the low-rank "
@@ -126,7 +201,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p + 4",
            "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (Chen et al., 2024)",
            "https://arxiv.org/abs/2410.01623", "https://github.com/xichen-fy/Fira", **_LOWRANK_OPTS,
-           proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype."),
+           proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype.",
+           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=3, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected"),
     Method("gradnormlorp", "GradNormLoRP", "projected",
            "Weight-normalised GaLore: W = g·v/‖v‖ with the direction's gradient projected; memfit "
            "keeps a per-row ratio ‖v‖/g instead of the reference code's full copy of v.",
@@ -136,7 +212,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
            reference="the reference keeps a full copy v of every weight (mn more per matrix) and "
-           "weight-normalises every parameter, with full-rank moments outside the projected linears."),
+           "weight-normalises every parameter, with full-rank moments outside the projected linears.",
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp", recommend=6, variant_8bit="gradnormlorp-8bit", groups="projected"),
     Method("gradnormlorp-8bit", "8-bit GradNormLoRP", "projected",
            "GradNormLoRP with block-wise 8-bit moments.",
            "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p + 8m (m<4096) + 4m",
@@ -144,7 +221,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://arxiv.org/abs/2412.19616",
            "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES, eight_bit=True,
-           reference="as gradnormlorp, with bitsandbytes states."),
+           reference="as gradnormlorp, with bitsandbytes states.",
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm8_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp-8bit", recommend=7, groups="projected", shared=bnb_qmaps),
     Method("galore-dct", "SVD-free GaLore (DCT)", "projected",
            "Projects on r columns of a fixed orthonormal DCT basis chosen by alignment with the "
            "gradient (one matmul and a top-k, no SVD); one basis per distinct dimension is shared "
@@ -152,7 +230,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn·b_w + mn·b_g + 2rm·b_s + 4r (+ n²·b_p once per distinct n)",
            "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models (Modoranu et al., 2025)",
            "https://arxiv.org/abs/2505.17967", "https://github.com/IST-DASLab/ISTA-DASLab-Optimizers",
-           rank=128, update_proj_gap=200, scale=0.25, proj_types=("std",)),
+           rank=128, update_proj_gap=200, scale=0.25, proj_types=("std",),
+           storage=Projected(projection=dct_indices), temporaries=t.projected_step, refresh=t.dct_workspace, optimizer="galore-dct", recommend=8, groups="projected", shared=dct_bases),
     Method("apollo", "APOLLO", "projected",
            "Adam moments of a random projection of the gradient set a channel-wise learning-rate "
            "scale for the raw gradient; the projection is regenerated from a stored seed.",
@@ -161,23 +240,23 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://arxiv.org/abs/2412.05270", "https://github.com/zhuhanqing/APOLLO",
            rank=256, update_proj_gap=200, scale=1.0, proj_types=("std",),
            reference="the reference stores the random projection matrix (rn per matrix) although the "
-           "paper says it need not."),
+           "paper says it need not.",
+           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo", recommend=3, groups="projected"),
     Method("apollo-mini", "APOLLO-Mini", "projected",
            "APOLLO at rank 1 with a tensor-wise scale (scale 128): SGD-like memory.",
            "mn·b_w + mn·b_g + 2m·b_s + 12",
            "APOLLO: SGD-like Memory, AdamW-level Performance (Zhu et al., MLSys 2025)",
            "https://arxiv.org/abs/2412.05270", "https://github.com/zhuhanqing/APOLLO",
            rank=1, update_proj_gap=200, scale=128.0, proj_types=("std",), fixed=("rank",),
-           reference="the reference stores the rank-1 random projection (n per matrix)."),
+           reference="the reference stores the rank-1 random projection (n per matrix).",
+           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo-mini", recommend=9, groups="projected"),
 ]}
 METHOD_IDS = tuple(METHODS)
 
 #: which fitting method to recommend: the one that trains most like full-rank AdamW. Full-rank
 #: optimizers first, then full-rank-gradient low-rank methods (Fira and APOLLO apply the whole
 #: gradient; GaLore-family updates stay in the subspace), quantised ones, adapters last.
-RECOMMENDATION_ORDER = ("adamw", "adamw-8bit", "fira", "apollo", "galore", "galore-8bit",
-                        "gradnormlorp", "gradnormlorp-8bit", "galore-dct", "apollo-mini", "q-galore",
-                        "adafactor", "sgd", "lora-pro", "lora", "qlora")
+RECOMMENDATION_ORDER = tuple(sorted(METHODS, key=lambda m: METHODS[m].recommend))
 _INDEX = {normalize(k): k for k in METHODS} | {normalize(m.name): k for k, m in METHODS.items()}
 
 

@@ -12,23 +12,27 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .families import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, Family, family_for
 from .names import normalize, resolve
 
 __all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model",
-           "load_config_file", "config_from_dict", "classify_param", "meta_params"]
+           "load_config_file", "config_from_dict", "config_from_json", "classify_param", "meta_params",
+           "LIMITS"]
 
 _DATA = Path(__file__).with_name("data") / "models.json"
-
-#: what a parameter is, as the methods see it: block linears are what the authors project/adapt.
-ROLES = ("block_linear", "embedding", "lm_head", "norm", "bias", "other")
-LLAMA_LIKE = ("llama", "mistral", "qwen2")
-FAMILIES = {**{t: "llama" for t in LLAMA_LIKE}, "gpt2": "gpt2", "roberta": "roberta"}
 _LAYER = re.compile(r"\.(?:layers|h|layer)\.(\d+)\.")
+
+#: sanity bounds on config fields: beyond these a config is a mistake (or an attack), and sizing
+#: it would take unbounded time and memory. The largest public models sit far inside them
+#: (Llama 3.1 405B: 126 layers, hidden 16384, intermediate 53248; Gemma's 262144-token vocab).
+LIMITS = {"num_layers": 1024, "hidden_size": 1 << 17, "intermediate_size": 1 << 20,
+          "num_heads": 4096, "num_kv_heads": 4096, "head_dim": 4096, "vocab_size": 1 << 23,
+          "max_position": 1 << 24}
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,22 @@ class Param:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @cached_property
+    def module(self) -> str:
+        """The owning module's name after the layer index ("self_attn.q_proj"), or its full name."""
+        owner = self.name.rpartition(".")[0]
+        return owner.split(f".{self.layer}.", 1)[1] if self.layer is not None else owner
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The fields memfit needs from a config, plus the parameters they imply."""
+    """The fields memfit needs from a config, plus the parameters they imply.
+
+    `family` is the block family's record (`planner.families`), None for an architecture memfit
+    has no record of (its activations are then traced)."""
     name: str
     model_type: str
-    family: str                 # "llama" | "gpt2" | "roberta" | "other" (block type for activations)
+    family: Family | None
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -62,6 +75,11 @@ class ModelConfig:
     params: tuple[Param, ...] = field(repr=False)
     source: str = "catalog"
     hf_config: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    notes: tuple[str, ...] = ()     # what memfit did with the config (ignored remote code, ...)
+
+    @property
+    def family_name(self) -> str:
+        return self.family.name if self.family else "traced"
 
     @cached_property
     def n_params(self) -> int:
@@ -69,7 +87,7 @@ class ModelConfig:
 
     @cached_property
     def selected(self) -> tuple[Param, ...]:
-        """The block linears: what the methods project or adapt."""
+        """The block linears: what the projection methods project."""
         return tuple(p for p in self.params if p.role == "block_linear")
 
     @cached_property
@@ -90,7 +108,7 @@ def classify_param(name: str, shape: tuple[int, ...], module_type: str) -> str:
     """
     if "Embedding" in module_type:
         return "embedding"
-    if name in ("lm_head.weight", "lm_head.decoder.weight"):
+    if name in ("lm_head.weight", "lm_head.decoder.weight", "cls.predictions.decoder.weight"):
         return "lm_head"
     if len(shape) == 1 and ("norm" in module_type.lower() or "norm" in name.lower()):
         return "norm"
@@ -107,135 +125,65 @@ def _param(name: str, shape: tuple[int, ...], module_type: str) -> Param:
                  int(layer.group(1)) if layer else None)
 
 
-def _linear(prefix: str, out_f: int, in_f: int, bias: bool, kind: str = "Linear") -> list[tuple]:
-    shape = (in_f, out_f) if kind == "Conv1D" else (out_f, in_f)   # Conv1D stores (in, out)
-    rows = [(f"{prefix}.weight", shape, kind)]
-    return rows + ([(f"{prefix}.bias", (out_f,), kind)] if bias else [])
-
-
-def _norm(prefix: str, size: int, bias: bool, kind: str) -> list[tuple]:
-    return [(f"{prefix}.weight", (size,), kind)] + ([(f"{prefix}.bias", (size,), kind)] if bias else [])
-
-
-def _llama_layer(c: dict, i: int) -> list[tuple]:
-    h, hd = c["hidden_size"], c["head_dim"]
-    qkv_bias = c.get("attention_bias", False) or c["model_type"] == "qwen2"
-    o_bias = c.get("attention_bias", False) and c["model_type"] == "llama"
-    mlp_bias = c.get("mlp_bias", False)
-    p = f"model.layers.{i}"
-    return (_linear(f"{p}.self_attn.q_proj", c["num_heads"] * hd, h, qkv_bias)
-            + _linear(f"{p}.self_attn.k_proj", c["num_kv_heads"] * hd, h, qkv_bias)
-            + _linear(f"{p}.self_attn.v_proj", c["num_kv_heads"] * hd, h, qkv_bias)
-            + _linear(f"{p}.self_attn.o_proj", h, c["num_heads"] * hd, o_bias)
-            + _linear(f"{p}.mlp.gate_proj", c["intermediate_size"], h, mlp_bias)
-            + _linear(f"{p}.mlp.up_proj", c["intermediate_size"], h, mlp_bias)
-            + _linear(f"{p}.mlp.down_proj", h, c["intermediate_size"], mlp_bias)
-            + _norm(f"{p}.input_layernorm", h, False, "RMSNorm")
-            + _norm(f"{p}.post_attention_layernorm", h, False, "RMSNorm"))
-
-
-def _llama(c: dict) -> list[tuple]:
-    h, v = c["hidden_size"], c["vocab_size"]
-    rows = [("model.embed_tokens.weight", (v, h), "Embedding")]
-    for i in range(c["num_layers"]):
-        rows += _llama_layer(c, i)
-    rows += _norm("model.norm", h, False, "RMSNorm")
-    return rows + ([] if c["tie_word_embeddings"] else [("lm_head.weight", (v, h), "Linear")])
-
-
-def _gpt2(c: dict) -> list[tuple]:
-    h, v, inner = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
-    rows = [("transformer.wte.weight", (v, h), "Embedding"),
-            ("transformer.wpe.weight", (c["max_position"], h), "Embedding")]
-    for i in range(c["num_layers"]):
-        p = f"transformer.h.{i}"
-        rows += (_norm(f"{p}.ln_1", h, True, "LayerNorm")
-                 + _linear(f"{p}.attn.c_attn", 3 * h, h, True, "Conv1D")
-                 + _linear(f"{p}.attn.c_proj", h, h, True, "Conv1D")
-                 + _norm(f"{p}.ln_2", h, True, "LayerNorm")
-                 + _linear(f"{p}.mlp.c_fc", inner, h, True, "Conv1D")
-                 + _linear(f"{p}.mlp.c_proj", h, inner, True, "Conv1D"))
-    rows += _norm("transformer.ln_f", h, True, "LayerNorm")
-    return rows + ([] if c["tie_word_embeddings"] else [("lm_head.weight", (v, h), "Linear")])
-
-
-def _roberta(c: dict) -> list[tuple]:
-    h, v, inner = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
-    e = "roberta.embeddings"
-    rows = [(f"{e}.word_embeddings.weight", (v, h), "Embedding"),
-            (f"{e}.token_type_embeddings.weight", (c.get("type_vocab_size", 2), h), "Embedding"),
-            *_norm(f"{e}.LayerNorm", h, True, "LayerNorm"),
-            (f"{e}.position_embeddings.weight", (c["max_position"], h), "Embedding")]
-    for i in range(c["num_layers"]):
-        p = f"roberta.encoder.layer.{i}"
-        rows += (_linear(f"{p}.attention.self.query", h, h, True)
-                 + _linear(f"{p}.attention.self.key", h, h, True)
-                 + _linear(f"{p}.attention.self.value", h, h, True)
-                 + _linear(f"{p}.attention.output.dense", h, h, True)
-                 + _norm(f"{p}.attention.output.LayerNorm", h, True, "LayerNorm")
-                 + _linear(f"{p}.intermediate.dense", inner, h, True)
-                 + _linear(f"{p}.output.dense", h, inner, True)
-                 + _norm(f"{p}.output.LayerNorm", h, True, "LayerNorm"))
-    rows += ([("lm_head.bias", (v,), "RobertaLMHead")] + _linear("lm_head.dense", h, h, True)
-             + _norm("lm_head.layer_norm", h, True, "LayerNorm"))
-    return rows + ([] if c["tie_word_embeddings"] else [("lm_head.decoder.weight", (v, h), "Linear")])
-
-
-_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "roberta": _roberta}
-
-# Fields read from a config, with the spellings different architectures use.
-_FIELDS = {
-    "hidden_size": ("hidden_size", "n_embd", "d_model"),
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
-    "vocab_size": ("vocab_size",),
-    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim"),
-    "max_position": ("max_position_embeddings", "n_positions", "max_sequence_length"),
-    "num_kv_heads": ("num_key_value_heads",),
-    "head_dim": ("head_dim",),
-}
-_TIE_DEFAULT = {"llama": False, "mistral": False, "qwen2": False}
-
-
-def _field(d: dict, key: str, source: str, required: bool) -> int | None:
-    for spelling in _FIELDS[key]:
+def _field(d: dict, key: str, spellings: tuple[str, ...], source: str, required: bool) -> int | None:
+    for spelling in spellings:
         value = d.get(spelling)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{source}: field {spelling!r} must be a positive integer, got {value!r}")
+            raise ValueError(f"{source}: field {spelling!r} must be a positive integer, got {value!r:.80}")
+        if value > LIMITS[key]:
+            raise ValueError(f"{source}: field {spelling!r} = {value:,} is beyond any real model "
+                             f"(memfit accepts at most {LIMITS[key]:,}); check the config")
         return value
     if required:
-        raise ValueError(f"{source}: missing field {_FIELDS[key][0]!r} (also accepted: "
-                         f"{', '.join(_FIELDS[key][1:]) or 'none'})")
+        raise ValueError(f"{source}: missing field {spellings[0]!r} (also accepted: "
+                         f"{', '.join(spellings[1:]) or 'none'})")
     return None
 
 
-def _normalised_fields(d: dict, source: str) -> dict:
+def _model_type(d: dict, source: str) -> str:
     mt = d.get("model_type")
     if not isinstance(mt, str) or not mt:
         raise ValueError(f"{source}: missing field 'model_type' (e.g. \"llama\")")
-    c = {k: _field(d, k, source, k in ("hidden_size", "num_layers", "num_heads", "vocab_size"))
-         for k in _FIELDS}
+    return mt
+
+
+def _normalised_fields(d: dict, source: str, family: Family | None) -> dict:
+    """The shared fields under memfit's names, with the family's transformers defaults."""
+    spell = family.spellings if family else COMMON_FIELDS.get
+    defaults = dict(family.config_defaults) if family else {}
+    c = {k: _field(d, k, spell(k), source, k in REQUIRED_FIELDS) for k in COMMON_FIELDS}
+    for key, value in defaults.items():
+        if c.get(key) is None:
+            c[key] = value
     h, heads = c["hidden_size"], c["num_heads"]
     if c["head_dim"] is None and h % heads:
         raise ValueError(f"{source}: hidden size {h} is not divisible by {heads} attention heads")
     c["head_dim"] = c["head_dim"] or h // heads
     c["num_kv_heads"] = c["num_kv_heads"] or heads
+    if heads % c["num_kv_heads"]:
+        raise ValueError(f"{source}: {heads} attention heads are not a multiple of "
+                         f"{c['num_kv_heads']} key/value heads")
     c["intermediate_size"] = c["intermediate_size"] or 4 * h
     c["max_position"] = c["max_position"] or 2048
-    c["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", _TIE_DEFAULT.get(mt, True)))
-    return {**d, **c, "model_type": mt}
+    tie = d.get("tie_word_embeddings", family.tie_default if family else True)
+    if not isinstance(tie, bool):
+        raise ValueError(f"{source}: field 'tie_word_embeddings' must be true or false, got {tie!r:.40}")
+    c["tie_word_embeddings"] = tie
+    return {**d, **c, "model_type": _model_type(d, source)}
 
 
 def config_from_dict(d: dict, name: str, source: str = "catalog", params=None) -> ModelConfig:
-    """Build a ModelConfig from config.json fields; `params` defaults to the analytic shapes."""
-    c = _normalised_fields(d, source if source != "catalog" else name)
-    family = FAMILIES.get(c["model_type"], "other")
+    """Build a ModelConfig from config.json fields; `params` defaults to the family's analytic
+    shapes (a model_type without a family record needs `params`, from the meta device)."""
+    label = source if source != "catalog" else name
+    family = family_for(_model_type(d, label))
+    c = _normalised_fields(d, label, family)
     if params is None:
-        if family not in _BUILDERS:
+        if family is None:
             raise ValueError(f"{name}: no analytic shapes for model_type {c['model_type']!r}")
-        params = tuple(_param(*row) for row in _BUILDERS[family](c))
+        params = tuple(_param(*row) for row in family.shapes(c))
     return ModelConfig(name=name, model_type=c["model_type"], family=family,
                        hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
                        num_layers=c["num_layers"], num_heads=c["num_heads"],
@@ -281,30 +229,66 @@ def get_model(query: str) -> ModelConfig:
 
 
 def load_config_file(path: str | Path) -> ModelConfig:
-    """Parse a Hugging Face config.json offline and enumerate its parameters on the meta device."""
+    """Parse a Hugging Face config.json offline: analytic shapes for a family memfit has a record
+    of, the meta-device model otherwise."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path.name} is {path.stat().st_size:,} bytes; a config.json is a few "
+                             f"KB (memfit reads at most {MAX_CONFIG_BYTES:,})")
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{str(path)!r} is a folder; give the config.json inside it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path.name} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path.name} is not a config.json: its JSON is nested too deeply") from None
     return config_from_json(d, path.name)
 
 
+#: a config.json is a few KB; anything this large is not one
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _display_name(d: dict, label: str) -> str:
+    """What to call a user's model: its Hub id, else its architecture, else the file's name."""
+    for key in ("_name_or_path", "name_or_path"):
+        if isinstance(d.get(key), str) and d[key].strip():
+            return d[key].strip()[:120]
+    arch = d.get("architectures")
+    stem = label.removesuffix(".json")
+    if isinstance(arch, list) and arch and isinstance(arch[0], str) and stem in ("config", ""):
+        return f"{arch[0][:80]} ({label})"
+    return stem or label
+
+
 def config_from_json(d: Any, label: str) -> ModelConfig:
-    """A ModelConfig from an already-parsed config.json object (shapes from the meta device)."""
+    """A ModelConfig from an already-parsed config.json object.
+
+    A family with a record gets its analytic shapes (no transformers import; a test keeps them
+    equal to the meta-device model for every catalog entry and family example); any other
+    model_type is built on the meta device. `auto_map` (remote code) is never run: a model_type
+    transformers knows is built with its own class and the note says so.
+    """
     if not isinstance(d, dict):
         raise ValueError(f"{label}: a config.json must hold a JSON object, got {type(d).__name__}")
-    if d.get("auto_map"):
-        raise ValueError(f"{label}: field 'auto_map' asks for remote code, which memfit never runs; "
-                         "use a config whose model_type transformers knows")
-    _normalised_fields(d, label)   # clear errors before transformers sees the fields
-    name = d.get("_name_or_path") or label.removesuffix(".json")
-    return config_from_dict(d, str(name), source=label, params=meta_params(d, label))
+    mt = _model_type(d, label)
+    remote = bool(d.get("auto_map"))
+    notes = [f"{label}: 'auto_map' (remote code) ignored; memfit never runs remote code and uses "
+             f"transformers' own {mt!r} classes"] if remote else []
+    d = {k: v for k, v in d.items() if k != "auto_map"}
+    family = family_for(mt)
+    _normalised_fields(d, label, family)   # clear errors before transformers sees the fields
+    name = _display_name(d, label)
+    params = None if family else meta_params(d, label, remote_code=remote)
+    return replace(config_from_dict(d, name, source=label, params=params), notes=tuple(notes))
 
 
-def meta_params(d: dict, label: str = "config") -> tuple[Param, ...]:
-    """Exact parameters of the model a config describes, built on the meta device."""
+def meta_params(d: dict, label: str = "config", remote_code: bool = False) -> tuple[Param, ...]:
+    """Exact parameters of the model a config describes, built on the meta device.
+    `remote_code`: the config asked for remote code (only said in the error if transformers
+    cannot build the model_type itself)."""
     from . import hf_meta   # lazy: imports transformers and accelerate
-    return tuple(_param(*row) for row in hf_meta.enumerate_parameters(d, label))
+    return tuple(_param(*row) for row in hf_meta.enumerate_parameters(d, label, remote_code))

@@ -22,7 +22,6 @@ from .activations import activation_memory
 from .breakdown import Components, Row
 from .overhead import Overhead, overhead_bytes
 from .resolve import Resolved
-from .transients import refresh_workspace, step_temporaries
 
 __all__ = ["PhasePeak", "phase_peaks", "PHASES"]
 
@@ -39,10 +38,13 @@ class PhasePeak:
 
 def _activations(r: Resolved, kernels: str):
     spec = r.spec
-    lora = r.rank if r.method.kind == "adapter" else None
+    adapters = r.method.kind == "adapter"
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
-                             attention=spec.attention, checkpointing=spec.checkpointing, lora_rank=lora,
-                             lora_dtype=r.adapter if lora else None, kernels=kernels)
+                             attention=spec.attention, checkpointing=spec.checkpointing,
+                             lora_rank=r.rank if adapters else None,
+                             lora_dtype=r.adapter if adapters else None,
+                             lora_dropout=spec.lora_dropout if adapters else 0.0,
+                             lora_targets=r.lora_targets if adapters else None, kernels=kernels)
 
 
 def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
@@ -70,7 +72,8 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     """Every phase's total and the components resident at the worst one."""
     act = _activations(r, kernels)
     grads = _gradient_split(rows, r.model.tie_word_embeddings)
-    temps, refresh = step_temporaries(r), refresh_workspace(r)
+    temps = r.method.temporaries(r)
+    refresh = r.method.refresh(r) if r.method.refresh else 0
     instants = _backward_instants(act, grads, r.model.num_layers)
     fb = max(instants, key=sum)
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
@@ -83,7 +86,7 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
         candidates = {"forward_backward": (fb[0], fb[1], 0),
                       "optimizer_step": (0, grads[0], temps),
                       "projection_refresh": (0, grads[0], refresh)}
-    if r.method.kind != "projected":
+    if r.method.refresh is None:
         del candidates["projection_refresh"]
     base = persistent.weights + persistent.optimizer_states + persistent.projection + persistent.adapters
     totals = {}

@@ -1,71 +1,76 @@
-"""What one parameter costs under a resolved method: weights, gradient, states, projection, adapters.
+"""What one parameter costs under a method: the storage layouts a method record is built from.
 
-Three rule families, picked by the method's kind: full-rank training, adapters on a frozen base,
-projected (low-rank) optimizer states. Method-specific extras are small named functions.
+A method record (`planner.methods`) names one storage object: `FullRank` (every parameter
+trained, one optimizer-state rule), `Projected` (block linears get low-rank states and a
+projection, the rest plain AdamW states) or `Adapter` (a frozen, possibly quantised base with
+trainable adapters on the target linears, and optionally fully trained `modules_to_save`). The
+state rules are the small named functions below; `docs/storage-contract.md` lists the tensors
+memfit's own `lowrank` optimizers hold, and the tests check the planner against the bytes those
+optimizers really hold.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .breakdown import Row
 from .dtypes import tensor_bytes
 from .models import Param
-from .resolve import Resolved
-from .storage import (STEP_BYTES, ParamMemory, adam_moments, int4_packed, int8_weight,
-                      lowrank_shapes, moments_8bit, nf4_weight, projection_side)
+from .storage import (BNB_QMAP_BYTES, MIN_8BIT_NUMEL, STEP_BYTES, ParamMemory, adam_moments,
+                      int4_packed, int8_weight, lowrank_shapes, moments_8bit, projection_side)
 
-__all__ = ["param_memory", "basis_dim", "uses_bnb_qmaps"]
+if TYPE_CHECKING:
+    from .resolve import Resolved
+
+__all__ = ["FullRank", "Projected", "Adapter", "param_memory", "basis_dim",
+           "adam_states", "adam8_states", "adafactor_states", "sgd_states", "step_bytes",
+           "fira_extra", "apollo_extra", "qgalore_extra", "gradnorm_extra", "gradnorm_reference_extra",
+           "float_projection", "int4_projection", "dct_indices", "seeded_projection",
+           "dense_weight", "int8_trained_weight", "lora_pairs", "lora_pro_states", "lora_adam_states",
+           "no_shared", "dct_bases", "bnb_qmaps"]
+
+StateRule = Callable[[Param, "Resolved"], int]
 
 
-def _step(r: Resolved) -> int:
-    """The authors' optimizers (and bitsandbytes) count steps in a Python int; memfit and torch
-    keep a 0-d float32 tensor."""
-    return 0 if (r.reference and r.method.id != "adamw") or r.method.id == "adamw-8bit" else STEP_BYTES
+# ---- optimizer states of a fully trained parameter ----------------------------------------
+
+def step_bytes(r: Resolved) -> int:
+    """torch.optim and memfit keep `step` as a 0-d float32 tensor; bitsandbytes' optimizers and
+    the authors' reference code (except torch's AdamW) count steps in a Python int."""
+    return 0 if r.method.bnb_state or (r.reference and r.method.reference_int_step) else STEP_BYTES
 
 
 def _master(numel: int, r: Resolved) -> int:
+    """The fp32 master copy mixed precision keeps of a trained parameter."""
     return 4 * numel if r.master else 0
 
 
-def _dense_states(p: Param, r: Resolved) -> int:
-    """Full-rank optimizer states of one trainable parameter."""
-    n = p.numel
-    if r.method.id == "adafactor":   # factored fp32 row/column second moment + 0-d fp32 RMS; int step
-        return 4 * (math.prod(p.shape[:-1]) + p.shape[-1] + 1) if len(p.shape) >= 2 else 4 * (n + 1)
-    if r.method.id == "sgd":         # torch SGD: momentum_buffer only
-        return tensor_bytes(n, r.states)
-    moments = moments_8bit(n) if r.method.eight_bit else adam_moments(n, r.states)
-    return moments + _step(r)
+def adam_states(p: Param, r: Resolved) -> int:
+    """`exp_avg`, `exp_avg_sq` like `p` in the state format, plus `step`."""
+    return adam_moments(p.numel, r.states) + step_bytes(r)
 
 
-def _full(p: Param, r: Resolved) -> ParamMemory:
-    extra = _gradnorm_reference_extra(p, r) if r.method.id.startswith("gradnormlorp") else 0
-    return ParamMemory(weights=tensor_bytes(p.numel, r.weights),
-                       gradients=tensor_bytes(p.numel, r.grads),
-                       optimizer_states=_dense_states(p, r) + _master(p.numel, r) + extra)
+def adam8_states(p: Param, r: Resolved) -> int:
+    """Block-wise 8-bit moments (bitsandbytes layout; fp32 under 4096 elements) plus `step`."""
+    return moments_8bit(p.numel) + step_bytes(r)
 
 
-def _adapter(p: Param, r: Resolved) -> ParamMemory:
-    """LoRA family: frozen base; A (r x n) and B (m x r) trainable on the selected linears, in the
-    adapters' dtype (fp32 by peft's default), with gradients of that dtype."""
-    if p.role != "block_linear":
-        return ParamMemory(weights=tensor_bytes(p.numel, r.frozen))
-    m, n = p.shape
-    a_numel, b_numel = r.rank * n, m * r.rank
-    base = nf4_weight(p.numel) if r.method.id == "qlora" else tensor_bytes(p.numel, r.weights)
-    if r.method.id == "lora-pro":    # full m x n moments of the equivalent gradient, on lora_A
-        states = adam_moments(p.numel, r.states) + STEP_BYTES
-    else:
-        states = adam_moments(a_numel, r.states) + adam_moments(b_numel, r.states) + 2 * STEP_BYTES
-    master = _master(a_numel + b_numel, r) if r.adapter != "fp32" else 0   # fp32 adapters are the master
-    return ParamMemory(weights=base, gradients=tensor_bytes(a_numel + b_numel, r.adapter),
-                       optimizer_states=states + master, adapters=tensor_bytes(a_numel + b_numel, r.adapter))
+def adafactor_states(p: Param, r: Resolved) -> int:
+    """transformers' Adafactor (beta1=None): fp32 row and column second moments of a matrix (a
+    full fp32 one for a vector) plus the 0-d fp32 `RMS`; the step is a Python int."""
+    if len(p.shape) >= 2:
+        return 4 * (math.prod(p.shape[:-1]) + p.shape[-1] + 1)
+    return 4 * (p.numel + 1)
 
 
-def _lowrank_moments(numel: int, r: Resolved) -> int:
-    return moments_8bit(numel) if r.method.eight_bit else adam_moments(numel, r.states)
+def sgd_states(p: Param, r: Resolved) -> int:
+    """torch SGD with momentum: `momentum_buffer` only."""
+    return tensor_bytes(p.numel, r.states)
 
 
-def _gradnorm_reference_extra(p: Param, r: Resolved) -> int:
+def gradnorm_reference_extra(p: Param, r: Resolved) -> int:
     """The reference GradNormLoRP weight-normalises every parameter: a full copy v, the magnitude
     g (one per row; one for a vector) and g's two moments, all in the parameter dtype."""
     if not r.reference:
@@ -74,50 +79,143 @@ def _gradnorm_reference_extra(p: Param, r: Resolved) -> int:
     return tensor_bytes(p.numel, r.weights) + 3 * tensor_bytes(g, r.weights)
 
 
-def _extra_states(p: Param, r: Resolved) -> int:
-    """Per-matrix state beyond the low-rank moments (see docs/storage-contract.md)."""
-    mid, ref = r.method.id, r.reference
-    if mid == "fira":
-        return tensor_bytes(1, r.grads) if ref else 4            # limiter's previous norm
-    if mid.startswith("apollo"):
-        return tensor_bytes(1, r.grads) if ref else 8 + 4        # seed (int64) + limiter norm
-    if mid == "q-galore":
-        return 0 if ref else 5 * 4 + 8                           # cosine history + current gap
-    if mid.startswith("gradnormlorp"):
-        if ref:
-            return _gradnorm_reference_extra(p, r)
-        return _lowrank_moments(p.shape[0], r) + 4 * p.shape[0]  # magnitude moments + row_scale
-    return 0
+def _with_gradnorm_reference(rule: StateRule) -> StateRule:
+    return lambda p, r: rule(p, r) + gradnorm_reference_extra(p, r)
 
 
-def _projection(p: Param, r: Resolved, side: str) -> int:
-    _, proj = lowrank_shapes(p.shape, r.rank, side)
-    mid = r.method.id
-    if mid == "q-galore":
-        return sum(int4_packed(k, packed=not r.reference) for k in proj)
-    if mid == "galore-dct":
-        return 4 * r.rank                                        # int32 column indices
-    if mid.startswith("apollo"):
-        return sum(tensor_bytes(k, r.grads) for k in proj) if r.reference else 0
-    return sum(tensor_bytes(k, r.projection) for k in proj)
+# ---- low-rank extras of a projected matrix ------------------------------------------------
+
+def fira_extra(p: Param, r: Resolved) -> int:
+    """The norm-growth limiter's previous residual norm: 0-d fp32 (reference: gradient dtype)."""
+    return tensor_bytes(1, r.grads) if r.reference else 4
 
 
-def _projected(p: Param, r: Resolved) -> ParamMemory:
-    side = projection_side(p.shape, r.proj_type)
-    low, _ = lowrank_shapes(p.shape, r.rank, side)
-    weights = int8_weight(p.numel) if r.method.id == "q-galore" else tensor_bytes(p.numel, r.weights)
-    states = _lowrank_moments(low, r) + _step(r) + _extra_states(p, r) + _master(p.numel, r)
-    return ParamMemory(weights=weights, gradients=tensor_bytes(p.numel, r.grads),
-                       optimizer_states=states, projection=_projection(p, r, side))
+def apollo_extra(p: Param, r: Resolved) -> int:
+    """The projection's seed (int64) and the limiter norm (fp32); the reference keeps the
+    limiter scalar in the gradient dtype (and the projection itself, see `seeded_projection`)."""
+    return tensor_bytes(1, r.grads) if r.reference else 8 + 4
+
+
+def qgalore_extra(p: Param, r: Resolved) -> int:
+    """The last five projections' cosine similarities (fp32) and the current gap (int64)."""
+    return 0 if r.reference else 5 * 4 + 8
+
+
+def gradnorm_extra(p: Param, r: Resolved) -> int:
+    """The magnitude's moments (m,) in the moment format and `row_scale` ‖v‖/g (m,) fp32, which
+    replaces the reference's full copy of v (`gradnorm_reference_extra`)."""
+    if r.reference:
+        return gradnorm_reference_extra(p, r)
+    moments = moments_8bit(p.shape[0]) if r.method.eight_bit else adam_moments(p.shape[0], r.states)
+    return moments + 4 * p.shape[0]
+
+
+# ---- projections ------------------------------------------------------------------------------
+
+def float_projection(p: Param, r: Resolved, side: str) -> int:
+    """GaLore's projection matrices in the projection format (the gradient's by default)."""
+    return sum(tensor_bytes(k, r.projection) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+
+
+def int4_projection(p: Param, r: Resolved, side: str) -> int:
+    """Q-GaLore's INT4 projection: two codes a byte (memfit) or one (reference), bf16 scale/zero."""
+    return sum(int4_packed(k, packed=not r.reference) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+
+
+def dct_indices(p: Param, r: Resolved, side: str) -> int:
+    """SVD-free DCT: r int32 column indices; the bases are shared (`dct_bases`)."""
+    return 4 * r.rank
+
+
+def seeded_projection(p: Param, r: Resolved, side: str) -> int:
+    """APOLLO regenerates its random projection from the seed; the reference stores it."""
+    if not r.reference:
+        return 0
+    return sum(tensor_bytes(k, r.grads) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+
+
+def dense_weight(p: Param, r: Resolved) -> int:
+    return tensor_bytes(p.numel, r.weights)
+
+
+def int8_trained_weight(p: Param, r: Resolved) -> int:
+    """Q-GaLore's INT8 block linears: uint8 codes and bf16 scale/zero per 256."""
+    return int8_weight(p.numel)
+
+
+# ---- the three layouts ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FullRank:
+    """Every parameter trained: weights, gradient, `states` (+ fp32 master in mixed precision)."""
+    states: StateRule = adam_states
+
+    def param(self, p: Param, r: Resolved) -> ParamMemory:
+        return ParamMemory(weights=tensor_bytes(p.numel, r.weights),
+                           gradients=tensor_bytes(p.numel, r.grads),
+                           optimizer_states=self.states(p, r) + _master(p.numel, r))
+
+
+@dataclass(frozen=True)
+class Projected:
+    """Block linears: full weights and gradients, `lowrank` moments of the projected gradient,
+    the method's `extra` state and `projection`; everything else: plain states (`plain`)."""
+    extra: StateRule = lambda p, r: 0
+    projection: Callable[[Param, "Resolved", str], int] = float_projection
+    weight: StateRule = dense_weight
+    plain: StateRule = adam_states
+
+    def param(self, p: Param, r: Resolved) -> ParamMemory:
+        if p.role != "block_linear":
+            return FullRank(self.plain).param(p, r)
+        side = projection_side(p.shape, r.proj_type)
+        low, _ = lowrank_shapes(p.shape, r.rank, side)
+        moments = moments_8bit(low) if r.method.eight_bit else adam_moments(low, r.states)
+        states = moments + step_bytes(r) + self.extra(p, r) + _master(p.numel, r)
+        return ParamMemory(weights=self.weight(p, r), gradients=tensor_bytes(p.numel, r.grads),
+                           optimizer_states=states, projection=self.projection(p, r, side))
+
+
+def lora_pairs(p: Param, r: Resolved) -> tuple[int, int]:
+    """Elements of lora_A (r x in) and lora_B (out x r) on an adapted matrix."""
+    m, n = p.shape
+    in_f = m if r.model.family and r.model.family.fan_in_fan_out else n
+    out_f = n if in_f == m else m
+    return r.rank * in_f, out_f * r.rank
+
+
+def lora_adam_states(p: Param, r: Resolved) -> int:
+    """AdamW on A and B: two moments each in the state format, a `step` each."""
+    a, b = lora_pairs(p, r)
+    return adam_moments(a, r.states) + adam_moments(b, r.states) + 2 * step_bytes(r)
+
+
+def lora_pro_states(p: Param, r: Resolved) -> int:
+    """LoRA-Pro: full m x n moments of the equivalent gradient, kept on lora_A with its step."""
+    return adam_moments(p.numel, r.states) + step_bytes(r)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A frozen base (in the frozen format, or quantised: `r.base_bytes`) with adapters on the
+    target linears, in the adapters' dtype with gradients of that dtype and `states`."""
+    states: StateRule = lora_adam_states
+
+    def param(self, p: Param, r: Resolved) -> ParamMemory:
+        if p.role != "block_linear":
+            return ParamMemory(weights=tensor_bytes(p.numel, r.frozen))
+        if not r.adapts(p):     # a quantised base quantises every block linear, adapted or not
+            return ParamMemory(weights=r.base_bytes(p))
+        a, b = lora_pairs(p, r)
+        master = _master(a + b, r) if r.adapter != "fp32" else 0   # fp32 adapters are the master
+        return ParamMemory(weights=r.base_bytes(p), gradients=tensor_bytes(a + b, r.adapter),
+                           optimizer_states=self.states(p, r) + master,
+                           adapters=tensor_bytes(a + b, r.adapter))
 
 
 def param_memory(p: Param, r: Resolved) -> ParamMemory:
     """Bytes `p` costs under `r`'s method, its gradient counted as if alive."""
-    if r.method.kind == "adapter":
-        return _adapter(p, r)
-    if r.method.kind == "projected" and p.role == "block_linear":
-        return _projected(p, r)
-    return _full(p, r)
+    return r.method.storage.param(p, r)
 
 
 def basis_dim(p: Param, r: Resolved) -> int:
@@ -126,7 +224,27 @@ def basis_dim(p: Param, r: Resolved) -> int:
     return p.shape[1] if side == "right" else p.shape[0]
 
 
-def uses_bnb_qmaps(r: Resolved) -> bool:
-    """bitsandbytes optimizers keep their two quantisation maps in state (shared, counted once);
-    memfit's own 8-bit optimizers keep them as module constants."""
-    return r.method.id == "adamw-8bit" or (r.reference and r.method.eight_bit)
+# ---- tensors held once per optimizer ------------------------------------------------------
+
+def no_shared(r: Resolved, rows: list[Row]) -> list[Row]:
+    return []
+
+
+def dct_bases(r: Resolved, rows: list[Row]) -> list[Row]:
+    """One orthonormal DCT-II basis (d x d) per distinct projected dimension, in the projection
+    format, shared by every matrix (`GaLoreDCTAdamW.shared_buffers`)."""
+    dims = sorted({basis_dim(p, r) for p in r.model.selected})
+    return [Row(f"shared DCT basis {d}x{d}", (d, d), "shared", (),
+                ParamMemory(projection=tensor_bytes(d * d, r.projection))) for d in dims]
+
+
+def bnb_qmaps(r: Resolved, rows: list[Row]) -> list[Row]:
+    """bitsandbytes optimizers keep their signed and unsigned 256-entry quantisation maps in
+    state, shared by every 8-bit tensor (counted once, when any tensor is 8-bit); memfit's own
+    8-bit optimizers keep them as module constants, so only the reference layout has them."""
+    if not (r.method.bnb_state or (r.reference and r.method.eight_bit)):
+        return []
+    if not any(row.memory.gradients and math.prod(row.shape) >= MIN_8BIT_NUMEL for row in rows):
+        return []
+    return [Row("bitsandbytes quantisation maps", (2, 256), "shared", (),
+                ParamMemory(optimizer_states=BNB_QMAP_BYTES))]

@@ -4,25 +4,29 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-__all__ = ["TrainingSpec", "PRECISIONS", "ATTENTIONS", "CHECKPOINTING", "IMPLS", "spec_fields"]
+from .precisions import PRECISION_IDS
 
-#: precision presets -> (weights, gradients, optimizer states) formats, and whether an fp32
-#: master copy of the trainable weights is kept (mixed precision as DeepSpeed/Megatron do it).
-PRECISIONS: dict[str, tuple[str, str, str, bool]] = {
-    "bf16": ("bf16", "bf16", "bf16", False),     # pure bf16, as the GaLore reference code trains
-    "fp32": ("fp32", "fp32", "fp32", False),
-    "mixed": ("bf16", "bf16", "fp32", True),     # bf16 weights/grads, fp32 master + fp32 states
-}
-ATTENTIONS = ("sdpa", "eager")
+__all__ = ["TrainingSpec", "PRECISIONS", "ATTENTIONS", "CHECKPOINTING", "IMPLS", "LOSSES",
+           "SHARDINGS", "OFFLOADS", "BASE_QUANTS", "LORA_INITS", "spec_fields", "spec_field_kinds"]
+
+#: precision ids (`planner.precisions` holds what each stores and computes in)
+PRECISIONS = PRECISION_IDS
+ATTENTIONS = ("sdpa", "eager", "flash")
 CHECKPOINTING = ("none", "full")
 IMPLS = ("memfit", "reference")
+LOSSES = ("full", "chunked", "fused")
+SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "hsdp")
+OFFLOADS = ("none", "optimizer", "params")
+BASE_QUANTS = ("none", "int8", "nf4")
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "loftq", "eva")
 
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """One training configuration. `None` means "the method's default" (stated in the result).
+    """One training configuration. `None` means "the default": the stack's, the method's, the
+    GPU's or memfit's, in that order, each stated in the result's assumptions.
 
-    model: a catalog name ("llama-7b") or the path of a Hugging Face config.json.
+    model: a catalog name ("llama-7b"), a Hub id, or the path of a Hugging Face config.json.
     gpu: a catalog name ("4090"), a capacity ("24GB"), or None for no fit check.
     """
     model: str = "llama-7b"
@@ -33,7 +37,7 @@ class TrainingSpec:
     scale: float | None = None
     proj_type: str | None = None
     layerwise: bool = False
-    precision: str = "bf16"
+    precision: str | None = None         # bf16 | fp32 | mixed | amp-bf16 | amp-fp16
     weights: str | None = None
     grads: str | None = None
     states: str | None = None
@@ -41,8 +45,8 @@ class TrainingSpec:
     impl: str = "memfit"
     batch: int = 1
     seq: int = 512
-    checkpointing: str = "none"
-    attention: str = "sdpa"
+    checkpointing: str | None = None     # none | full
+    attention: str | None = None         # sdpa | eager | flash
     # LoRA as people configure it (issue 11); None: peft's / the method's default
     lora_targets: str | None = None       # "q_proj,v_proj", "all-linear", may include lm_head / embed_tokens
     lora_dropout: float | None = None
@@ -77,3 +81,13 @@ class TrainingSpec:
 
 def spec_fields() -> list[str]:
     return [f.name for f in fields(TrainingSpec)]
+
+
+def spec_field_kinds() -> dict[str, type]:
+    """Each field's value type (bool, int, float or str), for reading a spec back from text
+    (CSV reports, recipes)."""
+    kinds = {}
+    for f in fields(TrainingSpec):
+        text = str(f.type)
+        kinds[f.name] = next((t for t in (bool, int, float) if t.__name__ in text), str)
+    return kinds

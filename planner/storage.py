@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .dtypes import tensor_bytes
 
 __all__ = ["ParamMemory", "STEP_BYTES", "BNB_QMAP_BYTES", "BLOCK_8BIT", "MIN_8BIT_NUMEL",
-           "moments_8bit", "adam_moments", "int8_weight", "int4_packed", "nf4_weight",
+           "moments_8bit", "adam_moments", "int8_weight", "int4_packed", "nf4_weight", "int8_rowwise_weight",
            "lowrank_shapes", "projection_side"]
 
 STEP_BYTES = 4               # torch.optim.AdamW keeps `step` as a 0-d float32 tensor; so does memfit
@@ -75,16 +75,27 @@ def int4_packed(numel: int, packed: bool = True) -> int:
     return codes + 2 * 2 * math.ceil(numel / QUANT_GROUP)
 
 
-def nf4_weight(numel: int) -> int:
-    """bitsandbytes NF4 with double quantisation: packed codes (2 per byte), one uint8 absmax per
-    64-block, an fp32 absmax per 256 absmax-blocks, and per tensor the 16-entry fp32 NF4 code, the
-    nested 256-entry fp32 code and an fp32 offset (`QuantState` of bitsandbytes 0.50, measured).
+def nf4_weight(numel: int, double_quant: bool = True) -> int:
+    """bitsandbytes NF4: packed codes (2 per byte) and the `QuantState` (bitsandbytes 0.50).
 
-    QLoRA paper: 4 + 8/64 + 32/(64·256) = 4.127 bits per parameter, plus the per-tensor constants.
+    With double quantisation (QLoRA's default, `compress_statistics=True`): one uint8 absmax per
+    64-block, an fp32 absmax per 256 absmax-blocks, and per tensor the 16-entry fp32 NF4 code,
+    the nested 256-entry fp32 code and an fp32 offset (measured). Without it: an fp32 absmax per
+    64-block and the 16-entry code. QLoRA paper: 4 + 8/64 + 32/(64·256) = 4.127 bits per
+    parameter with double quantisation, 4 + 32/64 = 4.5 without, plus the per-tensor constants.
     """
     blocks = math.ceil(numel / NF4_BLOCK)
+    if not double_quant:
+        return math.ceil(numel / 2) + 4 * blocks + 4 * 16
     return (math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK)
             + 4 * (16 + 256 + 1))
+
+
+def int8_rowwise_weight(shape: tuple[int, ...]) -> int:
+    """bitsandbytes LLM.int8 (`Linear8bitLt`, `has_fp16_weights=False`): int8 codes `CB` (m, n)
+    and one fp32 absmax per output row `SCB` (m,)."""
+    m = shape[0]
+    return math.prod(shape) + 4 * m
 
 
 def projection_side(shape: tuple[int, int], proj_type: str) -> str:

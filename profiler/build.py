@@ -19,7 +19,8 @@ from planner.dtypes import TORCH_NAMES
 from planner.resolve import Resolved
 
 __all__ = ["LR", "torch_dtype", "hf_config", "build_model", "selected_names", "param_groups",
-           "build_optimizer", "unsupported_reason", "synthetic_batch", "train_step"]
+           "build_optimizer", "build_training", "unsupported_reason", "synthetic_batch", "train_step",
+           "WRAPPERS", "BASES"]
 
 LR = 1e-3            # any small learning rate: memory does not depend on it
 _CONFIG_SKIP = ("aliases", "source", "architectures", "_name_or_path", "transformers_version",
@@ -58,7 +59,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _nf4_weight(weight: torch.Tensor, compute: torch.dtype):
+def _nf4_weight(weight: torch.Tensor, compute: torch.dtype, double_quant: bool = True):
     """bitsandbytes NF4 (block 64, double-quantised absmax) of `weight` as a `Params4bit`.
 
     Under a FakeTensorMode (traces) the codes and quantisation state are computed by the same
@@ -66,31 +67,48 @@ def _nf4_weight(weight: torch.Tensor, compute: torch.dtype):
     are an uninitialised real tensor of the packed size (never touched, so never resident)."""
     import bitsandbytes as bnb
     from torch._guards import active_fake_mode
-    kwargs = dict(requires_grad=False, compress_statistics=True, quant_type="nf4")
+    kwargs = dict(requires_grad=False, compress_statistics=double_quant, quant_type="nf4")
     if active_fake_mode() is None:
         return bnb.nn.Params4bit(weight.to(compute), **kwargs)
     from torch._subclasses.fake_tensor import unset_fake_temporarily
-    packed, state = bnb.functional.quantize_4bit(weight.to(compute), blocksize=64, compress_statistics=True,
-                                                 quant_type="nf4")
+    packed, state = bnb.functional.quantize_4bit(weight.to(compute), blocksize=64,
+                                                 compress_statistics=double_quant, quant_type="nf4")
     with unset_fake_temporarily():
         codes = torch.empty(packed.shape, dtype=packed.dtype)
     return bnb.nn.Params4bit(codes, quant_state=state, blocksize=64, bnb_quantized=True, **kwargs)
 
 
 def _to_nf4(model: nn.Module, r: Resolved, device: str) -> None:
-    """QLoRA: every selected linear becomes a bitsandbytes NF4 layer (double-quantised absmax)."""
+    """QLoRA's base: every block linear becomes a bitsandbytes NF4 layer (double-quantised absmax
+    unless the spec turns it off)."""
     import bitsandbytes as bnb
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     compute = torch_dtype(r.activations)
-    for name, lin in _selected_modules(model, selected_names(r)):
+    # transformers' 4-bit loading quantises every block linear, adapted or not
+    for name, lin in _selected_modules(model, {p.name for p in r.model.selected}):
         with unset_fake_temporarily():      # the layer's own placeholder weight is replaced below
             q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                  compute_dtype=compute, compress_statistics=True, quant_type="nf4",
-                                  device="meta")
-        q.weight = _nf4_weight(lin.weight.data, compute)
+                                  compute_dtype=compute, compress_statistics=r.spec.double_quant,
+                                  quant_type="nf4", device="meta")
+        q.weight = _nf4_weight(lin.weight.data, compute, r.spec.double_quant)
         if lin.bias is not None:
             q.bias = lin.bias
         _replace(model, name, q if q.weight.bnb_quantized else q.to(device))
+
+
+def _to_llm_int8(model: nn.Module, r: Resolved, device: str) -> None:
+    """LoRA on an LLM.int8 base: every block linear becomes bitsandbytes' `Linear8bitLt`
+    (int8 codes and a per-row fp32 absmax, `has_fp16_weights=False`), as transformers'
+    `load_in_8bit` makes it."""
+    import bitsandbytes as bnb
+    for name, lin in _selected_modules(model, {p.name for p in r.model.selected}):
+        q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                has_fp16_weights=False, threshold=6.0, device="meta")
+        q.weight = bnb.nn.Int8Params(lin.weight.data.to(torch_dtype(r.activations)),
+                                     requires_grad=False, has_fp16_weights=False)
+        if lin.bias is not None:
+            q.bias = lin.bias
+        _replace(model, name, q.to(device))
 
 
 def _to_int8(model: nn.Module, r: Resolved) -> None:
@@ -101,11 +119,12 @@ def _to_int8(model: nn.Module, r: Resolved) -> None:
 
 
 def _add_adapters(model: nn.Module, r: Resolved) -> nn.Module:
-    """LoRA / QLoRA / LoRA-Pro: peft adapters on the selected linears, in the spec's adapter dtype."""
+    """peft LoRA on the spec's targets (and `modules_to_save`), in the spec's adapter dtype."""
     from lowrank.lora import apply_lora
-    targets = sorted({n.split(".")[-2] for n in selected_names(r)})
     with contextlib.redirect_stderr(io.StringIO()):
-        model = apply_lora(model, rank=r.rank, targets=targets)
+        model = apply_lora(model, rank=r.rank, targets=r.lora_targets, dropout=r.spec.lora_dropout,
+                           modules_to_save=r.modules_to_save or None,
+                           use_rslora=bool(r.spec.rslora))
     adapter = torch_dtype(r.adapter)
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -113,25 +132,40 @@ def _add_adapters(model: nn.Module, r: Resolved) -> nn.Module:
     return model
 
 
+#: what `Method.wrapper` asks the builder to do to the model (after any base quantisation)
+WRAPPERS = {"adapters": _add_adapters, "int8-linears": lambda model, r: _to_int8(model, r) or model}
+#: how a k-bit frozen base is made (`TrainingSpec.base_quant`)
+BASES = {"nf4": lambda model, r, device: _to_nf4(model, r, device),
+         "int8": lambda model, r, device: _to_llm_int8(model, r, device)}
+
+
+def _model_class(r: Resolved):
+    """The transformers class a run trains: the family record's auto class, or for an
+    architecture without a record the one planner.hf_meta builds on the meta device."""
+    import transformers
+    if r.model.family is not None:
+        return getattr(transformers, r.model.family.head_class)
+    from planner.hf_meta import model_class
+    return model_class(transformers, hf_config(r), r.model.hf_config.get("architectures"))
+
+
 def build_model(r: Resolved, device: str = "cpu", layers: int | None = None) -> nn.Module:
     """The spec's model, randomly initialised, ready to train with the spec's method.
 
     Built on `device`, or wherever the ambient mode puts tensors (a FakeTensorMode for traces).
     """
-    import transformers
     base = r.frozen if r.method.kind == "adapter" else r.weights
     with contextlib.redirect_stderr(io.StringIO()):
-        model = transformers.AutoModelForCausalLM.from_config(hf_config(r, layers), dtype=torch_dtype(base))
+        model = _model_class(r).from_config(hf_config(r, layers), dtype=torch_dtype(base))
     if next(model.parameters()).device != torch.device(device):
         model.to(device)
-    if r.method.id == "qlora":
-        _to_nf4(model, r, device)
-    elif r.method.id == "q-galore":
-        _to_int8(model, r)
-    if r.method.kind == "adapter":
-        model = _add_adapters(model, r)
+    if r.method.kind == "adapter" and r.spec.base_quant in BASES:
+        BASES[r.spec.base_quant](model, r, device)
+    if r.method.wrapper:
+        model = WRAPPERS[r.method.wrapper](model, r)
     if r.spec.checkpointing == "full":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5's name for gradient_checkpointing_enable (non-reentrant, as HF Trainer)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
 
@@ -159,56 +193,79 @@ def _dtype_options(r: Resolved) -> dict:
     return out
 
 
-def _plain_optimizer(cls, params: list, r: Resolved):
-    mid = r.method.id
-    if mid == "sgd":
-        return cls(params, lr=LR, momentum=0.9, foreach=True)
-    if mid == "adafactor":
-        return cls(params, lr=LR, relative_step=False, scale_parameter=False, warmup_init=False, beta1=None)
-    if mid in ("adamw", "lora", "qlora"):
-        return cls(params, lr=LR, foreach=True)      # the CUDA default; CPU would loop per tensor
-    return cls(params, lr=LR)
+def _groups(model: nn.Module, r: Resolved):
+    """The optimizer's parameters as `Method.groups` says, plus its dtype options."""
+    from lowrank import OPTIMIZERS
+    if r.method.groups == "projected":
+        return param_groups(model, r, OPTIMIZERS[r.method.optimizer].scale_key), _dtype_options(r)
+    if r.method.groups == "lora-pairs":
+        from lowrank.lora import lora_pro_param_groups
+        return lora_pro_param_groups(model), {"state_dtype": torch_dtype(r.states)}
+    return [p for p in model.parameters() if p.requires_grad], {}
 
 
 def build_optimizer(model: nn.Module, r: Resolved):
-    """The method's optimizer over the trainable parameters (layer-wise when the spec says so)."""
-    from lowrank import OPTIMIZERS
-    from lowrank.projected_adamw import ProjectedAdamW
-    mid = r.method.id
-    cls = OPTIMIZERS["adamw" if mid in ("lora", "qlora") else mid]
-    if isinstance(cls, type) and issubclass(cls, ProjectedAdamW):
-        opt = cls(param_groups(model, r, cls.scale_key), lr=LR, **_dtype_options(r))
-    elif mid == "lora-pro":
-        from lowrank.lora import lora_pro_param_groups
-        opt = cls(lora_pro_param_groups(model), lr=LR, state_dtype=torch_dtype(r.states))
-    else:
-        opt = _plain_optimizer(cls, [p for p in model.parameters() if p.requires_grad], r)
+    """The method's optimizer over the trainable parameters (layer-wise when the spec says so),
+    built by lowrank's one builder with the method's constructor defaults."""
+    from lowrank.registry import build_optimizer as lowrank_optimizer
+    params, options = _groups(model, r)
+    opt = lowrank_optimizer(r.method.optimizer, params, lr=LR, **options)
     if r.spec.layerwise:
         from lowrank import LayerwiseOptimizer
         opt = LayerwiseOptimizer(opt)
     return opt
 
 
+def build_training(spec, device: str = "cpu"):
+    """(model, optimizer) for a spec, exactly as the profiler trains it: the one builder for
+    bursts, traces and users (`profiler.build_training(TrainingSpec(...))`)."""
+    from planner.resolve import resolve_spec
+    r = resolve_spec(spec)
+    reason = unsupported_reason(r, device)
+    if reason:
+        raise ValueError(f"cannot build this spec here: {reason}")
+    model = build_model(r, device)
+    return model, build_optimizer(model, r)
+
+
+#: spec settings the profiler's training loop does not run yet, and what to use instead
+def _unrun(r: Resolved) -> str | None:
+    s = r.spec
+    checks = [
+        (r.master, "mixed precision keeps an fp32 master copy, which the profiler's loop does not "
+                   "implement; use --precision bf16 or fp32"),
+        (r.precision.autocast, f"the profiler's loop does not run {s.precision} (autocast) yet; use "
+                               "--precision bf16 or fp32"),
+        (s.loss != "full", f"the profiler's loop computes the full loss; --loss {s.loss} is planned only"),
+        (s.grad_accum > 1, "the profiler's loop takes one micro-batch per step; drop --grad-accum"),
+        (s.paged, "bitsandbytes' paged optimizers are planned only; drop --paged"),
+        (s.activation_offload, "activation offloading is planned only; drop --activation-offload"),
+        (s.devices > 1 or s.sharding != "none", "multi-device runs go through the distributed "
+                                                 "profiler (--devices N --sharding ...)"),
+        (s.attention == "flash", "FlashAttention-2 runs on CUDA only; use --attention sdpa here"),
+    ]
+    return next((why for bad, why in checks if bad), None)
+
+
 def unsupported_reason(r: Resolved, device: str = "cpu") -> str | None:
     """Why this spec cannot run as a burst or trace here, or None. Never starts anything."""
     from lowrank.registry import OPTIMIZER_PATHS
-    mid = r.method.id
-    key = "adamw" if mid in ("lora", "qlora") else mid
+    key = r.method.optimizer
     if key not in OPTIMIZER_PATHS:
-        return f"lowrank.OPTIMIZERS has no {mid!r} optimizer"
+        return f"lowrank.OPTIMIZERS has no {key!r} optimizer"
     try:
         from lowrank import OPTIMIZERS
         OPTIMIZERS[key]
     except (ImportError, AttributeError) as err:
         return f"{OPTIMIZER_PATHS[key]} is not importable ({type(err).__name__}: {err})"
-    if r.master:
-        return "mixed precision keeps an fp32 master copy, which the profiler's loop does not implement; use --precision bf16 or fp32"
+    reason = _unrun(r)
+    if reason:
+        return reason
     held = r.adapter if r.method.kind == "adapter" else r.weights
     if r.grads != held and r.method.kind != "adapter":     # adapters' gradients follow the adapters
         return f"autograd keeps gradients in the parameters' dtype ({held}), not {r.grads}"
-    fixed_states = r.method.eight_bit or r.method.states_fixed or mid not in ("adamw", "sgd", "lora", "qlora")
-    if not fixed_states and r.states != held:
-        return f"torch's {mid} keeps its states in the parameters' dtype ({held}), not {r.states}"
+    if r.method.states_follow_params and r.states != held:
+        return f"torch's {key} keeps its states in the parameters' dtype ({held}), not {r.states}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         return "CUDA is not available on this machine"
     return None

@@ -232,7 +232,8 @@ def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
     (b"{not json", "is not valid JSON"),
     (b"[1, 2]", "must hold a JSON object"),
     (json.dumps({"model_type": "llama"}).encode(), "missing field 'hidden_size'"),
-    (json.dumps({**TINY_LLAMA, "auto_map": {"AutoModel": "x.Y"}}).encode(), "remote code"),
+    (json.dumps({**TINY_LLAMA, "model_type": "custom_arch", "auto_map": {"AutoModel": "x.Y"}}).encode(),
+     "remote code"),
     (json.dumps({**TINY_LLAMA, "num_attention_heads": 3}).encode(), "not divisible by 3 attention heads"),
     (json.dumps({**TINY_LLAMA, "model_type": "foo"}).encode(), "not an architecture the installed transformers"),
 ], ids=["malformed", "not-an-object", "missing-field", "remote-code", "heads", "unknown-model-type"])

@@ -83,6 +83,11 @@ def gpu_select(key: str = "gpu") -> str:
     return f"{gib:g}GB"
 
 
+def _default_or(value: str) -> str | None:
+    """A select box's "default" choice is the spec's None: the planner then picks (and says so)."""
+    return None if value == DEFAULT_FORMAT else value
+
+
 def _format(label: str, key: str, help: str) -> str | None:
     value = st.selectbox(label, [DEFAULT_FORMAT, *DTYPES], key=key, help=help)
     return None if value == DEFAULT_FORMAT else value
@@ -101,16 +106,21 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
     rank = st.number_input("Rank (blank: the method's default)", min_value=0, value=None, step=8,
                            key=f"{key}_rank", disabled="rank" not in takes,
                            help="Only for adapter and projection methods.")
-    precision = st.selectbox("Precision", list(PRECISIONS), key=f"{key}_precision",
-                             help="bf16: pure bf16 (as the GaLore code trains); mixed: bf16 weights and "
-                                  "gradients with an fp32 master copy and fp32 states.")
+    precision = _default_or(st.selectbox(
+        "Precision", [DEFAULT_FORMAT, *PRECISIONS], key=f"{key}_precision",
+        help="default: pure bf16 (as the GaLore code trains), fp16 autocast on a GPU without bf16; "
+             "mixed: bf16 weights and gradients with an fp32 master copy and fp32 states; amp-bf16 / "
+             "amp-fp16: fp32 weights, gradients and states under autocast (HF Trainer bf16/fp16=True)."))
     with st.expander("Bit widths"):
-        formats = {f: _format(label, f"{key}_{f}", f"Overrides the {precision} preset.")
+        formats = {f: _format(label, f"{key}_{f}", f"Overrides the {precision or 'default'} precision.")
                    for f, label in (("weights", "Weights"), ("grads", "Gradients"),
                                     ("states", "Optimizer states"), ("projection", "Projection"))}
     c1, c2 = st.columns(2)
-    checkpointing = c1.selectbox("Checkpointing", list(CHECKPOINTING), key=f"{key}_checkpointing")
-    attention = c2.selectbox("Attention", list(ATTENTIONS), key=f"{key}_attention")
+    checkpointing = _default_or(c1.selectbox(
+        "Checkpointing", [DEFAULT_FORMAT, *CHECKPOINTING], key=f"{key}_checkpointing",
+        help="default: none, or full for a 4-bit/8-bit base (peft's prepare_model_for_kbit_training)"))
+    attention = _default_or(c2.selectbox("Attention", [DEFAULT_FORMAT, *ATTENTIONS], key=f"{key}_attention",
+                                         help="default: sdpa, transformers' default"))
     layerwise = st.checkbox("Layer-wise updates", key=f"{key}_layerwise",
                             help="Update each weight in its gradient hook: one gradient alive at a time.")
     with st.expander("Projection options"):

@@ -13,15 +13,16 @@ import json
 from planner import COMPONENT_COLUMNS, TrainingSpec
 from planner.comparison import compare_records
 from planner.format import render
-from planner.spec import spec_fields
+from planner.spec import spec_field_kinds, spec_fields
 
 __all__ = ["flat_row", "to_csv", "to_json", "parse_report", "report_specs", "reestimate"]
 
 _REQUIRED = ("model", "method", "peak_bytes")
-_INTS = {"rank", "update_proj_gap", "batch", "seq", "peak_bytes", "gpu_memory_bytes", "headroom_bytes",
-         "n_params", "max_batch", "max_seq", "max_rank", "sweep_value", *COMPONENT_COLUMNS.values()}
-_BOOLS = {"layerwise", "fits"}
-_FLOATS = {"scale"}
+_KINDS = spec_field_kinds()
+_INTS = {"peak_bytes", "gpu_memory_bytes", "headroom_bytes", "n_params", "max_batch", "max_seq",
+         "max_rank", "sweep_value", *COMPONENT_COLUMNS.values(), *(k for k, t in _KINDS.items() if t is int)}
+_BOOLS = {"fits", *(k for k, t in _KINDS.items() if t is bool)}
+_FLOATS = {k for k, t in _KINDS.items() if t is float}
 _SPEC = set(spec_fields())
 
 

@@ -12,6 +12,7 @@ import pytest
 from planner import METHODS, TrainingSpec
 from planner.ask import ask
 from planner.fit import fit_report
+from planner.spec import PRECISIONS
 from planner.format import human_bytes
 
 from .conftest import ROOT
@@ -98,7 +99,7 @@ def test_compare_csv_download_equals_the_cli(page, app_url, shots, tmp_path):
                          check=True).stdout
     got = list(csv.DictReader(io.StringIO(path.read_text())))
     want = list(csv.DictReader(io.StringIO(cli)))
-    assert len(got) == len(want) == 3 * len(METHODS)
+    assert len(got) == len(want) == len(PRECISIONS) * len(METHODS)
     # The CLI writes the first row's columns only (csv.DictWriter, extrasaction="ignore"), so a
     # phase only projected methods have (phase_projection_refresh) is missing from its CSV; the
     # app writes every row's columns. Every column the CLI writes must agree cell for cell.

@@ -7,7 +7,7 @@ requantisation draws from a generator that depends only on (sr_seed, parameter i
 import torch
 
 from lowrank import LayerwiseOptimizer, make_optimizer
-from lowrank.lora import LORA_TARGETS
+from lowrank.lora import block_linear_names
 from lowrank.qgalore import QGaLoreLinear, quantize_linears
 
 from _lowrank_helpers import batch, clone_model, loss_of, tiny_llama, train
@@ -15,7 +15,7 @@ from _lowrank_helpers import batch, clone_model, loss_of, tiny_llama, train
 
 def _int8_llama():
     model = tiny_llama()
-    assert len(quantize_linears(model, LORA_TARGETS["llama"])) == 14     # 7 linears x 2 layers
+    assert len(quantize_linears(model, block_linear_names(model))) == 14     # 7 linears x 2 layers
     return model
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lowrank import lora_pro as lp
-from lowrank.lora import apply_lora, lora_pairs, lora_pro_param_groups, lora_target_regex, lora_targets
+from lowrank.lora import (apply_lora, block_linear_names, lora_pairs, lora_pro_param_groups,
+                          lora_target_regex, lora_targets)
 from lowrank.projected_adamw import optimizer_state_bytes
 from lowrank.registry import OPTIMIZERS
 
@@ -153,7 +154,8 @@ def _tiny(kind):
     ],
 )
 def test_apply_lora_targets_block_linears_only(kind, adapted):
-    model = apply_lora(_tiny(kind), rank=4, alpha=8)
+    tiny = _tiny(kind)
+    model = apply_lora(tiny, rank=4, alpha=8, targets=block_linear_names(tiny))
     names = [n for n, *_ in lora_pairs(model)]
     assert len(names) == len(adapted)
     assert all(any(n.endswith(a) for n in names) for a in adapted)
@@ -179,8 +181,9 @@ def test_lora_pro_param_groups_alternate_a_b():
 
 
 def test_lora_helper_errors():
-    with pytest.raises(ValueError, match="bert"):
-        lora_targets("bert")
+    with pytest.raises(ValueError, match="mystery"):
+        lora_targets("mystery")
+    assert lora_targets("llama") == ("q_proj", "v_proj")          # peft's own default
     with pytest.raises(ValueError, match="0"):
         apply_lora(_tiny("llama"), rank=0)
     assert re.fullmatch(lora_target_regex(["q_proj"]), "model.layers.3.self_attn.q_proj")
@@ -305,7 +308,8 @@ def test_state_dict_round_trip_is_bit_identical():
 
 
 def test_on_a_peft_model():
-    model = apply_lora(_tiny("llama"), rank=4, alpha=8)
+    tiny = _tiny("llama")
+    model = apply_lora(tiny, rank=4, alpha=8, targets=block_linear_names(tiny))
     opt = lp.LoRAProAdamW(lora_pro_param_groups(model), lr=1e-2)
     ids = torch.randint(0, 50, (2, 8))
     losses = []

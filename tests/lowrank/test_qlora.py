@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lowrank.lora import LORA_TARGETS, apply_qlora, quantize_nf4, quantized_base_bytes
+from lowrank.lora import apply_qlora, block_linear_names, quantize_nf4, quantized_base_bytes
 from planner.storage import nf4_weight
 
 from _lowrank_helpers import batch, loss_of, tiny_llama
@@ -23,7 +23,7 @@ def pair():
     blocks, so two nested (256-block) fp32 absmax."""
     original = tiny_llama(hidden=64, intermediate=300, layers=2)
     model = apply_qlora(tiny_llama(hidden=64, intermediate=300, layers=2), rank=8, alpha=16, dropout=0.0,
-                        compute_dtype=torch.bfloat16)
+                        targets=block_linear_names(original), compute_dtype=torch.bfloat16)
     return original, model
 
 
@@ -33,9 +33,10 @@ def _bases(model):
 
 
 def test_base_bytes_per_linear_are_the_planners_nf4_weight(pair):
-    _, model = pair
+    original, model = pair
     bases = _bases(model)
-    assert len(bases) == 2 * len(LORA_TARGETS["llama"])
+    # every block linear is quantised (as transformers' 4-bit loading does), adapted or not
+    assert len(bases) == 2 * len(block_linear_names(original)) == 14
     numels = {m.in_features * m.out_features for m in bases.values()}
     assert numels == {64 * 64, 64 * 300}
     for name, layer in bases.items():
@@ -79,7 +80,7 @@ def test_forward_backward_on_cpu_gives_gradients_to_the_adapters_only(pair):
 def test_no_target_and_conv1d_raise():
     with pytest.raises(ValueError, match="no_such_proj"):
         quantize_nf4(tiny_llama(), ["no_such_proj"])
-    gpt2 = nn.Module()
-    gpt2.config = type("Config", (), {"model_type": "gpt2"})()
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="Conv1D"):
         apply_qlora(gpt2, 8, 16, 0.0)

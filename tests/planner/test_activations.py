@@ -219,7 +219,7 @@ def test_eager_at_least_sdpa(model, kw, b, s):
     kw = {**kw, "kernels": "cuda"}
     copies = kw["lora_rank"] and (kw["lora_dropout"]
                                   or kw["lora_dtype"] not in (None, kw["dtype"]))
-    cache = model.family == "gpt2" and kw["checkpointing"] == "none"
+    cache = model.family.name == "gpt2" and kw["checkpointing"] == "none"
     assume(not (copies or cache) or s > 3 * model.head_dim + 4)
     eager = activation_memory(model, batch=b, seq=s, **{**kw, "attention": "eager"})
     sdpa = activation_memory(model, batch=b, seq=s, **{**kw, "attention": "sdpa"})

@@ -29,23 +29,15 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _ModSt
 
 from planner.activations import activation_memory  # noqa: E402
 from planner.dtypes import TORCH_NAMES  # noqa: E402
+from planner.families import FAMILIES  # noqa: E402
 from planner.models import config_from_dict  # noqa: E402
 
-LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-             max_position_embeddings=256, tie_word_embeddings=False)
-GPT2 = dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=2000, n_positions=256,
-            bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
-ROBERTA = dict(model_type="roberta", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-               num_attention_heads=4, vocab_size=1000, max_position_embeddings=258,
-               tie_word_embeddings=False)
-FIELDS = {"llama": LLAMA, "gpt2": GPT2, "roberta": ROBERTA}
-AUTO = {"llama": "AutoModelForCausalLM", "gpt2": "AutoModelForCausalLM",
-        "roberta": "AutoModelForMaskedLM"}
-#: LoRA on the block linears only (planner.methods' targets), not RoBERTa's lm_head.dense.
-TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "gpt2": ["c_attn", "c_proj", "c_fc"],
-           "roberta": r".*\.layer\.\d+\..*(query|key|value|dense)"}
+#: each family's tiny example config (its record's), the class a run builds, and LoRA on the
+#: block linears only (the planner's targets), not RoBERTa's lm_head.dense.
+FIELDS = {name: dict(f.example) for name, f in FAMILIES.items()}
+AUTO = {name: f.head_class for name, f in FAMILIES.items()}
+TARGETS = {name: r".*\.\d+\.(.*\.)?(" + "|".join(sorted({m.rpartition(".")[2] for m in f.linear_inputs}))
+           + ")" for name, f in FAMILIES.items()}
 BATCH, SEQ = 2, 128
 
 
@@ -80,6 +72,10 @@ class ActivationTracker(MemTracker):
         return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
 
+def _regex(names):
+    return r".*\.\d+\.(.*\.)?(" + "|".join(names) + ")"
+
+
 def build(family, fields, attention, dtype, lora):
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**fields)
@@ -87,9 +83,9 @@ def build(family, fields, attention, dtype, lora):
     model = model.to(getattr(torch, TORCH_NAMES[dtype])).train()
     if lora:
         from peft import LoraConfig, get_peft_model
-        rank, dropout, lora_dtype = lora
+        rank, dropout, lora_dtype, *targets = lora
         model = get_peft_model(model, LoraConfig(r=rank, lora_dropout=dropout,
-                                                 target_modules=TARGETS[family]),
+                                                 target_modules=_regex(targets[0]) if targets else TARGETS[family]),
                                autocast_adapter_dtype=lora_dtype == "fp32").train()
     return model
 
@@ -125,13 +121,16 @@ def measure(family, fields, attention, dtype, checkpointing, lora):
 #: SDPA falls back to the math kernel, which the bf16 cases below exercise).
 NO_ATTN_DROPOUT = {"llama": {}, "gpt2": {"attn_pdrop": 0.0},
                    "roberta": {"attention_probs_dropout_prob": 0.0}}
+BLOCKS = ("llama", "gpt2", "roberta")    # one of each block rule, in every configuration
 
 CASES = [  # family, attention, dtype, checkpointing, LoRA (rank, dropout, adapter dtype), fields
-    *[(f, "eager", "fp32", c, None, {}) for f in FIELDS for c in ("none", "full")],
-    *[(f, "sdpa", "fp32", c, None, NO_ATTN_DROPOUT[f]) for f in FIELDS for c in ("none", "full")],
-    *[(f, "sdpa", "bf16", c, None, {}) for f in FIELDS for c in ("none", "full")],
+    *[(f, "eager", "fp32", c, None, {}) for f in BLOCKS for c in ("none", "full")],
+    *[(f, "sdpa", "fp32", c, None, NO_ATTN_DROPOUT[f]) for f in BLOCKS for c in ("none", "full")],
+    *[(f, "sdpa", "bf16", c, None, {}) for f in BLOCKS for c in ("none", "full")],
     # a small vocabulary, where the recomputed layer's backward, not the loss, sets the peak
-    *[(f, "eager", "fp32", "full", None, {"vocab_size": 128}) for f in FIELDS],
+    *[(f, "eager", "fp32", "full", None, {"vocab_size": 128}) for f in BLOCKS],
+    # families that share a block rule with another: once each
+    ("mistral", "sdpa", "bf16", "none", None, {}), ("qwen2", "eager", "fp32", "full", None, {}),
     ("llama", "sdpa", "bf16", "full", None, {"vocab_size": 128}),
     ("gpt2", "sdpa", "fp32", "none", None, {**NO_ATTN_DROPOUT["gpt2"], "use_cache": False}),
     ("llama", "sdpa", "bf16", "none", (8, 0.05, "fp32"), {}),
@@ -139,12 +138,24 @@ CASES = [  # family, attention, dtype, checkpointing, LoRA (rank, dropout, adapt
     ("gpt2", "sdpa", "fp32", "full", (8, 0.0, "fp32"), {}),
     ("roberta", "eager", "bf16", "none", (8, 0.1, "bf16"), {}),
     ("roberta", "sdpa", "bf16", "full", (8, 0.1, "bf16"), {"vocab_size": 128}),
+    # LoRA on some linears only: peft's defaults, and an MLP-only set
+    ("llama", "sdpa", "bf16", "none", (8, 0.0, "bf16", ("q_proj", "v_proj")), {}),
+    ("llama", "sdpa", "bf16", "none", (8, 0.0, "fp32", ("q_proj", "v_proj")), {}),
+    ("llama", "eager", "fp32", "none", (8, 0.05, "fp32", ("q_proj", "v_proj")), {}),
+    ("llama", "sdpa", "bf16", "full", (8, 0.0, "fp32", ("q_proj", "v_proj")), {"vocab_size": 128}),
+    ("llama", "sdpa", "bf16", "none", (8, 0.0, "bf16", ("gate_proj", "up_proj", "down_proj")), {}),
+    ("gpt2", "sdpa", "fp32", "none", (8, 0.0, "fp32", ("c_attn",)), {**NO_ATTN_DROPOUT["gpt2"]}),
+    ("roberta", "sdpa", "bf16", "none", (8, 0.1, "fp32", ("query", "value")), {}),
+    ("gpt2", "eager", "fp32", "none", (8, 0.05, "fp32", ("c_fc", "c_proj")), {}),
+    ("roberta", "eager", "bf16", "none", (8, 0.0, "bf16", ("key",)), {}),
 ]
 
 
 def _id(case):
     family, attention, dtype, ckpt, lora, extra = case
-    return "-".join([family, attention, dtype, ckpt] + (["lora"] if lora else [])
+    return "-".join([family, attention, dtype, ckpt] + (["lora" + "".join(f"-{lora[2]}-p{lora[1]}")]
+                                                         + ["+".join(lora[3])] if lora and len(lora) > 3
+                                                         else ["lora"] if lora else [])
                     + [f"{_SHORT[k]}{v}" for k, v in extra.items()])
 
 
@@ -158,7 +169,7 @@ def test_prediction_matches_memtracker(case):
     fields = {**FIELDS[family], **extra}
     forward_end, backward_peak, calls = measure(family, fields, attention, dtype, checkpointing,
                                                 lora)
-    lora_kw = dict(zip(("lora_rank", "lora_dropout", "lora_dtype"), lora)) if lora else {}
+    lora_kw = dict(zip(("lora_rank", "lora_dropout", "lora_dtype", "lora_targets"), lora)) if lora else {}
     predicted = activation_memory(config_from_dict(fields, "tiny"), batch=BATCH, seq=SEQ,
                                   dtype=dtype, attention=attention, checkpointing=checkpointing,
                                   kernels="cpu", **lora_kw)

@@ -6,7 +6,8 @@ import sys
 
 import pandas as pd
 
-from planner import TrainingSpec, estimate
+from planner import METHODS, TrainingSpec, estimate
+from planner.spec import PRECISIONS
 from planner.cli import main
 
 
@@ -32,12 +33,12 @@ def test_estimate_table_mentions_verdict(capsys):
 
 def test_compare_csv_reloads_with_pandas(capsys, tmp_path):
     target = tmp_path / "cmp.csv"
-    code, _, _ = run(capsys, "compare", "--model", "llama-60m", "--gpu", "t4", "--format", "csv",
+    code, _, _ = run(capsys, "compare", "--model", "llama-60m", "--gpu", "4090", "--format", "csv",
                      "--output", str(target), "--all-precisions")
     df = pd.read_csv(target)
-    assert code == 0 and len(df) == 16 * 3
+    assert code == 0 and len(df) == len(METHODS) * len(PRECISIONS)
     row = df[(df.method == "galore") & (df.precision == "bf16")].iloc[0]
-    lib = estimate(TrainingSpec(model="llama-60m", method="galore", gpu="t4"))
+    lib = estimate(TrainingSpec(model="llama-60m", method="galore", gpu="4090", precision="bf16"))
     assert int(row.peak_bytes) == lib.peak_bytes and int(row["rank"]) == 128
     assert set(TrainingSpec.__dataclass_fields__) <= set(df.columns)
 

@@ -60,10 +60,30 @@ def test_lora_golden():
     # default on a bf16 base), fp32 gradients; AdamW (zeros_like, so fp32) on A and B + 2 steps.
     r = 8
     per_layer = r * (4 * (512 + 512) + 3 * (1376 + 512))
-    c = estimate(spec(method="lora", rank=r)).sizes
+    c = estimate(spec(method="lora", rank=r, lora_targets="all-linear")).sizes
     assert c.adapters == 8 * per_layer * 4 and c.gradients == 8 * per_layer * 4
     assert c.optimizer_states == 8 * (per_layer * 2 * 4 + 7 * 2 * 4)
     assert c.weights == 2 * N60
+
+
+def test_lora_default_targets_are_peft_q_v():
+    """Issue 11's golden figure: peft's default targets for Llama (q_proj, v_proj), rank 16, on
+    llama-7b: 32 layers x 2 x 16 x (4096 + 4096) adapter parameters, fp32 or bf16."""
+    fp32 = estimate(TrainingSpec(model="llama-7b", method="lora", rank=16,
+                                 lora_targets="q_proj,v_proj", adapter_dtype="fp32"))
+    bf16 = estimate(TrainingSpec(model="llama-7b", method="lora", rank=16, adapter_dtype="bf16"))
+    default = estimate(TrainingSpec(model="llama-7b", method="lora", rank=16))
+    assert fp32.sizes.adapters == 33_554_432 and bf16.sizes.adapters == 16_777_216
+    assert default.sizes.adapters == fp32.sizes.adapters
+    assert any("q_proj,v_proj" in a and "peft" in a for a in default.assumptions)
+
+
+@pytest.mark.parametrize("targets, message", [
+    ("q_proj,nonsense", "no block linear named nonsense"), ("", "no block linear"),
+])
+def test_bad_lora_targets(targets, message):
+    with pytest.raises(ValueError, match=message):
+        estimate(TrainingSpec(model="llama-60m", method="lora", lora_targets=targets))
 
 
 def test_dct_stores_indices_and_one_shared_basis():
@@ -116,7 +136,12 @@ def test_fit_against_gpu():
     (dict(method="adamw", states="int8"), "use adamw-8bit"),
     (dict(method="galore-8bit", states="fp32"), "keeps 8-bit states"),
     (dict(method="adamw", weights="nf4"), "qlora"),
-    (dict(method="qlora", weights="int8"), "4 bits"),
+    (dict(method="qlora", weights="int8"), "quantises its base to nf4"),
+    (dict(method="lora", base_quant="fp4"), "unknown base quantisation"),
+    (dict(method="galore", base_quant="nf4"), "adapter methods"),
+    (dict(method="lora", lora_dropout=1.5), "probability"),
+    (dict(method="adamw", grad_accum=0), "grad accum must be a positive"),
+    (dict(method="adamw", loss="sparse"), "unknown loss"),
     (dict(method="adamw", grads="int8"), "gradients must be"),
     (dict(method="lora", projection="fp32"), "no projection"),
     (dict(method="adafactor", states="bf16"), "fp32 states"),

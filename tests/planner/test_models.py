@@ -59,7 +59,7 @@ def test_config_file_is_enumerated_on_meta_device(tmp_path):
     model = load_config_file(path)
     # embed 1000*64 + 3 layers * (q 64*64 + k,v 2*32*64 + o 64*64 + 3*176*64 + 2*64) + norm 64, tied head
     assert model.n_params == 64_000 + 3 * (4096 + 4096 + 4096 + 33_792 + 128) + 64
-    assert model.family == "llama" and model.num_kv_heads == 2 and model.source == "config.json"
+    assert model.family.name == "llama" and model.num_kv_heads == 2 and model.source == "config.json"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -74,8 +74,15 @@ def test_config_file_is_enumerated_on_meta_device(tmp_path):
      ' "vocab_size": 10}', "not divisible"),
     ('{"model_type": "no-such-arch", "hidden_size": 64, "num_attention_heads": 4,'
      ' "num_hidden_layers": 2, "vocab_size": 10}', "field 'model_type'"),
-    ('{"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}, "hidden_size": 64,'
+    ('{"model_type": "my_custom_arch", "auto_map": {"AutoModel": "x.Y"}, "hidden_size": 64,'
      ' "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 10}', "remote code"),
+    ('{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2000000,'
+     ' "vocab_size": 10}', "beyond any real model"),
+    ('{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,'
+     ' "vocab_size": 10, "tie_word_embeddings": "yes"}', "must be true or false"),
+    ('{"model_type": "llama", "hidden_size": 72, "num_attention_heads": 6, "num_key_value_heads": 4,'
+     ' "num_hidden_layers": 2, "vocab_size": 10}', "not a multiple"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
 ])
 def test_bad_config_files(tmp_path, text, message):
     path = tmp_path / "config.json"
@@ -92,3 +99,29 @@ def test_missing_config_file():
 def test_config_from_json_rejects_non_dict():
     with pytest.raises(ValueError, match="JSON object"):
         config_from_json("llama", "x.json")
+
+
+def test_auto_map_with_a_known_model_type_uses_the_builtin_class(tmp_path):
+    """Phi-3.5-mini's config carries an auto_map although transformers knows phi3/llama: memfit
+    ignores it (never running remote code), sizes the model and says so."""
+    cfg = {"model_type": "llama", "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"},
+           "hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4,
+           "num_hidden_layers": 2, "vocab_size": 100}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    model = load_config_file(path)
+    assert model.n_params > 0 and any("remote code" in n and "ignored" in n for n in model.notes)
+
+
+def test_known_family_config_needs_no_transformers(tmp_path):
+    """A config.json of a family with a record is sized analytically: transformers is never
+    imported (the cold `estimate --config` stays fast)."""
+    import subprocess
+    import sys
+    cfg = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 100}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    code = (f"import sys; from planner.models import load_config_file; m = load_config_file({str(path)!r});"
+            "assert m.n_params > 0; assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

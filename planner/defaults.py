@@ -1,0 +1,90 @@
+"""Filling in what a spec leaves unset (None), each value with the reason it was chosen.
+
+Order of precedence: what the user set; the training stack's preset (`--stack`); the method's
+record; rules that follow from the rest of the spec (a k-bit base gets peft's
+`prepare_model_for_kbit_training` defaults, a GPU without bf16 gets fp16 mixed precision, LoRA
+targets come from the model family's record); memfit's own defaults. Every filled value becomes
+one line of the result's assumptions, so a user can see, and change, each choice.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .families import Family
+from .methods import Method
+from .spec import TrainingSpec
+
+__all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
+
+#: spec fields whose None is filled here (rank, gap, scale and proj_type come from the method
+#: record in `planner.resolve`)
+DEFAULTED_FIELDS = ("precision", "checkpointing", "attention", "lora_targets", "lora_dropout",
+                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_chunks")
+
+#: torchtune's `CEWithChunkedOutputLoss` default (torchtune/modules/loss/ce_chunked_output_loss.py)
+DEFAULT_LOSS_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class Filled:
+    spec: TrainingSpec                 # every field in DEFAULTED_FIELDS set
+    assumptions: tuple[str, ...]       # "precision bf16 (memfit's default ...)", one per filled field
+
+
+def _stack_defaults(spec: TrainingSpec, method: Method) -> list[tuple[str, object, str]]:
+    if spec.stack is None:
+        return []
+    from .stacks import stack_defaults
+    return stack_defaults(spec.stack, method.kind)
+
+
+def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple[str, Callable, str]]:
+    """(field, value from the spec so far, reason): derived defaults, applied in this order."""
+    adapters = method.kind == "adapter"
+    kbit = lambda s: adapters and s["base_quant"] not in (None, "none")
+    bf16 = getattr(gpu, "bf16", True) if gpu is not None else True
+    peft_targets = family.lora_default_targets if family else None
+    return [
+        ("base_quant", lambda s: "none" if adapters else None, ""),
+        ("precision", lambda s: None if bf16 else "amp-fp16",
+         f"{getattr(gpu, 'name', 'this GPU')} has no bf16: fp16 mixed precision (autocast), "
+         "as HF Trainer runs fp16=True"),
+        ("precision", lambda s: "bf16", "pure bf16, as the GaLore reference code trains; "
+         "HF Trainer's bf16=True on an fp32 model is --precision amp-bf16"),
+        ("checkpointing", lambda s: "full" if kbit(s) else None,
+         "peft's prepare_model_for_kbit_training turns gradient checkpointing on by default"),
+        ("checkpointing", lambda s: "none", "memfit's default"),
+        ("kbit_upcast", lambda s: True if kbit(s) else None,
+         "peft's prepare_model_for_kbit_training upcasts the non-quantised parameters to fp32"),
+        ("attention", lambda s: "sdpa", "transformers' default attention implementation"),
+        ("lora_targets", lambda s: (",".join(peft_targets) if peft_targets else "all-linear")
+         if adapters else None,
+         f"peft's default target_modules for {family.model_types[0] if family else 'this model'}"
+         if peft_targets else "peft has no default targets for this architecture: all linears"),
+        ("lora_dropout", lambda s: 0.0 if adapters else None, "peft's default lora_dropout"),
+        ("adapter_dtype", lambda s: None, ""),      # resolved against the base dtype in resolve
+        ("loss", lambda s: "full", "transformers' loss: the whole fp32-upcast logits"),
+        ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if s["loss"] == "chunked" else None,
+         "torchtune's num_output_chunks"),
+    ]
+
+
+def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None) -> Filled:
+    """The spec with every `DEFAULTED_FIELDS` value chosen, and why each was chosen."""
+    values = spec.as_dict()
+    assumed: list[str] = []
+
+    def choose(name: str, value, reason: str) -> None:
+        if values.get(name) is None and value is not None:
+            values[name] = value
+            if reason:
+                assumed.append(f"{name.replace('_', ' ')} {value} ({reason})")
+
+    for name, value, source in _stack_defaults(spec, method):
+        choose(name, value, f"{spec.stack} preset: {source}")
+    for name, value in method.defaults.items():
+        choose(name, value, f"{method.id}'s default")
+    for name, rule, reason in _rules(values, method, family, gpu):
+        choose(name, rule(values), reason)
+    return Filled(TrainingSpec(**values), tuple(assumed))

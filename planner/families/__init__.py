@@ -1,0 +1,19 @@
+"""Model families, one record each (`planner.families.record.Family`), keyed by name and by the
+config `model_type` values they cover. Adding a family is one module here plus catalog entries
+(`planner/data/models.json`) and its test cases."""
+from __future__ import annotations
+
+from . import gpt2, llama, mistral, qwen2, roberta
+from .record import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, ActivationRule, Family
+
+__all__ = ["FAMILIES", "Family", "ActivationRule", "family_for", "COMMON_FIELDS",
+           "REQUIRED_FIELDS", "ROLES"]
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY)}
+_BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
+
+
+def family_for(model_type: str) -> Family | None:
+    """The record covering a config's `model_type`, or None (memfit then traces the model)."""
+    return _BY_TYPE.get(model_type)
