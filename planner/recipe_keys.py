@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Reading", "flatten", "as_bool", "as_pos_int", "as_prob", "hf_optimizer", "read_deepspeed",
-           "read_fsdp", "amp_precision", "set_precision", "HF_NEUTRAL", "list_of"]
+           "read_fsdp", "amp_precision", "set_precision", "HF_NEUTRAL", "list_of", "lora_common",
+           "batch_keys", "checkpointing_key", "packing_keys", "attention_keys"]
 
 _MISSING = object()
 
@@ -300,3 +301,49 @@ HF_NEUTRAL = {
     "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "accelerator_config",
     "logging_steps", "ignore_data_skip", "full_determinism", "skip_memory_metrics",
 }
+
+
+# --- key shapes several frameworks share ---
+
+def lora_common(r: Reading, rank: str, dropout: str, targets: str | None = None) -> None:
+    if r.has(rank):
+        value = r.get(rank)
+        if value == 0 or value is None:
+            raise ValueError(f"recipe key {rank!r} is {value!r}: a LoRA rank must be a positive whole number")
+        r.set("rank", as_pos_int(value, rank), f"{rank}: {value}")
+    if r.has(dropout) and r.flat[dropout] is not None:
+        r.set("lora_dropout", as_prob(r.get(dropout), dropout), f"{dropout}: {r.flat[dropout]}")
+    if targets and r.has(targets) and r.flat[targets] not in (None, [], ""):
+        value = r.get(targets)
+        names = ["all-linear"] if value in ("all-linear", "all") else list_of(value, targets)
+        r.set("lora_targets", ",".join(names), f"{targets}: {value}")
+
+
+def batch_keys(r: Reading, batch: str, accum: str, seq: str | None) -> None:
+    for key, name in ((batch, "batch"), (accum, "grad_accum"), (seq, "seq")):
+        if key and r.has(key) and r.flat[key] is not None:
+            r.set(name, as_pos_int(r.get(key), key), f"{key}: {r.flat[key]}")
+
+
+def checkpointing_key(r: Reading, key: str) -> None:
+    if not r.has(key) or r.flat[key] is None:
+        return
+    value = r.get(key)
+    if value in ("offload", "offload_disk"):      # axolotl: checkpoint and offload the checkpoints
+        r.set("checkpointing", "full", f"{key}: {value}")
+        r.set("activation_offload", True, f"{key}: {value}")
+        return
+    r.set("checkpointing", "full" if as_bool(value, key) else "none", f"{key}: {value}")
+
+
+def packing_keys(r: Reading, *keys: str) -> None:
+    for key in keys:
+        if r.has(key) and r.flat[key] not in (None, False) and as_bool(r.get(key), key):
+            r.notes.append(f"{key}: true: memfit's sequence length is the packed length "
+                           "(padding-free batches are the default model)")
+
+
+def attention_keys(r: Reading, keys: dict[str, str]) -> None:
+    for key, attention in keys.items():
+        if r.has(key) and r.flat[key] not in (None, False):
+            r.set("attention", attention, f"{key}: {r.get(key)}")

@@ -7,50 +7,14 @@ is absent the framework's own default for that key is applied by the stack prese
 """
 from __future__ import annotations
 
-from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, as_pos_int, as_prob, hf_optimizer, list_of,
-                          read_deepspeed, read_fsdp, set_precision)
+from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, as_pos_int, attention_keys, batch_keys,
+                          checkpointing_key, hf_optimizer, list_of, lora_common, packing_keys, read_deepspeed,
+                          read_fsdp, set_precision)
+from .recipe_hf import SFT_ONLY_KEYS, read_hf
 
 __all__ = ["READERS", "SFT_ONLY_KEYS"]
 
 _HF_MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-def _lora_common(r: Reading, rank: str, dropout: str, targets: str | None = None) -> None:
-    if r.has(rank):
-        value = r.get(rank)
-        if value == 0 or value is None:
-            raise ValueError(f"recipe key {rank!r} is {value!r}: a LoRA rank must be a positive whole number")
-        r.set("rank", as_pos_int(value, rank), f"{rank}: {value}")
-    if r.has(dropout) and r.flat[dropout] is not None:
-        r.set("lora_dropout", as_prob(r.get(dropout), dropout), f"{dropout}: {r.flat[dropout]}")
-    if targets and r.has(targets) and r.flat[targets] not in (None, [], ""):
-        value = r.get(targets)
-        names = ["all-linear"] if value in ("all-linear", "all") else list_of(value, targets)
-        r.set("lora_targets", ",".join(names), f"{targets}: {value}")
-
-
-def _batch_keys(r: Reading, batch: str, accum: str, seq: str | None) -> None:
-    for key, name in ((batch, "batch"), (accum, "grad_accum"), (seq, "seq")):
-        if key and r.has(key) and r.flat[key] is not None:
-            r.set(name, as_pos_int(r.get(key), key), f"{key}: {r.flat[key]}")
-
-
-def _checkpointing(r: Reading, key: str) -> None:
-    if not r.has(key) or r.flat[key] is None:
-        return
-    value = r.get(key)
-    if value in ("offload", "offload_disk"):      # axolotl: checkpoint and offload the checkpoints
-        r.set("checkpointing", "full", f"{key}: {value}")
-        r.set("activation_offload", True, f"{key}: {value}")
-        return
-    r.set("checkpointing", "full" if as_bool(value, key) else "none", f"{key}: {value}")
-
-
-def _packing(r: Reading, *keys: str) -> None:
-    for key in keys:
-        if r.has(key) and r.flat[key] not in (None, False) and as_bool(r.get(key), key):
-            r.notes.append(f"{key}: true: memfit's sequence length is the packed length "
-                           "(padding-free batches are the default model)")
 
 
 # --- torchtune (docs: pytorch.org/torchtune/stable/deep_dives/configs.html; recipes/configs) ---
@@ -85,7 +49,7 @@ def _tt_model(r: Reading) -> None:
     if r.has("model.use_dora") and as_bool(r.get("model.use_dora"), "model.use_dora"):
         r.set("method", "dora", "model.use_dora: true")
     if r.kind == "adapter":
-        _lora_common(r, "model.lora_rank", "model.lora_dropout")
+        lora_common(r, "model.lora_rank", "model.lora_dropout")
         _tt_targets(r)
 
 
@@ -149,7 +113,7 @@ def read_torchtune(r: Reading) -> list[str]:
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype: {dtype}: torchtune's recipes train in bf16 or fp32 only")
         r.set("precision", dtype, f"dtype: {dtype}")
-    _batch_keys(r, "batch_size", "gradient_accumulation_steps", "tokenizer.max_seq_len")
+    batch_keys(r, "batch_size", "gradient_accumulation_steps", "tokenizer.max_seq_len")
     for key, name in (("enable_activation_checkpointing", "checkpointing"),
                       ("enable_activation_offloading", "activation_offload"),
                       ("optimizer_in_bwd", "layerwise")):
@@ -161,7 +125,7 @@ def read_torchtune(r: Reading) -> list[str]:
     _tt_optimizer(r)
     _tt_loss(r)
     r.compile_key("compile")
-    _packing(r, "dataset.packed")
+    packing_keys(r, "dataset.packed")
     if r.has("fsdp_cpu_offload") and as_bool(r.get("fsdp_cpu_offload"), "fsdp_cpu_offload"):
         r.set("sharding", "fsdp", "fsdp_cpu_offload: true (a distributed recipe)")
         r.set("offload", "params", "fsdp_cpu_offload: true")
@@ -196,7 +160,7 @@ def _axo_adapter(r: Reading) -> None:
         r.set("base_quant", "nf4", "load_in_4bit: true")
     if eight:
         r.set("base_quant", "int8", "load_in_8bit: true")
-    _lora_common(r, "lora_r", "lora_dropout")
+    lora_common(r, "lora_r", "lora_dropout")
     linear = r.get("lora_target_linear")
     modules = r.get("lora_target_modules")
     names = list_of(modules, "lora_target_modules") if modules else []
@@ -246,30 +210,24 @@ def _axo_loss(r: Reading) -> None:
                   f"chunked_cross_entropy_num_chunks: {n}")
 
 
-def _attention(r: Reading, keys: dict[str, str]) -> None:
-    for key, attention in keys.items():
-        if r.has(key) and r.flat[key] not in (None, False):
-            r.set("attention", attention, f"{key}: {r.get(key)}")
-
-
 def read_axolotl(r: Reading) -> list[str]:
     r.model_query, r.model_key = r.get("base_model"), "base_model"
     r.untrusted("trust_remote_code")
     _axo_adapter(r)
     _axo_precision(r)
-    _batch_keys(r, "micro_batch_size", "gradient_accumulation_steps", "sequence_len")
-    _checkpointing(r, "gradient_checkpointing")
+    batch_keys(r, "micro_batch_size", "gradient_accumulation_steps", "sequence_len")
+    checkpointing_key(r, "gradient_checkpointing")
     if r.has("activation_offloading") and r.flat["activation_offloading"] not in (None, False):
         r.set("activation_offload", True, f"activation_offloading: {r.get('activation_offloading')}")
     hf_optimizer(r, "optimizer")
     _axo_loss(r)
-    _attention(r, {"flash_attention": "sdpa", "sdp_attention": "sdpa", "xformers_attention": "sdpa",
+    attention_keys(r, {"flash_attention": "sdpa", "sdp_attention": "sdpa", "xformers_attention": "sdpa",
                    "eager_attention": "eager"})
     if r.has("attn_implementation"):
         impl = r.get("attn_implementation")
         r.set("attention", "eager" if impl == "eager" else "sdpa", f"attn_implementation: {impl}")
     r.compile_key("torch_compile")
-    _packing(r, "sample_packing")
+    packing_keys(r, "sample_packing")
     read_deepspeed(r, "deepspeed")
     read_fsdp(r, "fsdp", "fsdp_config")
     r.get("fsdp_version")
@@ -305,7 +263,7 @@ def _lf_method(r: Reading) -> None:
         if r.has("double_quantization"):
             r.set("double_quant", as_bool(r.get("double_quantization"), "double_quantization"),
                   f"double_quantization: {r.flat['double_quantization']}")
-        _lora_common(r, "lora_rank", "lora_dropout", "lora_target")
+        lora_common(r, "lora_rank", "lora_dropout", "lora_target")
         if r.has("additional_target") and r.flat["additional_target"]:
             value = r.get("additional_target")
             r.set("modules_to_save", ",".join(list_of(value, "additional_target")), f"additional_target: {value}")
@@ -358,7 +316,7 @@ def read_llamafactory(r: Reading) -> list[str]:
                          "reward models, PPO, DPO and KTO hold extra models")
     _lf_method(r)
     _lf_precision(r)
-    _batch_keys(r, "per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len")
+    batch_keys(r, "per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len")
     if r.has("disable_gradient_checkpointing"):
         off = as_bool(r.get("disable_gradient_checkpointing"), "disable_gradient_checkpointing")
         r.set("checkpointing", "none" if off else "full", f"disable_gradient_checkpointing: {off}")
@@ -374,7 +332,7 @@ def read_llamafactory(r: Reading) -> list[str]:
         r.set("attention", "eager" if fa in ("disabled", "eager") else "sdpa", f"flash_attn: {fa}")
     hf_optimizer(r, "optim")
     r.compile_key("torch_compile")
-    _packing(r, "packing", "neat_packing")
+    packing_keys(r, "packing", "neat_packing")
     read_deepspeed(r, "deepspeed")
     return r.finish(HF_NEUTRAL | {"stage", "do_train", "dataset", "dataset_dir", "template", "max_samples",
                                   "overwrite_cache", "preprocessing_num_workers", "plot_loss", "val_size",
@@ -384,130 +342,6 @@ def read_llamafactory(r: Reading) -> list[str]:
                                   "resize_vocab", "adapter_name_or_path", "create_new_adapter", "export_dir",
                                   "enable_thinking", "train_on_prompt", "mask_history", "freeze_vision_tower"},
                     ("galore_", "apollo_", "badam_"))
-
-
-# --- HF TrainingArguments / TRL SFTConfig (+ TRL ModelConfig in a `trl sft` YAML) ---
-
-#: keys only TRL's SFTConfig has (trl/trainer/sft_config.py): their presence means SFTTrainer
-SFT_ONLY_KEYS = frozenset({"max_length", "packing", "packing_strategy", "padding_free", "dataset_text_field",
-                           "completion_only_loss", "assistant_only_loss", "loss_type", "model_init_kwargs",
-                           "activation_offloading", "dataset_kwargs", "eval_packing", "max_seq_length",
-                           "use_peft", "lora_r", "lora_target_modules"})
-
-_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "bf16", "fp32": "fp32",
-           "bf16": "bf16", "fp16": "fp16", "torch.float32": "fp32", "torch.bfloat16": "bf16"}
-
-
-def _hf_load_dtype(r: Reading, sft: bool) -> tuple[str, str]:
-    for key in ("model_init_kwargs.dtype", "model_init_kwargs.torch_dtype", "dtype", "torch_dtype"):
-        if r.has(key) and r.flat[key] is not None:
-            value = r.get(key)
-            if str(value) not in _DTYPES:
-                raise ValueError(f"recipe key {key!r}: unknown dtype {value!r}")
-            note = " (the checkpoint's dtype; bf16 assumed)" if value == "auto" else ""
-            return _DTYPES[str(value)], f"{key}: {value}{note}"
-    if sft:
-        return "fp32", "model load dtype absent: SFTTrainer loads float32 (trl/trainer/sft_trainer.py)"
-    return "fp32", ("model load dtype not in a TrainingArguments file: float32 assumed (transformers<5 "
-                    "default; from_pretrained in transformers>=5 loads the checkpoint's dtype: then bf16)")
-
-
-def _hf_precision(r: Reading, sft: bool) -> None:
-    bf16, fp16 = (r.get(k) for k in ("bf16", "fp16"))
-    bf16 = None if bf16 is None else as_bool(bf16, "bf16")
-    fp16 = bool(fp16) and as_bool(fp16, "fp16")
-    if bf16 and fp16:
-        raise ValueError("contradictory recipe keys: bf16 and fp16 are both true; keep one")
-    if bf16 is None:    # TrainingArguments: False; SFTConfig: True unless fp16 (trl base_config.py)
-        bf16 = sft and not fp16
-        amp_src = "bf16 absent (SFTConfig default: not fp16)" if sft else "bf16 absent (TrainingArguments: False)"
-    else:
-        amp_src = f"bf16: {bf16}"
-    amp = "bf16" if bf16 else "fp16" if fp16 else None
-    load, load_src = _hf_load_dtype(r, sft)
-    if r.fields.get("base_quant"):
-        load_src += "; non-quantized parameters"
-    set_precision(r, load, amp, f"{amp_src if not fp16 else 'fp16: true'}; {load_src}")
-
-
-def _hf_peft(r: Reading) -> None:
-    use_peft = r.has("use_peft") and as_bool(r.get("use_peft"), "use_peft")
-    four, eight = (r.has(k) and as_bool(r.get(k), k) for k in ("load_in_4bit", "load_in_8bit"))
-    if four and eight:
-        raise ValueError("contradictory recipe keys: load_in_4bit and load_in_8bit are both true; keep one")
-    if not use_peft:
-        if four or eight:
-            raise ValueError("load_in_4bit/load_in_8bit without use_peft: a quantized base trains only adapters")
-        return
-    r.kind = "adapter"
-    r.set("method", "qlora" if four else "lora", "use_peft: true" + (", load_in_4bit: true" if four else ""))
-    if four:
-        qtype = r.get("bnb_4bit_quant_type", "nf4")
-        if qtype != "nf4":
-            raise ValueError(f"bnb_4bit_quant_type: {qtype}: memfit models nf4")
-        r.set("base_quant", "nf4", "load_in_4bit: true")
-    if eight:
-        r.set("base_quant", "int8", "load_in_8bit: true")
-    if r.has("use_bnb_nested_quant"):
-        r.set("double_quant", as_bool(r.get("use_bnb_nested_quant"), "use_bnb_nested_quant"),
-              f"use_bnb_nested_quant: {r.flat['use_bnb_nested_quant']}")
-    _lora_common(r, "lora_r", "lora_dropout", "lora_target_modules")
-    if r.has("lora_modules_to_save") and r.flat["lora_modules_to_save"]:
-        value = r.get("lora_modules_to_save")
-        r.set("modules_to_save", ",".join(list_of(value, "lora_modules_to_save")), f"lora_modules_to_save: {value}")
-    for key, name, value in (("use_dora", "method", "dora"), ("use_rslora", "rslora", True)):
-        if r.has(key) and as_bool(r.get(key), key):
-            r.set(name, value, f"{key}: true")
-
-
-_TRL_LOSS = {"nll": "full", "dft": "full", "chunked_nll": "fused"}
-
-
-def read_hf(r: Reading) -> list[str]:
-    sft = any(k.split(".")[0] in SFT_ONLY_KEYS for k in r.flat)
-    r.model_query, r.model_key = r.get("model_name_or_path"), "model_name_or_path"
-    r.untrusted("trust_remote_code")
-    _hf_peft(r)
-    _hf_precision(r, sft)
-    _batch_keys(r, "per_device_train_batch_size", "gradient_accumulation_steps",
-                "max_length" if r.has("max_length") else "max_seq_length")
-    _checkpointing(r, "activation_checkpointing")
-    _checkpointing(r, "gradient_checkpointing")
-    if not sft and "seq" not in r.fields:
-        r.set("seq", 1024, "sequence length is not a TrainingArguments key (the tokenizer sets it): "
-              "TRL SFTConfig's max_length=1024 assumed")
-    if not sft and "checkpointing" not in r.fields:
-        r.set("checkpointing", "none", "gradient_checkpointing absent (TrainingArguments: off)")
-    hf_optimizer(r, "optim")
-    liger = r.has("use_liger_kernel") and as_bool(r.get("use_liger_kernel"), "use_liger_kernel")
-    loss_type = r.get("loss_type")
-    if loss_type is not None and loss_type not in _TRL_LOSS:
-        raise ValueError(f"loss_type: {loss_type}: TRL's SFT losses are {', '.join(_TRL_LOSS)}")
-    if liger and loss_type == "chunked_nll":
-        raise ValueError("contradictory recipe keys: loss_type chunked_nll is not compatible with "
-                         "use_liger_kernel (trl/trainer/sft_trainer.py)")
-    if liger:
-        r.set("loss", "fused", "use_liger_kernel: true (Liger's fused linear cross-entropy)")
-        r.not_modelled.append("use_liger_kernel: Liger's RMSNorm/SwiGLU/RoPE kernels")
-    elif loss_type is not None:
-        r.set("loss", _TRL_LOSS[loss_type], f"loss_type: {loss_type}")
-    elif not sft:
-        r.set("loss", "full", "TrainingArguments: transformers' ForCausalLMLoss (fp32-upcast logits)")
-    if r.has("activation_offloading"):
-        r.set("activation_offload", as_bool(r.get("activation_offloading"), "activation_offloading"),
-              f"activation_offloading: {r.flat['activation_offloading']}")
-    if r.has("attn_implementation") and r.flat["attn_implementation"]:
-        impl = r.get("attn_implementation")
-        r.set("attention", "eager" if impl == "eager" else "sdpa", f"attn_implementation: {impl}")
-    r.compile_key("torch_compile")
-    for key in ("torch_compile_backend", "torch_compile_mode"):
-        r.compile_key(key)
-    _packing(r, "packing", "padding_free")
-    read_deepspeed(r, "deepspeed")
-    read_fsdp(r, "fsdp", "fsdp_config")
-    return r.finish(HF_NEUTRAL | {"model_name_or_path", "use_peft", "bnb_4bit_quant_type"},
-                    ("fsdp_config.", "model_init_kwargs.", "gradient_checkpointing_kwargs.",
-                     "lr_scheduler_kwargs.", "accelerator_config."))
 
 
 READERS = {"torchtune": read_torchtune, "axolotl": read_axolotl, "llamafactory": read_llamafactory,

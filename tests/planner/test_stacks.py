@@ -1,6 +1,5 @@
 """The framework presets: every record complete, every value valid for its spec field, every
 default cited to a framework source file."""
-import dataclasses
 import typing
 
 import pytest
