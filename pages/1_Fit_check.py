@@ -1,7 +1,7 @@
 """Fit check: one setup, component by component, against the GPU's capacity."""
 import streamlit as st
 
-from ui import cached, charts, inputs, views
+from ui import cached, charts, inputs, recipe_input, views
 
 st.set_page_config(page_title="memfit · Fit check", layout="wide")
 st.title("Fit check")
@@ -9,6 +9,7 @@ st.caption("Every number below is `planner.fit.fit_report` for the setup in the 
 
 with st.sidebar:
     spec = inputs.spec_inputs("fit")
+spec = recipe_input.recipe_spec(spec, "fit")
 if spec is None:
     st.stop()
 try:

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(ask)
     for name in ("models", "gpus", "methods"):
         _add_output_flags(sub.add_parser(name, help=f"list the {name} memfit knows"))
+    from .recipe_cli import add_recipe_parser
+    add_recipe_parser(sub)
     return parser
 
 
@@ -202,17 +204,26 @@ def run_command(handler, args: argparse.Namespace) -> int:
     try:
         text = handler(args)
     except ValueError as err:
+        partial = getattr(err, "text", None)    # what could be computed is still shown
+        if partial:
+            _emit(partial, args)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    _emit(text, args)
+    return 0
+
+
+def _emit(text: str, args: argparse.Namespace) -> None:
     if args.output:
         with open(args.output, "w") as fh:
             fh.write(text if text.endswith("\n") else text + "\n")
     else:
         print(text)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"estimate": _estimate, "compare": _compare, "fit": _fit, "ask": _ask}.get(args.command, _listing)
+    from .recipe_cli import recipe_command
+    handler = {"estimate": _estimate, "compare": _compare, "fit": _fit, "ask": _ask,
+               "recipe": recipe_command}.get(args.command, _listing)
     return run_command(handler, args)

@@ -20,7 +20,8 @@ __all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
 #: spec fields whose None is filled here (rank, gap, scale and proj_type come from the method
 #: record in `planner.resolve`)
 DEFAULTED_FIELDS = ("precision", "checkpointing", "attention", "lora_targets", "lora_dropout",
-                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_chunks")
+                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_chunks", "batch", "seq",
+                    "grad_accum", "layerwise", "paged", "activation_offload", "double_quant")
 
 #: torchtune's `CEWithChunkedOutputLoss` default (torchtune/modules/loss/ce_chunked_output_loss.py)
 DEFAULT_LOSS_CHUNKS = 8
@@ -33,10 +34,15 @@ class Filled:
 
 
 def _stack_defaults(spec: TrainingSpec, method: Method) -> list[tuple[str, object, str]]:
+    """The stack preset's (field, value, citation), with its 4-/8-bit-base overrides when the
+    base is quantised (by the user, the method, or the preset itself)."""
     if spec.stack is None:
         return []
     from .stacks import stack_defaults
-    return stack_defaults(spec.stack, method.kind)
+    first = dict((f, v) for f, v, _ in stack_defaults(spec.stack, method.kind, batch=spec.batch, seq=spec.seq))
+    quant = spec.base_quant or method.defaults.get("base_quant") or first.get("base_quant")
+    return stack_defaults(spec.stack, method.kind, quantized_base=quant in ("nf4", "int8"),
+                          batch=spec.batch, seq=spec.seq)
 
 
 def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple[str, Callable, str]]:
@@ -67,6 +73,10 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("loss", lambda s: "full", "transformers' loss: the whole fp32-upcast logits"),
         ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if s["loss"] == "chunked" else None,
          "torchtune's num_output_chunks"),
+        ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
+        ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
+        ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
+        ("double_quant", lambda s: True, ""),
     ]
 
 
@@ -82,7 +92,7 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
                 assumed.append(f"{name.replace('_', ' ')} {value} ({reason})")
 
     for name, value, source in _stack_defaults(spec, method):
-        choose(name, value, f"{spec.stack} preset: {source}")
+        choose(name, value, source)
     for name, value in method.defaults.items():
         choose(name, value, f"{method.id}'s default")
     for name, rule, reason in _rules(values, method, family, gpu):

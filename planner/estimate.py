@@ -82,7 +82,7 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
     gpu = get_gpu(spec.gpu) if spec.gpu else None
     rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
     rows += r.method.shared(r, rows)
-    if spec.layerwise:
+    if r.spec.layerwise:
         rows = _layerwise(rows, r)
     sizes = _components(rows)
     overhead = overhead_for(gpu)

@@ -109,9 +109,9 @@ def _switches(spec: TrainingSpec) -> list[tuple[str, dict]]:
     if method.variant_8bit:
         out.append((f"8-bit states ({method.variant_8bit})",
                     {"method": method.variant_8bit, "states": None}))
-    if not spec.layerwise and method.layerwise:
+    if not r.spec.layerwise and method.layerwise:
         out.append(("layer-wise updates", {"layerwise": True}))
-    if spec.batch > 1:
+    if r.spec.batch > 1:
         out.append(("a smaller micro-batch", {"batch": None}))
     if r.rank and r.rank > 1 and "rank" in method.options:     # the typed rank or the method's default
         out.append(("a lower rank", {"rank": None}))
@@ -122,8 +122,8 @@ def _apply(spec: TrainingSpec, changes: dict) -> tuple[TrainingSpec, dict] | Non
     """Apply switches; "batch"/"rank" None means "the largest that fits given the others"."""
     fixed = {k: v for k, v in changes.items() if v is not None or k == "states"}
     candidate = spec.replace(**fixed)
-    rank = spec.rank or resolve_spec(spec).rank or 1
-    for field, upper in (("batch", spec.batch - 1), ("rank", rank - 1)):
+    r = resolve_spec(spec)
+    for field, upper in (("batch", r.spec.batch - 1), ("rank", (r.rank or 1) - 1)):
         if field in changes and changes[field] is None:
             best = largest(candidate, field, upper)
             if best is None:

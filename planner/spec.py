@@ -36,15 +36,15 @@ class TrainingSpec:
     update_proj_gap: int | None = None
     scale: float | None = None
     proj_type: str | None = None
-    layerwise: bool = False
+    layerwise: bool | None = None        # default False
     precision: str | None = None         # bf16 | fp32 | mixed | amp-bf16 | amp-fp16
     weights: str | None = None
     grads: str | None = None
     states: str | None = None
     projection: str | None = None
     impl: str = "memfit"
-    batch: int = 1
-    seq: int = 512
+    batch: int | None = None             # micro-batch; default 1
+    seq: int | None = None               # sequence (packed) length; default 512
     checkpointing: str | None = None     # none | full
     attention: str | None = None         # sdpa | eager | flash
     # LoRA as people configure it (issue 11); None: peft's / the method's default
@@ -53,16 +53,16 @@ class TrainingSpec:
     adapter_dtype: str | None = None      # fp32 | bf16 | fp16
     modules_to_save: str | None = None    # "embed_tokens,lm_head": trained in full beside the adapters
     base_quant: str | None = None         # none | int8 | nf4 (the frozen base of an adapter method)
-    double_quant: bool = True             # bitsandbytes nested quantisation of NF4 absmax
+    double_quant: bool | None = None      # bitsandbytes nested quantisation of NF4 absmax (default on)
     kbit_upcast: bool | None = None       # peft prepare_model_for_kbit_training's fp32 upcast
     rslora: bool = False                  # rsLoRA scaling: no memory effect
     lora_init: str = "default"            # default | gaussian | pissa | olora: no memory effect
     # the training stack (issue 12)
     loss: str | None = None               # full | chunked | fused
     loss_chunks: int | None = None        # chunked cross-entropy's chunk count
-    grad_accum: int = 1
-    paged: bool = False                   # bitsandbytes paged optimizer states
-    activation_offload: bool = False      # torchtune-style activation offloading to CPU
+    grad_accum: int | None = None         # default 1
+    paged: bool | None = None             # bitsandbytes paged optimizer states (default off)
+    activation_offload: bool | None = None  # torchtune-style activation offloading to CPU (default off)
     stack: str | None = None              # hf | torchtune | litgpt | axolotl | llamafactory | unsloth
     # more than one GPU (issue 13)
     devices: int = 1

@@ -84,7 +84,9 @@ def _result(spec, outcome: ChildOutcome, steps, warmup, device, timeout) -> Burs
         return BurstResult(status=outcome.status, message=burst_message(outcome, timeout),
                            failure=_failure(outcome), **common)
     measured = value["step_seconds"][warmup:]
-    tps = spec.batch * spec.seq * len(measured) / sum(measured) if measured and sum(measured) else None
+    filled = resolve_spec(spec).spec
+    tokens = filled.batch * filled.seq * filled.grad_accum
+    tps = tokens * len(measured) / sum(measured) if measured and sum(measured) else None
     common["device"] = value.get("device_label", device)
     return BurstResult(status="ok", message="measured", losses=tuple(value["losses"]),
                        step_seconds=tuple(value["step_seconds"]), tokens_per_second=tps,
