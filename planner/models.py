@@ -1,6 +1,6 @@
 """Model configurations and their exact parameter shapes.
 
-Catalog entries are Hugging Face `config.json` fields kept as data (`data/models.json`), so the
+Catalog entries are Hugging Face `config.json` fields kept as data (`data/models/<family>.json`), so the
 catalog and a user's own `config.json` go through one parser. Catalog shapes are computed
 analytically (no torch import); a user's file is enumerated by building the model on the meta
 device (`transformers` + `accelerate.init_empty_weights`, imported lazily, never remote code).
@@ -24,7 +24,8 @@ __all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get
            "load_config_file", "config_from_dict", "config_from_json", "classify_param", "meta_params",
            "LIMITS"]
 
-_DATA = Path(__file__).with_name("data") / "models.json"
+#: the catalog: one JSON file of config.json fields per family (`<family>.json`)
+_DATA = Path(__file__).with_name("data") / "models"
 _LAYER = re.compile(r"\.(?:layers|h|layer)\.(\d+)\.")
 
 #: sanity bounds on config fields: beyond these a config is a mistake (or an attack), and sizing
@@ -76,6 +77,7 @@ class ModelConfig:
     source: str = "catalog"
     hf_config: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
     notes: tuple[str, ...] = ()     # what memfit did with the config (ignored remote code, ...)
+    unused: frozenset[str] = frozenset()   # parameters the forward never reads: no gradient, no state
 
     @property
     def family_name(self) -> str:
@@ -191,12 +193,19 @@ def config_from_dict(d: dict, name: str, source: str = "catalog", params=None) -
                        vocab_size=c["vocab_size"], max_position=c["max_position"],
                        tie_word_embeddings=c["tie_word_embeddings"], params=tuple(params),
                        source=source, hf_config={k: v for k, v in d.items()
-                                                 if k not in ("aliases", "source")})
+                                                 if k not in ("aliases", "source", "catalog_file")},
+                       unused=family.unused(c) if family else frozenset())
 
 
 @functools.lru_cache(maxsize=1)
 def _catalog_raw() -> dict[str, dict]:
-    return json.loads(_DATA.read_text())
+    entries: dict[str, dict] = {}
+    for path in sorted(_DATA.glob("*.json")):
+        for name, entry in json.loads(path.read_text()).items():
+            if name in entries:
+                raise ValueError(f"catalog model {name!r} is defined twice (again in {path.name})")
+            entries[name] = {**entry, "catalog_file": path.stem}
+    return entries
 
 
 @functools.lru_cache(maxsize=1)

@@ -214,8 +214,12 @@ class Adapter:
 
 
 def param_memory(p: Param, r: Resolved) -> ParamMemory:
-    """Bytes `p` costs under `r`'s method, its gradient counted as if alive."""
-    return r.method.storage.param(p, r)
+    """Bytes `p` costs under `r`'s method, its gradient counted as if alive. A parameter the
+    forward never reads gets no gradient, so no optimizer state either."""
+    memory = r.method.storage.param(p, r)
+    if p.name in r.model.unused:
+        return ParamMemory(weights=memory.weights)
+    return memory
 
 
 def basis_dim(p: Param, r: Resolved) -> int:

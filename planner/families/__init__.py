@@ -1,6 +1,6 @@
 """Model families, one record each (`planner.families.record.Family`), keyed by name and by the
 config `model_type` values they cover. Adding a family is one module here plus catalog entries
-(`planner/data/models.json`) and its test cases."""
+(`planner/data/models/<family>.json`) and its test cases."""
 from __future__ import annotations
 
 from . import gpt2, llama, mistral, qwen2, roberta

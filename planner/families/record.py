@@ -86,6 +86,7 @@ class Family:
     attention_inputs: q / k / v / o -> the module names producing or consuming them.
     fan_in_fan_out: the linears are transformers' `Conv1D` (weight stored (in, out)).
     example: a tiny config of the family, for tests (meta-device shapes, MemTracker, bursts).
+    unused(c): parameters the model holds but its forward never reads (no gradient, no state).
     """
     name: str
     model_types: tuple[str, ...]
@@ -102,6 +103,7 @@ class Family:
         (None, 0.0), ("attention_dropout", 0.0))
     fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     config_defaults: Mapping[str, object] = field(default_factory=dict)
+    unused: Callable[[dict], frozenset[str]] = lambda c: frozenset()
     tie_default: bool = False
     fan_in_fan_out: bool = False
     source: str = ""                # the transformers modeling file the rules follow

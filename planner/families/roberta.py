@@ -103,4 +103,6 @@ FAMILY = Family(
                  tie_word_embeddings=False),
     act_field=("hidden_act", "gelu"),
     dropout_fields=(("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1)),
-    tie_default=True, source="transformers/models/roberta/modeling_roberta.py")
+    tie_default=True, source="transformers/models/roberta/modeling_roberta.py",
+    # untied, the decoder adds its own bias and lm_head.bias is never read
+    unused=lambda c: frozenset() if c["tie_word_embeddings"] else frozenset({"lm_head.bias"}))

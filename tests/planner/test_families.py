@@ -63,3 +63,29 @@ def test_lora_default_targets_are_peft_defaults(name):
     for model_type in fam.model_types:
         expected = mapping.get(model_type)
         assert (tuple(expected) if expected else None) == fam.lora_default_targets, model_type
+
+
+def test_catalog_files_hold_their_family():
+    """The catalog is one file per family (`planner/data/models/<family>.json`): each entry's
+    model_type belongs to the family its file is named after."""
+    from planner.models import _catalog_raw
+    for name, entry in _catalog_raw().items():
+        family = family_for(entry["model_type"])
+        assert family is not None and family.name == entry["catalog_file"], name
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("tie", [True, False])
+def test_unused_parameters_get_no_gradient(name, tie):
+    """What a record calls unused is exactly what a real forward/backward leaves without a
+    gradient (frozen nothing, full fine-tuning)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    fam = FAMILIES[name]
+    fields = {**fam.example, "tie_word_embeddings": tie}
+    config = transformers.AutoConfig.for_model(**fields)
+    model = getattr(transformers, fam.head_class).from_config(config)
+    ids = torch.randint(3, 50, (1, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    assert no_grad == set(config_from_dict(fields, name).unused)

@@ -103,3 +103,28 @@ def test_full_checkpointing_activations_and_peak(tiny_config, method):
     comparison = compare(estimate(spec), result.measurement)
     assert abs(comparison["activations"].relative_error) <= 0.10
     assert abs(comparison["peak"].relative_error) <= 0.10
+
+
+FAMILY_CASES = [(f, m) for f in sorted(__import__("planner.families", fromlist=["FAMILIES"]).FAMILIES)
+                for m in ("adamw", "lora")]
+
+
+@pytest.mark.parametrize("family, method", FAMILY_CASES)
+def test_every_family_burst_equals_the_planner(tmp_path, family, method):
+    """Each family record's tiny example, trained for real (full fine-tuning in fp32, LoRA on
+    peft's default targets in bf16): held bytes equal the planner exactly, activations and the
+    peak within 10 %."""
+    import json
+    from planner.families import FAMILIES
+    path = tmp_path / f"{family}.json"
+    path.write_text(json.dumps(dict(FAMILIES[family].example)))
+    spec = TrainingSpec(model=str(path), method=method, batch=2, seq=32,
+                        precision="fp32" if method == "adamw" else "bf16", rank=8 if method == "lora" else None)
+    result = run_burst(spec, steps=1, warmup=1, history=False)
+    assert result.ok, f"{family} {method}: {result.status}: {result.message}"
+    comparison = compare(estimate(spec, kernels="cpu"), result.measurement)
+    wrong = {c: (comparison[c].predicted_bytes, comparison[c].measured_bytes)
+             for c in STATIC if comparison[c].abs_error}
+    assert not wrong, f"{family} {method}: (predicted, measured) {wrong}"
+    for component in ("activations", "peak"):
+        assert abs(comparison[component].relative_error) <= 0.10, comparison[component]
