@@ -33,6 +33,7 @@ def _add_spec_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     p.add_argument("--seq", type=int, default=512, help="sequence length")
     p.add_argument("--checkpointing", default="none", choices=list(CHECKPOINTING))
     p.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    p.add_argument("--alloc-conf", help="PYTORCH_CUDA_ALLOC_CONF the run uses, e.g. expandable_segments:True")
     _add_output_flags(p)
 
 
@@ -67,7 +68,7 @@ def spec_from_args(args: argparse.Namespace, method: str | None = None) -> Train
                         precision=args.precision, weights=args.weights, grads=args.grads,
                         states=args.states, projection=args.projection, impl=args.impl,
                         batch=args.batch, seq=args.seq, checkpointing=args.checkpointing,
-                        attention=args.attention)
+                        attention=args.attention, alloc_conf=args.alloc_conf)
 
 
 def _estimate(args) -> str:
@@ -83,6 +84,11 @@ def _estimate(args) -> str:
     comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
     verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")
                                         + f": headroom {human_bytes(b.headroom_bytes)}"]
+    if b.device:
+        d = b.device
+        verdict.append(f"device: allocated {human_bytes(d.allocated)}, reserved {human_bytes(d.reserved)} "
+                       f"(needs {human_bytes(d.required)} when memory is short), CUDA context "
+                       f"{human_bytes(d.context)}; nvidia-smi on a device with room: {human_bytes(d.total)}")
     verdict.append("phases: " + ", ".join(f"{k} {human_bytes(v)}" + (" (peak)" if k == b.peak_phase else "")
                                           for k, v in b.phases.items()))
     verdict.append(f"overhead: {b.overhead.source}")
@@ -153,8 +159,8 @@ def _listing(args) -> str:
         rows = [{"model": n, "params": (m := get_model(n)).n_params, "layers": m.num_layers,
                  "hidden": m.hidden_size, "vocab": m.vocab_size, "type": m.model_type} for n in model_names()]
     elif args.command == "gpus":
-        rows = [{"gpu": g.name, "memory_mib": g.memory_mib, "vendor": g.vendor, "arch": g.arch}
-                for g in GPU_CATALOG.values()]
+        rows = [{"gpu": g.name, "memory_mib": g.memory_mib, "vendor": g.vendor, "arch": g.arch,
+                 "bf16": g.bf16, "fp8": g.fp8} for g in GPU_CATALOG.values()]
     else:
         rows = [{"method": m.id, "name": m.name, "kind": m.kind, "options": " ".join(m.options),
                  "paper": m.paper_url} for m in METHODS.values()]
