@@ -59,6 +59,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["MIB", "MIN_BLOCK", "SMALL_SIZE", "SMALL_BUFFER", "MIN_LARGE_ALLOC", "LARGE_BUFFER",
            "ROUND_LARGE", "AllocatorSettings", "Piece", "TensorClass", "Workload", "AllocatorPeak",
@@ -170,8 +171,7 @@ def segment_size(rounded: int) -> int:
 
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """`bytes` worth of tensors of about `unit` bytes each (one tensor: bytes == unit)."""
     bytes: int
     unit: int

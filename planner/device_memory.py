@@ -55,13 +55,20 @@ class DeviceMemory:
         return self.required + self.context
 
 
-def _rows(rows, field: str) -> list[Piece]:
-    return [Piece.of(getattr(row.memory, field), row.count) for row in rows if getattr(row.memory, field)]
+def _pieces(rows) -> tuple[list[Piece], list[Piece]]:
+    """(persistent pieces, gradient pieces) of the rows: one group of equal tensors per row."""
+    persistent, grads = [], []
+    for row in rows:
+        m, n = row.memory, row.count
+        persistent += [Piece(size * n, size) for size in (m.weights, m.adapters, m.optimizer_states,
+                                                          m.projection) if size]
+        if m.gradients:
+            grads.append(Piece(m.gradients * n, m.gradients))
+    return persistent, grads
 
 
-def _param_pieces(rows, grads: int, temps: int) -> tuple[Piece, ...]:
+def _param_pieces(exact: list[Piece], grads: int, temps: int) -> tuple[Piece, ...]:
     """Gradients (the rows' own tensors when all of them are alive) and step temporaries."""
-    exact = _rows(rows, "gradients")
     total = sum(p.bytes for p in exact)
     unit = max((p.unit for p in exact), default=0)
     mean = total // max(sum(p.bytes // p.unit for p in exact), 1) if exact else 0
@@ -92,15 +99,16 @@ def training_workload(r, rows, act, phases: dict[str, tuple[int, int, int]], wor
     hidden = max(tensor_bytes(1, r.activations) * spec.batch * spec.seq * m.hidden_size, 1)
     a, g, t = phases[worst]
     high_p = max(phases.values(), key=lambda v: v[1] + v[2])
-    persistent = (*_rows(rows, "weights"), *_rows(rows, "adapters"), *_rows(rows, "optimizer_states"),
-                  *_rows(rows, "projection"), *((Piece.of(workspace),) if workspace else ()))
+    persistent, exact = _pieces(rows)
+    if workspace:
+        persistent.append(Piece.of(workspace))
     classes = (
-        TensorClass("parameter-sized", _param_pieces(rows, high_p[1], high_p[2]), _param_pieces(rows, g, t)),
+        TensorClass("parameter-sized", _param_pieces(exact, high_p[1], high_p[2]), _param_pieces(exact, g, t)),
         TensorClass("activation-sized", (Piece(max(act.peak, a), hidden),), (Piece(a, hidden),) if a else ()),
         TensorClass("loading", _loading(r, rows)),
     )
     working = act.per_layer + act.lora // max(m.num_layers, 1)
-    return Workload(persistent, classes, working)
+    return Workload(tuple(persistent), classes, working)
 
 
 def device_memory(r, rows, act, phases: dict[str, tuple[int, int, int]], worst: str, overhead,
