@@ -48,7 +48,9 @@ fraction is calibrated on published runs (planner/allocator_calibration.py). `re
 reserved memory the step cannot do without: when a `cudaMalloc` fails the allocator frees every
 whole cached segment and retries, so other classes' idle segments do not make a step fail.
 With expandable segments every class shares one growing segment per pool: the reserved memory is
-the allocated peak rounded up to pages, with no class or working-memory term.
+the allocated peak rounded up to pages, with no class or working-memory term. `max_split_size_mb`
+enters through the packing only (a block at or above it is never split, so its segment's rest
+stays in it); its effect on which free block serves which request is not modelled.
 
 Every term is monotone in every tensor's size and count, so a search for the largest batch or
 sequence that fits stays exact. Tensors come as `Piece`s, bytes of tensors of about one size, so

@@ -15,7 +15,8 @@ the activation bytes and the gradients and temporaries of every phase (`planner.
   state (D·b·s·h: the layers' inputs and most saved tensors);
 * what loading leaves cached: a 4-bit base (QLoRA) arrives in bf16 and is quantised on the device
   one linear at a time (bitsandbytes Params4bit), and peft's `prepare_model_for_kbit_training`
-  casts the other parameters to fp32 beside their bf16 originals;
+  casts the other parameters to fp32 beside their bf16 originals; the staging block of the
+  largest linear is also where each matmul's dequantised weight (`dequantize_4bit`, bf16) lives;
 * W, one layer's saved bytes (`ActivationBreakdown.per_layer` plus its adapters' extras), for the
   working-memory term.
 """

@@ -44,6 +44,8 @@ CUBLAS_WORKSPACE_BYTES = 32 * MIB
 WORKING_SET = 0.8
 
 CALIBRATION_VERSION = 1
+#: a calibration file holds one small entry per GPU model; anything larger is not one.
+MAX_CALIBRATION_BYTES = 1 << 20
 _GIB = 1 << 30
 #: field -> (type, lower, upper, what it is); the ranges are physical limits, wide on purpose.
 CALIBRATION_FIELDS = {
@@ -152,6 +154,8 @@ def read_calibration(path: str | os.PathLike | None = None) -> tuple[dict, str |
         return {}, None
     if not os.path.isfile(path):
         return {}, "it is not a file"
+    if os.path.getsize(path) > MAX_CALIBRATION_BYTES:
+        return {}, f"it is larger than {MAX_CALIBRATION_BYTES // MIB} MiB (a calibration holds a few entries)"
     return _read(path, os.path.getmtime(path))
 
 

@@ -94,6 +94,11 @@ def test_an_unreadable_file_is_reported(calibration, tmp_path, monkeypatch):
     assert overhead_for(get_gpu("h100")) == DEFAULT_OVERHEAD           # no file: nothing calibrated
 
 
+def test_a_huge_file_is_not_read(calibration):
+    calibration({"version": 1, "gpus": {f"gpu-{i}": GOOD for i in range(20000)}})
+    assert "larger than 1 MiB" in overhead_for(get_gpu("h100")).problems[0]
+
+
 def test_an_old_allocator_slack_is_read_and_ignored(calibration):
     calibration(_file({"context_bytes": 600 * MIB, "allocator_slack": 0.07}))
     o = overhead_for(get_gpu("h100"))
