@@ -2,14 +2,17 @@
 
     python bench/gpu_validation.py                          # print the markdown section
     python bench/gpu_validation.py --write docs/validation.md --calibrate
+    python bench/gpu_validation.py --alloc-confs "native;expandable_segments:True"
 
-Runs each (model, method) as a `profiler.run_burst` on CUDA (every burst in its own child
-process; an OOM or crash is a row, not the end of the sweep), compares with
-`planner.estimate(spec)` for this GPU (`device_peak` is NVML's process usage against the planner's
-peak with overhead), optionally fits the overhead constants (`profiler.calibrate`), and writes
-the table with the date, GPU, driver and package versions between the GPU markers of
-docs/validation.md. `--device cpu --models PATH.json` dry-runs the script itself on CPU; such a
-run is labelled as CPU and never written as a GPU table.
+Runs each (model, method, allocator setting) as a `profiler.run_burst` on CUDA (every burst in its
+own child process; an OOM or crash is a row, not the end of the sweep) and compares it with
+`planner.estimate(spec)` for this GPU, per component and, from the burst's own counters, the
+device memory: `allocated` (`torch.cuda.max_memory_allocated`), `reserved`
+(`max_memory_reserved`) and `device_peak` (NVML's process usage against the planner's reserved +
+CUDA context). Optionally fits the device-memory constants (`profiler.calibrate`) and writes both
+tables with the date, GPU, driver and package versions between the GPU markers of
+docs/validation.md. `--device cpu --models PATH.json` dry-runs the script itself on CPU; such a run
+is labelled as CPU and never written as a GPU table.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from planner.comparison import method_specs
 from planner.format import human_bytes
 from planner.gpus import get_gpu
 from profiler import compare, run_burst
-from profiler.calibrate import calibrate, calibration_status
+from profiler.calibrate import calibrate_with_notes, calibration_status
 from profiler.env import versions
 from profiler.nvml import device_name, driver_version
 
 START, END = "<!-- gpu-validation:start -->", "<!-- gpu-validation:end -->"
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters", "activations",
-              "peak", "device_peak")
+              "peak")
+DEVICE = ("allocated", "reserved", "device_peak")
+NATIVE = "native"
 
 
 def _gpu(device: str) -> str | None:
@@ -52,51 +57,84 @@ def _burst(spec: TrainingSpec, steps: int, device: str):
         return None, f"not run: {err}"
 
 
-def sweep(models, methods, device, batch, seq, steps, rank, on_row) -> tuple[list[dict], list[dict]]:
-    """(comparison rows, burst records) for every model x method."""
+def parse_alloc_confs(text: str) -> list[str | None]:
+    """';'-separated PYTORCH_CUDA_ALLOC_CONF settings ("native": the default allocator)."""
+    confs = [c.strip() for c in text.split(";") if c.strip()]
+    if not confs:
+        raise SystemExit("--alloc-confs needs at least one setting, e.g. native")
+    return [None if c == NATIVE else c for c in confs]
+
+
+def sweep(models, methods, device, batch, seq, steps, rank, on_row, alloc_confs=(None,)):
+    """(comparison rows, burst records) for every model x method x allocator setting."""
     gpu = _gpu(device)
     rows, bursts = [], []
-    for model in models:
-        base = TrainingSpec(model=model, gpu=gpu, batch=batch, seq=seq, rank=rank)
-        for spec in method_specs(base, methods):
-            result, why = _burst(spec, steps, device)
-            if result is not None:
-                bursts.append(result.to_record())
-            if result is None or not result.ok:
-                row = {"model": model, "method": spec.method, "component": None,
-                       "message": why or f"{result.status}: {result.message}"}
-                rows.append(row)
-                on_row(row)
-                continue
-            for r in compare(estimate(spec), result.measurement).to_records():
-                row = {"model": model, **r, "tokens_per_second": result.tokens_per_second}
-                rows.append(row)
-                on_row(row)
+    for conf in alloc_confs:
+        for model in models:
+            base = TrainingSpec(model=model, gpu=gpu, batch=batch, seq=seq, rank=rank, alloc_conf=conf)
+            for spec in method_specs(base, methods):
+                result, why = _burst(spec, steps, device)
+                if result is not None:
+                    bursts.append(result.to_record())
+                tag = {"model": model, "method": spec.method, "alloc_conf": conf or NATIVE}
+                if result is None or not result.ok:
+                    row = {**tag, "component": None, "message": why or f"{result.status}: {result.message}"}
+                    rows.append(row)
+                    on_row(row)
+                    continue
+                prediction = estimate(spec)
+                for r in compare(prediction, result.measurement).to_records():
+                    row = {**tag, **r, "tokens_per_second": result.tokens_per_second}
+                    rows.append(row)
+                    on_row(row)
+                if prediction.device is not None:
+                    row = {**tag, "component": "required",
+                           "predicted_bytes": prediction.device.required, "measured_bytes": None,
+                           "relative_error": None}
+                    rows.append(row)
     return rows, bursts
 
 
-def markdown(rows: list[dict], device: str, board: str, calibration: str) -> str:
-    v = versions()
-    head = [f"### {board} — {date.today().isoformat()}", "",
-            f"torch {v['torch']} (CUDA {v.get('cuda', '?')}), transformers {v['transformers']}, "
-            f"peft {v['peft']}, bitsandbytes {v['bitsandbytes']}, nvidia-ml-py {v['nvidia-ml-py']}; "
-            f"driver {driver_version() or 'n/a'}; device {device}; overhead constants: {calibration}", "",
-            "| model | method | " + " | ".join(COMPONENTS) + " |", "|---" * (len(COMPONENTS) + 2) + "|"]
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r.get("measured_bytes") is None:
+        return human_bytes(r["predicted_bytes"])
+    return (f"{human_bytes(r['predicted_bytes'])} / {human_bytes(r['measured_bytes'])} "
+            f"({100 * (r['relative_error'] or 0):+.1f} %)")
+
+
+def _table(rows: list[dict], columns: tuple[str, ...], keyed_by_conf: bool) -> list[str]:
     table: dict[tuple, dict] = {}
     for r in rows:
-        table.setdefault((r["model"], r["method"]), {})[r["component"]] = r
-    lines = []
-    for (model, method), comps in table.items():
+        key = (r["model"], r["method"]) + ((r.get("alloc_conf", NATIVE),) if keyed_by_conf else ())
+        table.setdefault(key, {})[r["component"]] = r
+    lead = ["model", "method"] + (["allocator"] if keyed_by_conf else [])
+    lines = ["| " + " | ".join(lead + list(columns)) + " |", "|---" * (len(lead) + len(columns)) + "|"]
+    for key, comps in table.items():
+        cells = [str(k) for k in key]
         if None in comps:
-            lines.append(f"| {model} | {method} | {comps[None]['message']} |" + " |" * (len(COMPONENTS) - 1))
+            lines.append("| " + " | ".join(cells + [comps[None]["message"]] + [""] * (len(columns) - 1)) + " |")
             continue
-        cells = []
-        for c in COMPONENTS:
-            r = comps.get(c)
-            cells.append("-" if r is None else f"{human_bytes(r['predicted_bytes'])} / "
-                         f"{human_bytes(r['measured_bytes'])} ({100 * (r['relative_error'] or 0):+.1f} %)")
-        lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(head + lines + ["", "Cells: predicted / measured (relative error of the prediction)."])
+        lines.append("| " + " | ".join(cells + [_cell(comps.get(c)) for c in columns]) + " |")
+    return lines
+
+
+def markdown(rows: list[dict], device: str, board: str, calibration: str) -> str:
+    """Two tables: the planner's components against the burst's, and the device memory."""
+    v = versions()
+    native = [r for r in rows if r.get("alloc_conf", NATIVE) == NATIVE]
+    head = [f"### {board} — {date.today().isoformat()}", "",
+            f"torch {v.get('torch')} (CUDA {v.get('cuda', '?')}), transformers {v.get('transformers')}, "
+            f"peft {v.get('peft')}, bitsandbytes {v.get('bitsandbytes')}, nvidia-ml-py {v.get('nvidia-ml-py')}; "
+            f"driver {driver_version() or 'n/a'}; device {device}; device-memory constants: {calibration}", ""]
+    device_rows = [r for r in rows if r["component"] in (*DEVICE, "required") or r["component"] is None]
+    return "\n".join(head + _table(native, COMPONENTS, False)
+                     + ["", "Device memory (planner's allocated / reserved / reserved + CUDA context "
+                        "against max_memory_allocated / max_memory_reserved / NVML process usage; "
+                        "required: the reserved memory the planner says the step cannot do without):", ""]
+                     + _table(device_rows, (*DEVICE, "required"), True)
+                     + ["", "Cells: predicted / measured (relative error of the prediction)."])
 
 
 def write_section(path: Path, section: str) -> None:
@@ -116,24 +154,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rank", type=int, help="rank for every method that has one (default: each method's)")
-    p.add_argument("--calibrate", action="store_true", help="fit and write the overhead constants")
+    p.add_argument("--alloc-confs", default=NATIVE,
+                   help="';'-separated allocator settings to run each spec under, e.g. "
+                        "\"native;expandable_segments:True\"")
+    p.add_argument("--calibrate", action="store_true", help="fit and write the device-memory constants")
     p.add_argument("--write", help="replace the GPU section of this markdown file")
     args = p.parse_args(argv)
     board = device_name(args.device) if args.device.startswith("cuda") else None
     if args.device.startswith("cuda") and board is None:
         raise SystemExit("no CUDA device visible to NVML: nothing to validate")
+    if args.write and not board:
+        raise SystemExit("refusing to write a CPU dry run into the GPU table")
     methods = None if args.methods == "all" else args.methods.split(",")
     rows, bursts = sweep(args.models.split(","), methods or list(METHOD_IDS), args.device, args.batch,
-                         args.seq, args.steps, args.rank, lambda r: print(r, file=sys.stderr, flush=True))
+                         args.seq, args.steps, args.rank, lambda r: print(r, file=sys.stderr, flush=True),
+                         parse_alloc_confs(args.alloc_confs))
     gpu = _gpu(args.device)
     if args.calibrate and board:
-        calibrate(bursts)
-    calib = calibration_status(gpu) if gpu else {"source": "n/a (not a catalog GPU or CPU)"}
-    section = markdown(rows, args.device, board or "CPU dry run (not a GPU result)", calib["source"])
+        _, notes = calibrate_with_notes(bursts)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    calib = calibration_status(gpu)["source"] if gpu else "n/a (not a catalog GPU or CPU)"
+    section = markdown(rows, args.device, board or "CPU dry run (not a GPU result)", calib)
     print(section)
     if args.write:
-        if not board:
-            raise SystemExit("refusing to write a CPU dry run into the GPU table")
         write_section(Path(args.write), section)
     return 0
 

@@ -22,6 +22,7 @@ except ValueError as err:
 b = report.breakdown
 views.fit_verdict(report)
 views.fit_limits(report)
+views.device_memory(b)
 row = b.to_row()
 st.plotly_chart(charts.components_bar([row], b.gpu.capacity_bytes, b.gpu.name, x="method",
                                       title=f"{b.model}: memory at the peak ({b.peak_phase})"),

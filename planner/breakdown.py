@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .device_memory import DeviceMemory
 from .gpus import Gpu
 from .overhead import Overhead
 from .spec import TrainingSpec
@@ -78,9 +79,12 @@ class MemoryBreakdown:
     peak_phase: str = "forward_backward"
     sizes: Components = Components()     # each component's full size (every gradient, stored activations)
     overhead: Overhead | None = None
+    device: DeviceMemory | None = None   # allocated, reserved, required and context (planner.device_memory)
 
     @property
     def peak_bytes(self) -> int:
+        """Device memory the step needs: the reserved memory it cannot do without (the caching
+        allocator gives idle cached segments back before it runs out) plus the CUDA context."""
         return self.components.total
 
     @property
@@ -105,7 +109,7 @@ class MemoryBreakdown:
         return {"model": self.model, "method": self.spec.method, "n_params": self.n_params,
                 "spec": self.spec.as_dict(), "components": self.components.as_dict(),
                 "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
-                "peak_allocated_bytes": self.peak_bytes - self.components.overhead,
+                **self._device_record(),
                 "phases": dict(self.phases), "sizes": self.sizes.as_dict(),
                 "overhead_calibrated": bool(self.overhead and self.overhead.calibrated),
                 "overhead_source": self.overhead.source if self.overhead else None,
@@ -113,6 +117,19 @@ class MemoryBreakdown:
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes,
                 "assumptions": list(self.assumptions)}
+
+    def _device_record(self) -> dict:
+        """peak_allocated_bytes: torch.cuda.max_memory_allocated (tensors, cuBLAS workspace, block
+        rounding); peak_reserved_bytes: max_memory_reserved on a device with room to spare;
+        required_reserved_bytes: the reserved memory the step cannot do without; context_bytes:
+        the CUDA context outside the allocator; device_bytes: reserved + context, what nvidia-smi
+        shows on a device with room. peak_bytes is required + context."""
+        d = self.device
+        if d is None:
+            return {"peak_allocated_bytes": self.peak_bytes - self.components.overhead}
+        return {"peak_allocated_bytes": d.allocated, "peak_reserved_bytes": d.reserved,
+                "required_reserved_bytes": d.required, "context_bytes": d.context,
+                "device_bytes": d.total}
 
     def to_row(self) -> dict:
         """One flat CSV row: every spec field, every component, the peak and the fit."""

@@ -28,7 +28,7 @@ SPEC_FLAGS = [
     ("--update-proj-gap", "update_proj_gap", dict(type=int)),
     ("--scale", "scale", dict(type=float)),
     ("--proj-type", "proj_type", dict(help="std, reverse_std, left, right or full")),
-    ("--layerwise", "layerwise", dict(action="store_true", help="layer-wise weight updates")),
+    ("--layerwise", "layerwise", dict(action="store_true", default=None, help="layer-wise weight updates")),
     ("--precision", "precision", dict(choices=list(PRECISIONS),
                                       help="default: bf16, or amp-fp16 on a GPU without bf16")),
     ("--weights", "weights", dict(help="weight format: fp32 bf16 fp16 (an adapter method's frozen base)")),
@@ -37,8 +37,8 @@ SPEC_FLAGS = [
     ("--projection", "projection", dict(help="projection format: fp32 bf16 fp16")),
     ("--impl", "impl", dict(default="memfit", choices=list(IMPLS),
                             help="memfit's own optimizers, or the authors' reference storage")),
-    ("--batch", "batch", dict(type=int, default=1, help="micro-batch size")),
-    ("--seq", "seq", dict(type=int, default=512, help="sequence length (the packed length)")),
+    ("--batch", "batch", dict(type=int, help="micro-batch size (default 1)")),
+    ("--seq", "seq", dict(type=int, help="sequence length, the packed length (default 512)")),
     ("--checkpointing", "checkpointing", dict(choices=list(CHECKPOINTING))),
     ("--attention", "attention", dict(choices=list(ATTENTIONS))),
     ("--lora-targets", "lora_targets", dict(help="module names (q_proj,v_proj) or all-linear; "
@@ -47,16 +47,17 @@ SPEC_FLAGS = [
     ("--adapter-dtype", "adapter_dtype", dict(help="fp32 (peft's default), bf16 or fp16")),
     ("--modules-to-save", "modules_to_save", dict(help="fully trained modules, e.g. embed_tokens,lm_head")),
     ("--base-quant", "base_quant", dict(choices=list(BASE_QUANTS), help="an adapter method's frozen base")),
-    ("--double-quant", "double_quant", dict(type=_on_off, default=True, metavar="on|off")),
+    ("--double-quant", "double_quant", dict(type=_on_off, metavar="on|off", help="NF4 double quantisation (default on)")),
     ("--kbit-upcast", "kbit_upcast", dict(type=_on_off, metavar="on|off",
                                           help="prepare_model_for_kbit_training's fp32 upcast")),
     ("--rslora", "rslora", dict(action="store_true", help="rsLoRA scaling (no memory effect)")),
     ("--lora-init", "lora_init", dict(default="default", choices=list(LORA_INITS))),
     ("--loss", "loss", dict(choices=list(LOSSES), help="full, chunked (torchtune) or fused (Liger, Cut-CE)")),
     ("--loss-chunks", "loss_chunks", dict(type=int)),
-    ("--grad-accum", "grad_accum", dict(type=int, default=1, help="gradient accumulation steps")),
-    ("--paged", "paged", dict(action="store_true", help="bitsandbytes paged optimizer states")),
-    ("--activation-offload", "activation_offload", dict(action="store_true")),
+    ("--grad-accum", "grad_accum", dict(type=int, help="gradient accumulation steps (default 1)")),
+    ("--paged", "paged", dict(action="store_true", default=None, help="bitsandbytes paged optimizer states")),
+    ("--activation-offload", "activation_offload", dict(action="store_true", default=None,
+                                                        help="activation offloading to CPU (torchtune style)")),
     ("--stack", "stack", dict(help="hf, torchtune, litgpt, axolotl, llamafactory or unsloth defaults")),
     ("--devices", "devices", dict(type=int, default=1)),
     ("--sharding", "sharding", dict(default="none", choices=list(SHARDINGS))),
@@ -64,6 +65,7 @@ SPEC_FLAGS = [
     ("--offload", "offload", dict(default="none", choices=list(OFFLOADS))),
     ("--capacity-factor", "capacity_factor", dict(type=float, help="MoE expert capacity factor "
                                                                    "(default: balanced routing)")),
+    ("--alloc-conf", "alloc_conf", dict(help="PYTORCH_CUDA_ALLOC_CONF the run uses, e.g. expandable_segments:True")),
 ]
 
 
@@ -121,6 +123,11 @@ def _estimate(args) -> str:
     comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
     verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")
                                         + f": headroom {human_bytes(b.headroom_bytes)}"]
+    if b.device:
+        d = b.device
+        verdict.append(f"device: allocated {human_bytes(d.allocated)}, reserved {human_bytes(d.reserved)} "
+                       f"(needs {human_bytes(d.required)} when memory is short), CUDA context "
+                       f"{human_bytes(d.context)}; nvidia-smi on a device with room: {human_bytes(d.total)}")
     verdict.append("phases: " + ", ".join(f"{k} {human_bytes(v)}" + (" (peak)" if k == b.peak_phase else "")
                                           for k, v in b.phases.items()))
     verdict.append(f"overhead: {b.overhead.source}")
@@ -191,8 +198,8 @@ def _listing(args) -> str:
         rows = [{"model": n, "params": (m := get_model(n)).n_params, "layers": m.num_layers,
                  "hidden": m.hidden_size, "vocab": m.vocab_size, "type": m.model_type} for n in model_names()]
     elif args.command == "gpus":
-        rows = [{"gpu": g.name, "memory_mib": g.memory_mib, "vendor": g.vendor, "arch": g.arch}
-                for g in GPU_CATALOG.values()]
+        rows = [{"gpu": g.name, "memory_mib": g.memory_mib, "vendor": g.vendor, "arch": g.arch,
+                 "bf16": g.bf16, "fp8": g.fp8} for g in GPU_CATALOG.values()]
     else:
         rows = [{"method": m.id, "name": m.name, "kind": m.kind, "options": " ".join(m.options),
                  "paper": m.paper_url} for m in METHODS.values()]

@@ -89,5 +89,7 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
     peak = phase_peaks(r, rows, sizes, overhead, kernels)
     return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
                            components=peak.components, rows=tuple(rows), gpu=gpu,
-                           assumptions=r.assumptions, phases=peak.phases, peak_phase=peak.peak_phase,
-                           sizes=replace(sizes, activations=peak.activations), overhead=overhead)
+                           assumptions=r.assumptions + overhead.problems, phases=peak.phases,
+                           peak_phase=peak.peak_phase,
+                           sizes=replace(sizes, activations=peak.activations), overhead=overhead,
+                           device=peak.device)

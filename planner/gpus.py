@@ -23,12 +23,21 @@ _CAPACITY = re.compile(r"^\s*(?:custom\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|mib
 
 @dataclass(frozen=True)
 class Gpu:
-    """A device: catalog name, vendor, total memory in MiB, architecture."""
+    """A device: catalog name, vendor, total memory in MiB, architecture, and the number formats
+    its matrix units run natively (None: not known, as for a custom capacity).
+
+    bf16: NVIDIA compute capability 8.0 and up (Ampere, Ada, Hopper, Blackwell) and AMD CDNA2/3;
+    not Turing (T4, 7.5) or Volta (V100, 7.0). fp8: compute capability 8.9 and up (Ada, Hopper,
+    Blackwell), AMD CDNA3 (MI300X).
+    """
     name: str
     memory_mib: int
     vendor: str = "custom"
     arch: str = ""
     note: str = ""
+    bf16: bool | None = None
+    fp8: bool | None = None
+    compute_capability: str = ""       # NVIDIA "major.minor"; AMD boards name their gfx target
 
     @property
     def capacity_bytes(self) -> int:
@@ -56,7 +65,8 @@ def gpu_names() -> list[str]:
 @functools.lru_cache(maxsize=None)
 def _catalog_gpu(name: str) -> Gpu:
     e = _raw()[name]
-    return Gpu(name, e["memory_mib"], e["vendor"], e["arch"], e.get("note", ""))
+    return Gpu(name, e["memory_mib"], e["vendor"], e["arch"], e.get("note", ""), e["bf16"], e["fp8"],
+               e.get("compute_capability") or e.get("gfx", ""))
 
 
 GPU_CATALOG = {name: _catalog_gpu(name) for name in gpu_names()}

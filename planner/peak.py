@@ -12,7 +12,9 @@ Phases (all hold the persistent part P = weights + optimizer states + projection
 With layer-wise updates a parameter steps inside backward as soon as its gradient is complete:
 gradients shrink to the largest single one and the step's temporaries (and a refresh) happen
 during backward, on top of the activations still held at that instant.
-Runtime overhead (CUDA context, cuBLAS workspace, allocator slack) is added to every phase.
+Device overhead (the caching allocator's rounding and the reserved memory the step cannot do
+without, the cuBLAS workspace, the CUDA context: `planner.device_memory`) is computed once for the
+step and added to every phase, so the peak is the device memory the step needs.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 from .activations import activation_memory
 from .breakdown import Components, Row
-from .overhead import Overhead, overhead_bytes
+from .device_memory import DeviceMemory, device_memory
+from .overhead import Overhead
 from .resolve import Resolved
 
 __all__ = ["PhasePeak", "phase_peaks", "PHASES"]
@@ -34,6 +37,7 @@ class PhasePeak:
     peak_phase: str
     components: Components        # resident at the peak; sums to the peak
     activations: int              # activation bytes stored at the end of the forward pass
+    device: DeviceMemory | None = None   # allocated, reserved and context at the peak
 
 
 def _activations(r: Resolved, kernels: str):
@@ -89,13 +93,12 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     if r.method.refresh is None:
         del candidates["projection_refresh"]
     base = persistent.weights + persistent.optimizer_states + persistent.projection + persistent.adapters
-    totals = {}
-    for name, (a, g, t) in candidates.items():
-        allocated = base + a + g + t
-        totals[name] = allocated + overhead_bytes(allocated, overhead)
-    worst = max(totals, key=totals.get)
+    allocated = {name: base + a + g + t for name, (a, g, t) in candidates.items()}
+    worst = max(allocated, key=allocated.get)
+    device = device_memory(r, rows, act, candidates, worst, overhead)
+    extra = device.needed - allocated[worst]          # what the step needs beyond its tensors
     a, g, t = candidates[worst]
-    allocated = base + a + g + t
     comps = Components(persistent.weights, g, persistent.optimizer_states, persistent.projection,
-                       persistent.adapters, a, overhead_bytes(allocated, overhead), t)
-    return PhasePeak(totals, worst, comps, act.total)
+                       persistent.adapters, a, extra, t)
+    return PhasePeak({name: value + extra for name, value in allocated.items()}, worst, comps,
+                     act.total, device)

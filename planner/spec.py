@@ -71,6 +71,8 @@ class TrainingSpec:
     offload: str = "none"                 # none | optimizer | params
     # mixture of experts (issue 10): None = balanced top-k routing
     capacity_factor: float | None = None
+    # PyTorch's caching allocator (PYTORCH_CUDA_ALLOC_CONF), e.g. "expandable_segments:True"
+    alloc_conf: str | None = None
 
     def replace(self, **changes) -> "TrainingSpec":
         return dataclasses.replace(self, **changes)

@@ -163,13 +163,14 @@ def _history(args) -> str:
 
 
 def _calibrate(args) -> str:
-    from .calibrate import calibrate, calibration_status
+    from .calibrate import calibrate_with_notes, calibration_status
     if args.gpu:
         return render([calibration_status(args.gpu)], args.format)
-    fitted = calibrate(history=args.history, path=args.calibration)
+    fitted, notes = calibrate_with_notes(history=args.history, path=args.calibration)
     if not fitted:
         return "no CUDA burst with allocator and NVML figures in the history: nothing calibrated"
-    return render([{"gpu": k, **v} for k, v in fitted.items()], args.format)
+    text = render([{"gpu": k, **v} for k, v in fitted.items()], args.format)
+    return text + "".join(f"\nnote: {n}" for n in notes) if args.format == "table" else text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ Predicted sizes are the planner's `MemoryBreakdown.sizes` — each component's f
 gradient, the activations stored at the end of the forward) — which is what a measurement counts
 tensor by tensor. `peak` compares the planner's peak without its runtime overhead (CUDA context,
 workspace, allocator slack: `peak_bytes - components.overhead`) with the measured tensor peak;
-`device_peak` (CUDA only) compares the planner's full peak with the memory NVML saw the process use.
+On CUDA, `allocated` compares the planner's `torch.cuda.max_memory_allocated` (tensors, cuBLAS
+workspace, block rounding) with the measured one, `reserved` its `max_memory_reserved` with the
+measured one, and `device_peak` its reserved + CUDA context with the memory NVML saw the process use.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ __all__ = ["COMPARED", "ComponentError", "Comparison", "compare", "predicted_byt
 
 #: components compared by default, in report order.
 COMPARED = ("weights", "gradients", "optimizer_states", "projection", "adapters", "activations",
-            "peak", "device_peak")
+            "peak", "allocated", "reserved", "device_peak")
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,21 @@ def predicted_bytes(prediction) -> dict[str, int]:
         sizes = {n: sum(r.count * getattr(r.memory, n) for r in prediction.rows) for n in names}
         sizes["activations"] = prediction.components.activations
     overhead = prediction.components.overhead
-    return {**sizes, "peak": prediction.peak_bytes - overhead, "device_peak": prediction.peak_bytes}
+    device = getattr(prediction, "device", None)
+    if device is None:
+        return {**sizes, "peak": prediction.peak_bytes - overhead, "device_peak": prediction.peak_bytes}
+    return {**sizes, "peak": prediction.peak_bytes - overhead, "allocated": device.allocated,
+            "reserved": device.reserved, "device_peak": device.total}
 
 
 def _measured(measurement: Measurement) -> dict[str, int]:
     out = {**measurement.components, "peak": measurement.peak_bytes}
-    if "process_used_bytes" in measurement.device_stats:
-        out["device_peak"] = measurement.device_stats["process_used_bytes"]
+    stats = measurement.device_stats
+    if "max_reserved_bytes" in stats:             # CUDA: the allocator's own counters
+        out["allocated"] = measurement.peak_bytes
+        out["reserved"] = stats["max_reserved_bytes"]
+    if "process_used_bytes" in stats:
+        out["device_peak"] = stats["process_used_bytes"]
     return out
 
 

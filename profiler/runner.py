@@ -153,11 +153,13 @@ def _device_stats(fence: Fence, steps: list[dict], nvml_before: int | None) -> d
     return stats
 
 
-def _setup(device: str, seed: int) -> int | None:
+def _setup(device: str, seed: int, alloc_conf: str | None = None) -> int | None:
     torch.manual_seed(seed)
     if device.startswith("cuda"):
         from .nvml import device_used_bytes
         before = device_used_bytes(device)
+        if alloc_conf:            # the spec's PYTORCH_CUDA_ALLOC_CONF, before the first allocation
+            torch.cuda.memory._set_allocator_settings(alloc_conf)
         torch.cuda.set_device(torch.device(device))
         return before
     return None
@@ -166,7 +168,7 @@ def _setup(device: str, seed: int) -> int | None:
 def burst_in_child(report, spec_dict: dict, steps: int, warmup: int, device: str, seed: int = 0) -> dict:
     """Build, warm up, measure `steps` steps; returns a plain dict (see BurstResult)."""
     r = resolve_spec(TrainingSpec(**spec_dict))
-    nvml_before = _setup(device, seed)
+    nvml_before = _setup(device, seed, r.spec.alloc_conf)
     fence, progress = Fence(device), _Progress(report, warmup + steps)
     try:
         return _run(r, steps, warmup, device, seed, fence, progress, nvml_before)

@@ -373,7 +373,7 @@ def _report_page(name: str, data: bytes) -> AppTest:
 
 
 def test_report_csv_reopens_as_a_comparison():
-    rows = compare_records(TrainingSpec(model="llama-350m", gpu="t4", rank=64), precisions=list(PRECISIONS))
+    rows = compare_records(TrainingSpec(model="llama-350m", gpu="a100-40gb", rank=64), precisions=list(PRECISIONS))
     at = _report_page("cmp.csv", render(rows, "csv").encode())
     assert f"{len(rows)} row(s)" in at.success[0].value
     shown = table(at, "method", "peak_bytes_now")
@@ -500,3 +500,18 @@ def test_validate_trace_shows_profiler_compare(monkeypatch, tmp_path):
     at.selectbox(key="val_method").set_value("lora")       # another setup: the old run is not shown
     rerun(at)
     assert "inputs changed since the last run" in " ".join(c.value for c in at.caption)
+
+
+def test_fit_page_shows_allocated_and_reserved_and_a_bad_calibration(tmp_path, monkeypatch):
+    """The device figures are the planner's; a calibration file the planner ignored is a warning
+    that names the field to fix."""
+    bad = tmp_path / "calibration.json"
+    bad.write_text(json.dumps({"version": 1, "gpus": {"rtx-4090": {"context_bytes": -1}}}))
+    monkeypatch.setenv("MEMFIT_CALIBRATION", str(bad))
+    setup = dict(model="llama-1b", method="lora", gpu="rtx-4090", batch=2, seq=512)
+    at = _fit_page(**setup)
+    d = fit_report(TrainingSpec(**setup)).breakdown.device
+    caption = next(c.value for c in at.caption if c.value.startswith("Device memory"))
+    for figure in (d.allocated, d.reserved, d.required, d.context):
+        assert human_bytes(figure) in caption
+    assert any("context_bytes must be" in w.value and str(bad) in w.value for w in at.warning)

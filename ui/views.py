@@ -12,7 +12,7 @@ from planner.format import human_bytes
 from .reports import flat_row, to_csv, to_json
 
 __all__ = ["show_error", "usable", "gpu_grid", "downloads", "bytes_frame", "fit_verdict", "fit_limits", "answer",
-           "suggestion_text", "COMPARE_COLUMNS"]
+           "suggestion_text", "device_memory", "COMPARE_COLUMNS"]
 
 COMPARE_COLUMNS = ["method", "precision", "rank", *(COMPONENT_COLUMNS[c] for c in COMPONENTS), "peak_bytes",
                    "fits", "headroom_bytes"]
@@ -142,3 +142,19 @@ def answer(ans: Mapping) -> list[dict]:
                  hide_index=True, width="stretch", height="content", key="answer_table")
     st.caption("Assumes: " + "; ".join(ans.get("assumptions", [])))
     return [flat_row(r) for r in results]
+
+
+def device_memory(b) -> None:
+    """The step's device memory as the caching allocator holds it, and where the constants came
+    from (a calibration file that was ignored is a warning)."""
+    d = b.device
+    if d is None:
+        return
+    st.caption(f"Device memory: allocated {human_bytes(d.allocated)} (torch.cuda.max_memory_allocated), "
+               f"reserved {human_bytes(d.reserved)} on a GPU with room (max_memory_reserved), "
+               f"at least {human_bytes(d.required)} reserved when memory is short, CUDA context "
+               f"{human_bytes(d.context)}: the peak above is {human_bytes(d.required + d.context)}; "
+               f"nvidia-smi on a larger GPU shows about {human_bytes(d.total)}. "
+               f"Constants: {b.overhead.source if b.overhead else 'defaults'}.")
+    for problem in (b.overhead.problems if b.overhead else ()):
+        st.warning(problem)

@@ -36,3 +36,17 @@ def test_custom_capacity(query, mib):
 def test_unknown_gpu_suggests():
     with pytest.raises(ValueError, match="did you mean rtx-4090"):
         get_gpu("rtx 4099")
+
+
+def test_catalog_knows_bf16_and_fp8_support():
+    """bf16 from compute capability 8.0 (Ampere), fp8 from 8.9 (Ada); AMD CDNA2/CDNA3 by arch."""
+    for gpu in GPU_CATALOG.values():
+        assert isinstance(gpu.bf16, bool) and isinstance(gpu.fp8, bool), gpu.name
+        if gpu.vendor == "nvidia":
+            major, minor = map(int, gpu.compute_capability.split("."))
+            assert gpu.bf16 == ((major, minor) >= (8, 0)), gpu.name
+            assert gpu.fp8 == ((major, minor) >= (8, 9)), gpu.name
+    assert [get_gpu(n).bf16 for n in ("t4", "v100-16gb", "v100-32gb")] == [False, False, False]
+    assert all(get_gpu(n).bf16 for n in ("a100", "4090", "h100", "rtx-5090", "l4", "mi250", "mi300x"))
+    assert get_gpu("h100").fp8 and get_gpu("mi300x").fp8 and not get_gpu("a100").fp8
+    assert get_gpu("24GB").bf16 is None          # a bare capacity: not known

@@ -21,7 +21,7 @@ def _measured(prediction, scale=1.0, **extra):
 def test_exact_measurement_gives_zero_errors(prediction):
     c = compare(prediction, _measured(prediction))
     assert c.method == "galore" and c.mode == "burst"
-    assert c.components == tuple(n for n in COMPARED if n != "device_peak")
+    assert c.components == tuple(n for n in COMPARED if n not in ("allocated", "reserved", "device_peak"))
     assert all(row.abs_error == 0 and row.relative_error == 0 for row in c.rows)
 
 
@@ -37,11 +37,23 @@ def test_errors_are_predicted_minus_measured_over_measured(prediction):
 
 def test_peak_excludes_the_planners_runtime_overhead_and_device_peak_includes_it(prediction):
     predicted = predicted_bytes(prediction)
+    d = prediction.device
     assert prediction.components.overhead > 0
     assert predicted["peak"] == prediction.peak_bytes - prediction.components.overhead
-    assert predicted["device_peak"] == prediction.peak_bytes
-    m = _measured(prediction, device_stats={"process_used_bytes": prediction.peak_bytes + 10})
+    assert predicted["device_peak"] == d.reserved + d.context        # nvidia-smi on a device with room
+    m = _measured(prediction, device_stats={"process_used_bytes": d.reserved + d.context + 10})
     assert compare(prediction, m)["device_peak"].abs_error == -10
+
+
+def test_cuda_measurements_compare_allocated_and_reserved(prediction):
+    """A CUDA burst reports the allocator's counters: max_memory_allocated as its peak and
+    max_memory_reserved; the planner's figures for both are compared with them."""
+    d = prediction.device
+    m = _measured(prediction, device_stats={"max_reserved_bytes": d.reserved - 100})
+    m = Measurement(**{**m.to_record(), "peak_bytes": d.allocated + 7})
+    c = compare(prediction, m)
+    assert c["allocated"].abs_error == -7 and c["reserved"].abs_error == 100
+    assert d.allocated >= prediction.peak_bytes - prediction.components.overhead
 
 
 def test_zero_measured_bytes():
