@@ -100,4 +100,6 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
     return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
                            components=peak.components, rows=tuple(rows), gpu=gpu,
                            assumptions=r.assumptions, phases=peak.phases, peak_phase=peak.peak_phase,
-                           sizes=replace(sizes, activations=peak.activations), overhead=overhead)
+                           sizes=replace(sizes, activations=peak.activations), overhead=overhead,
+                           activation_detail=peak.detail, layer_activations=peak.layer_activations,
+                           outside_activations=peak.outside_activations)

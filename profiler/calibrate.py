@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import tempfile
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -91,10 +92,12 @@ def write_calibration(fitted: dict[str, dict], path: str | os.PathLike | None = 
     return target
 
 
-def calibrate(records: list[dict] | None = None, *, history=None, path=None) -> dict[str, dict]:
+def calibrate(records: list[dict] | None = None, *, history=None, path=None,
+              warn: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit from `records` (burst records; default: every burst in the history `history`), write
     the file and record a "calibration" entry in that history (`history=False`: none).
-    Returns what was fitted ({} when no CUDA burst had the figures: nothing is written)."""
+    Returns what was fitted ({} when no CUDA burst had the figures: nothing is written);
+    `warn(text)` hears why the history could not record the calibration."""
     if records is None:
         from .history import entries
         records = [e.result for e in entries(history or None, kind="burst")] if history is not False else []
@@ -102,9 +105,11 @@ def calibrate(records: list[dict] | None = None, *, history=None, path=None) -> 
     if fitted:
         target = write_calibration(fitted, path)
         if history is not False:
-            from .history import record
-            record("calibration", {"path": str(target), "gpus": fitted}, device="cuda",
-                   status="ok", path=history or None)
+            from .history import record_safely
+            warning = record_safely("calibration", {"path": str(target), "gpus": fitted}, device="cuda",
+                                    status="ok", path=history or None)
+            if warning and warn is not None:
+                warn(warning)
     return fitted
 
 

@@ -5,11 +5,6 @@ the matrices) is what the user reads; a widget only disables what a method does 
 """
 from __future__ import annotations
 
-import hashlib
-import re
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from planner import GPU_CATALOG, METHODS, TrainingSpec, model_names
@@ -18,6 +13,8 @@ from planner.methods import PROJ_TYPES
 from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS
 
 from . import cached
+from .uploads import MAX_CONFIG_BYTES, UPLOAD_DIR, check_size, save_upload
+from .views import show_error
 
 __all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs",
            "save_upload", "DEFAULT_GPU", "UPLOAD_DIR"]
@@ -25,18 +22,6 @@ __all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_in
 DEFAULT_GPU = "rtx-4090"
 CUSTOM = "custom capacity"
 DEFAULT_FORMAT = "default"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "memfit-configs"
-
-
-def save_upload(name: str, data: bytes) -> str:
-    """Store an uploaded config.json under a content-addressed path; the planner takes a path (and
-    caches the parsed model per file version, so the same upload is parsed once)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "config.json"
-    path = UPLOAD_DIR / hashlib.sha256(data).hexdigest()[:16] / (safe if safe.endswith(".json") else safe + ".json")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return str(path)
 
 
 def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
@@ -50,6 +35,11 @@ def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
                                    "the meta device (never remote code).")
     if upload is None:
         st.info("Upload a model's config.json to size it.")
+        return None
+    try:
+        check_size(upload.name, upload.size, MAX_CONFIG_BYTES, "config.json")
+    except ValueError as err:
+        show_error(err, "Cannot read this file")
         return None
     return save_upload(upload.name, upload.getvalue())
 
@@ -89,7 +79,7 @@ def _format(label: str, key: str, help: str) -> str | None:
 
 
 def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bit",
-                default_model: str = "llama-7b") -> TrainingSpec | None:
+                default_model: str = "llama-7b", default_precision: str = "bf16") -> TrainingSpec | None:
     """Every TrainingSpec field as a widget (keys prefixed with `key`); None until a model is chosen."""
     model = model_input(f"{key}_model", default_model)
     method_id = method_select(f"{key}_method", default_method) if method else "adamw"
@@ -102,6 +92,7 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                            key=f"{key}_rank", disabled="rank" not in takes,
                            help="Only for adapter and projection methods.")
     precision = st.selectbox("Precision", list(PRECISIONS), key=f"{key}_precision",
+                             index=list(PRECISIONS).index(default_precision),
                              help="bf16: pure bf16 (as the GaLore code trains); mixed: bf16 weights and "
                                   "gradients with an fp32 master copy and fp32 states.")
     with st.expander("Bit widths"):

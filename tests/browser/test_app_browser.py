@@ -135,7 +135,7 @@ def test_validate_trace_sets_measured_beside_predicted(page, app_url, shots):
     page.get_by_role("button", name="Run a trace").click()
     page.get_by_text("Predicted vs measured").wait_for(timeout=120_000)
     verdict = page.locator('[data-testid="stAlertContentSuccess"]').first.inner_text()
-    assert verdict.startswith("trace of llama-60m with galore")
+    assert verdict.startswith("trace of llama-60m (58.07M parameters) with galore")
     page.get_by_text("Validation history").wait_for()
     _shot(page, shots / "validate_trace.png")
 
