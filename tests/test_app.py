@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from planner import GPU_CATALOG, METHODS, TrainingSpec, estimate
+from planner import COMPONENTS, GPU_CATALOG, METHODS, TrainingSpec, estimate
 from planner.ask import ask
 from planner.comparison import compare_records
 from planner.fit import fit_report
@@ -80,10 +80,13 @@ def capacity_label(fig: dict) -> str:
     return fig["layout"]["annotations"][0]["text"]
 
 
+def table_frame(at: AppTest, *columns: str):
+    """The first table that has all of `columns` (AppTest does not expose a table's key)."""
+    return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
+
+
 def table(at: AppTest, *columns: str) -> list[dict]:
-    """Rows of the first table that has all of `columns` (AppTest does not expose a table's key)."""
-    frames = [d.value for d in at.dataframe]
-    return next(f for f in frames if set(columns) <= set(f.columns)).to_dict("records")
+    return table_frame(at, *columns).to_dict("records")
 
 
 # ------------------------------------------------------------------------------------ landing
@@ -118,6 +121,21 @@ def test_landing_says_what_would_make_the_named_method_fit():
     row = next(r for r in table(at, "method", "to make it fit") if r["method"] == "galore-8bit")
     first = expected["suggestions"][0]
     assert f"{first['description']} (peak {human_bytes(first['peak_bytes'])})" in row["to make it fit"]
+
+
+def test_landing_table_puts_the_verdict_first_and_gives_the_advice_room():
+    """Nothing fits llama-2-13b at batch 8 x 2048 on a 3090; the advice (up to 86 characters) sits
+    right after the verdict, in a wide column whose rows are tall enough to wrap it (checked in
+    Chromium: tests/browser, artifacts/screenshots/landing_nothing_fits.png)."""
+    at = run(APP)
+    at.text_input(key="question").input("llama-2-13b on a 3090 batch 8 seq 2048")
+    rerun(at)
+    frame = at.dataframe[0]
+    assert list(frame.value.columns) == ["method", "fits", "peak", "headroom", "to make it fit", "largest batch"]
+    config = json.loads(frame.proto.columns)
+    assert config["to make it fit"]["width"] == "large"
+    longest = max(len(v) for v in frame.value["to make it fit"])
+    assert longest > 80 and frame.proto.row_height >= 70
 
 
 @pytest.mark.parametrize("question, message", [
@@ -258,6 +276,36 @@ def test_fit_page_uploaded_config_json_is_sized():
     assert "tiny-llama" in read(at.success[0]) and human_bytes(report.peak_bytes) in read(at.success[0])
 
 
+@pytest.mark.slow
+def test_an_uploaded_model_is_named_with_its_parameter_count_and_shown_as_text():
+    """A user's "Qwen3-8B.json" keeps its name on disk; verdict and chart titles give the
+    planner's name for the model and its parameter count. A name that is Markdown (from
+    `_name_or_path`) is shown as its characters."""
+    from ui.inputs import save_upload
+    plain = {k: v for k, v in TINY_LLAMA.items() if k != "_name_or_path"}
+    data = json.dumps(plain).encode()
+    at = _upload(run(PAGE["Fit_check"]), "Qwen3-8B.json", data)
+    b = fit_report(TrainingSpec(model=save_upload("Qwen3-8B.json", data), method="galore-8bit", gpu="rtx-4090")).breakdown
+    assert save_upload("Qwen3-8B.json", data).endswith("/Qwen3-8B.json")
+    label = f"{b.model} ({b.n_params / 1e6:.2f}M parameters"
+    verdict = read((at.success or at.error)[0])
+    assert verdict.startswith(f"**{b.model}** ({b.n_params / 1e6:.2f}M parameters")
+    assert all(fig["layout"]["title"]["text"].startswith(label) for fig in charts(at)[:2])
+
+    evil = json.dumps({**plain, "_name_or_path": "**big** [x](http://evil.example) :red[r]"}).encode()
+    at = _upload(run(PAGE["Fit_check"]), "evil.json", evil)
+    verdict = (at.success or at.error)[0]
+    assert read(verdict).startswith("**" + "**big** [x](http://evil.example) :red[r]" + "** (")
+    assert "[x](http" not in verdict.value and ":red[" not in verdict.value
+
+
+def test_fit_page_refuses_a_config_json_over_the_limit():
+    from ui.uploads import MAX_CONFIG_BYTES
+    at = _upload(run(PAGE["Fit_check"]), "big.json", b" " * (MAX_CONFIG_BYTES + 1))
+    assert "big.json is 1.00 MiB; a config.json may be at most 1.00 MiB" in read(at.error[0])
+    assert not at.get("plotly_chart")
+
+
 # ---------------------------------------------------------------------------- compare methods
 def test_compare_table_and_chart_equal_compare_records():
     at = run(PAGE["Compare_methods"])
@@ -273,6 +321,14 @@ def test_compare_table_and_chart_equal_compare_records():
     bf16 = {m: y * GIB for m, y in zip(fig["data"][0]["x"], fig["data"][0]["y"])}
     assert bf16 == pytest.approx({r["method"]: r["peak_bytes"] for r in rows if r["precision"] == "bf16"})
     assert capacity_label(fig).startswith("a100-40gb: ")
+
+
+def test_compare_table_shows_fit_peak_and_headroom_before_the_components():
+    at = run(PAGE["Compare_methods"])
+    columns = list(table_frame(at, "method", "precision", "peak_bytes").columns)
+    assert columns[:6] == ["method", "precision", "rank", "fits", "peak_bytes", "headroom_bytes"]
+    assert columns[6:] == [f"{c}_bytes" for c in COMPONENTS]
+    assert charts(at)[0]["layout"]["title"]["text"].startswith("llama-7b (6.74B parameters)")
 
 
 def test_compare_csv_is_the_cli_csv():
@@ -406,6 +462,56 @@ def test_report_flags_rows_the_planner_now_disagrees_with():
 def test_report_bad_upload_is_an_inline_message(data, message):
     at = _report_page("x.csv", data)
     assert message in read(at.error[0])
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("inf", "column 'peak_bytes' holds 'inf': a report's numbers must be finite"),
+    ("-inf", "must be finite"), ("1e999", "must be finite"), ("NaN", "has no peak"),
+])
+def test_report_with_non_finite_numbers_is_an_inline_message(cell, message):
+    data = f"model,method,peak_bytes\nllama-7b,adamw,{cell}\n".encode()
+    at = _report_page("x.csv", data)
+    if message == "has no peak":          # nan is an empty cell: the row re-opens, marked changed
+        assert "1 row(s) differ" in read(at.warning[0])
+    else:
+        assert message in read(at.error[0])
+
+
+def test_report_too_large_is_refused_with_the_limit():
+    from ui.uploads import MAX_REPORT_BYTES
+    data = b"model,method,peak_bytes\n" + b"llama-7b,adamw,1\n" * (MAX_REPORT_BYTES // 17 + 1)
+    at = _report_page("huge.csv", data)
+    assert f"huge.csv is {human_bytes(len(data))}; a report may be at most 2.00 MiB" in read(at.error[0])
+
+
+def test_report_never_reads_a_server_file_it_names(tmp_path, monkeypatch):
+    """A report row naming a path is refused unless the path is a config.json uploaded to this
+    app; the refused file is never opened (it is a valid config: before the fix it was sized)."""
+    import builtins
+    from ui import uploads
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
+    secret = tmp_path / "server-side.json"
+    secret.write_text(json.dumps(TINY_LLAMA))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    rows = compare_records(TrainingSpec(model="llama-130m", gpu="t4"), ["adamw"])
+    bad = [{**rows[0], "model": value} for value in ("/etc/passwd", str(secret), "../../etc/shadow.json")]
+    at = _report_page("paths.csv", render(rows + bad, "csv").encode())
+    warning = read(at.warning[0])
+    assert f"model '{secret}' is a file path: a report may name a catalog model or a config.json uploaded" in warning
+    assert "'/etc/passwd' is a file path" in warning
+    shown = table(at, "model", "peak_bytes_now")
+    assert shown[0]["peak_bytes_now"] == human_bytes(rows[0]["peak_bytes"])       # the catalog row is re-checked
+    assert all(r["peak_bytes_now"] == "" for r in shown[1:])
+    assert not [f for f in opened if "passwd" in f or "shadow" in f or f == str(secret)]
+
+
+def test_report_names_from_the_file_are_shown_as_text():
+    rows = compare_records(TrainingSpec(model="llama-130m", gpu="t4"), ["adamw"])
+    at = _report_page("**bold** [x](http://evil.example).csv", render(rows, "csv").encode())
+    assert "**bold** [x](http://evil.example).csv: 1 row(s)" in read(at.success[0])
+    assert "**bold**" not in at.success[0].value and "](http" not in at.success[0].value
 
 
 # --------------------------------------------------------------------------------- validate
