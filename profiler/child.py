@@ -192,6 +192,32 @@ def _receive(conn, proc, start: float, deadline: float, on_progress, on_tick,
             on_progress(payload)
 
 
+def _start(proc, start: float, on_tick) -> None:
+    """Start the child. The first start of a fork server imports torch and transformers there
+    (seconds), so the start runs in a thread while the caller's heartbeat keeps ticking; if the
+    heartbeat raises, the start is waited for, so that the caller can stop the child."""
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            with _main_not_reimported():
+                proc.start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    starter = threading.Thread(target=launch, daemon=True, name="memfit-child-start")
+    starter.start()
+    try:
+        while starter.is_alive():
+            starter.join(TICK_S)
+            if starter.is_alive() and on_tick is not None:
+                on_tick(time.monotonic() - start, None)
+    finally:
+        starter.join()
+    if failure:
+        raise failure[0]
+
+
 def check_timeout(timeout) -> float:
     """A time limit in seconds: a positive finite number, else a ValueError saying so."""
     try:
@@ -222,12 +248,12 @@ def run_in_child(target: Callable | str, *args, timeout: float = 600.0,
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(send_conn, target, args), daemon=True)
     start = time.monotonic()
-    with _main_not_reimported():
-        proc.start()
-    send_conn.close()
     try:
+        _start(proc, start, on_tick)
+        send_conn.close()
         status, payload, last = _receive(recv_conn, proc, start, start + timeout, on_progress, on_tick, cancel)
     finally:
+        send_conn.close()
         if proc.is_alive():
             proc.join(1)
         _stop(proc)

@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_usage_statistics_are_off_in_the_projects_streamlit_config():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["browser"]["gatherUsageStats"] is False
+    # the grid's own CSV export does not neutralise formulas: only the app's downloads remain
+    assert config["client"]["disableDataExport"] is True
 
 
 def test_streamlit_started_from_the_repo_root_reads_that_config(tmp_path):
@@ -23,7 +25,7 @@ def test_streamlit_started_from_the_repo_root_reads_that_config(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert "\ngatherUsageStats = false\n" in shown
-    assert "\nmaxUploadSize = 5\n" in shown
+    assert "\nmaxUploadSize = 5\n" in shown and "\ndisableDataExport = true\n" in shown
     elsewhere = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=tmp_path, env=env,
                                capture_output=True, text=True, check=True).stdout
     assert "\n# gatherUsageStats = true\n" in elsewhere     # the default (shown commented out): the file decides

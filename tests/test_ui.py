@@ -305,3 +305,12 @@ def test_burst_clock_moves_within_a_phase_and_every_second():
     # half-way through a forward that took 10 s last time: 3 phases done + 0.5 of 9
     assert clock.fraction(45.0) == pytest.approx(3.5 / 9)
     assert clock.fraction(100.0) == pytest.approx(3.95 / 9)     # capped below the next phase
+
+
+def test_a_custom_capacity_is_written_as_the_planner_reads_it():
+    """`f"{gib:g}"` wrote 123456789 GiB as "1.23457e+08GB", which the planner rejects."""
+    from ui.inputs import MAX_CUSTOM_GIB, capacity_text
+    assert capacity_text(24.0) == "24GB" and capacity_text(24.125) == "24.125GB"
+    assert capacity_text(123456789.0) == "16384GB" == capacity_text(MAX_CUSTOM_GIB)
+    for gib in (1.0, 1.5, 80.0, 5000.0, MAX_CUSTOM_GIB):
+        assert estimate(TrainingSpec(model="llama-60m", gpu=capacity_text(gib))).gpu.capacity_bytes == int(gib * (1 << 30))

@@ -17,11 +17,13 @@ from .uploads import MAX_CONFIG_BYTES, UPLOAD_DIR, check_size, save_upload
 from .views import show_error
 
 __all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs",
-           "save_upload", "DEFAULT_GPU", "UPLOAD_DIR"]
+           "save_upload", "capacity_text", "DEFAULT_GPU", "UPLOAD_DIR", "MAX_CUSTOM_GIB"]
 
 DEFAULT_GPU = "rtx-4090"
 CUSTOM = "custom capacity"
 DEFAULT_FORMAT = "default"
+#: a custom capacity up to 16 TiB: far above any single device (H200: 141 GB, MI300X: 192 GB)
+MAX_CUSTOM_GIB = 16384.0
 
 
 def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
@@ -69,8 +71,14 @@ def gpu_select(key: str = "gpu") -> str:
     choice = st.selectbox("GPU", names, index=names.index(default), key=key, format_func=label)
     if choice != CUSTOM:
         return choice
-    gib = st.number_input("GPU memory (GiB)", min_value=1.0, value=24.0, step=1.0, key=f"{key}_gib")
-    return f"{gib:g}GB"
+    gib = st.number_input("GPU memory (GiB)", min_value=1.0, max_value=MAX_CUSTOM_GIB, value=24.0, step=1.0,
+                          key=f"{key}_gib")
+    return capacity_text(gib)
+
+
+def capacity_text(gib: float) -> str:
+    """A capacity the planner reads, in plain digits ("123456789GB", never "1.23457e+08GB")."""
+    return f"{min(gib, MAX_CUSTOM_GIB):.3f}".rstrip("0").rstrip(".") + "GB"
 
 
 def _format(label: str, key: str, help: str) -> str | None:

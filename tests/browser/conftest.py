@@ -59,7 +59,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, chromium):
+def app_server(tmp_path_factory, chromium):
+    """(url, process) of a real `streamlit run app.py` from the repository root."""
     port = _free_port()
     # usage statistics stay off through the project's .streamlit/config.toml, as for a user
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -69,7 +70,7 @@ def app_url(tmp_path_factory, chromium):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
@@ -77,6 +78,11 @@ def app_url(tmp_path_factory, chromium):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(app_server) -> str:
+    return app_server[0]
 
 
 @pytest.fixture(scope="module")
