@@ -97,20 +97,20 @@ def _set_parent_death_signal() -> None:
 
 def _watch_caller(fd: int, parent: int) -> None:
     """Kill this process once nobody can read its results: the caller (which holds the pipe's
-    only read end) has gone, or the parent that started us has (our parent pid changes)."""
-    watcher = select.poll()
-    watcher.register(fd, 0)        # POLLERR / POLLHUP are always reported: no reader is left
+    only read end) has gone, or the parent that started us has (our parent pid changes). `fd` is
+    this thread's own duplicate of the pipe's write end, so it stays valid to the end."""
+    watcher = select.poll() if hasattr(select, "poll") else None     # no poll(): the parent check alone
+    if watcher is not None:
+        watcher.register(fd, 0)    # POLLERR / POLLHUP are always reported: no reader is left
     while True:
-        events = watcher.poll(1000)
-        if any(ev & select.POLLNVAL for _, ev in events):
-            return                 # we closed the pipe ourselves: the child is finishing
+        events = watcher.poll(1000) if watcher is not None else time.sleep(1) or []
         if events or os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _die_with_caller(conn) -> None:
     _set_parent_death_signal()
-    threading.Thread(target=_watch_caller, args=(conn.fileno(), os.getppid()), daemon=True,
+    threading.Thread(target=_watch_caller, args=(os.dup(conn.fileno()), os.getppid()), daemon=True,
                      name="memfit-caller-watch").start()
 
 
