@@ -4,6 +4,7 @@ import streamlit as st
 from planner import GPU_CATALOG, METHODS
 from planner.spec import PRECISIONS
 from ui import analysis, cached, charts, inputs, views
+from ui.text import md
 
 st.set_page_config(page_title="memfit · Compare methods", layout="wide")
 st.title("Compare methods")
@@ -21,8 +22,10 @@ if table.open:
     with table:
         rows = cached.compare(spec, tuple(precisions))
         if (fit := views.usable(rows)) is not None:
-            st.plotly_chart(charts.grouped_peaks(rows, *fit), key="cmp_chart")
-            st.dataframe(views.bytes_frame(rows, views.COMPARE_COLUMNS), hide_index=True, key="cmp_table")
+            label = cached.model_label(spec.model)
+            st.plotly_chart(charts.grouped_peaks(rows, *fit, title=f"{label}: peak memory per method"),
+                            key="cmp_chart")
+            views.show_table(rows, views.COMPARE_COLUMNS, "cmp_table")
             views.downloads(rows, "memfit-compare", "cmp")
 
 if sweeps.open:
@@ -39,10 +42,11 @@ if sweeps.open:
             views.show_error(err)
         else:
             if (fit := views.usable(rows)) is not None:
-                st.plotly_chart(charts.sweep_lines(rows, field, *fit), key="cmp_sweep_chart")
+                st.plotly_chart(charts.sweep_lines(rows, field, *fit, title=cached.model_label(spec.model)),
+                                key="cmp_sweep_chart")
                 skipped = sorted({r["error"] for r in rows if r["error"]})
                 if skipped:
-                    st.caption("Not shown: " + "; ".join(skipped))
+                    st.caption("Not shown: " + md("; ".join(skipped)))
                 views.downloads(rows, f"memfit-sweep-{field}", "cmp_sweep")
 
 if gpus.open:
@@ -54,5 +58,6 @@ if gpus.open:
         if st.session_state.get("cmp_gpus_requested"):
             rows = views.gpu_grid(spec)
             if views.usable(rows) is not None:
-                st.plotly_chart(charts.fit_heatmap(rows), key="cmp_heatmap")
+                st.plotly_chart(charts.fit_heatmap(rows, title=f"{cached.model_label(spec.model)}: which method "
+                                                   "fits on which GPU"), key="cmp_heatmap")
                 views.downloads(rows, "memfit-gpus", "cmp_gpus")

@@ -42,6 +42,5 @@ with c2:
 if model is not None:
     rows = cached.compare(TrainingSpec(model=model, gpu=gpu))
     if views.usable(rows) is not None:
-        st.dataframe(views.bytes_frame(rows, views.COMPARE_COLUMNS), hide_index=True, height="content",
-                     key="methods_table")
+        views.show_table(rows, views.COMPARE_COLUMNS, "methods_table", height="content")
         views.downloads(rows, "memfit-methods-stores", "methods")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .device_memory import DeviceMemory
+from .activations import ActivationBreakdown
 from .gpus import Gpu
 from .overhead import Overhead
 from .spec import TrainingSpec
@@ -67,6 +68,8 @@ class MemoryBreakdown:
     `components` are the bytes resident at the peak (they sum to `peak_bytes`); `sizes` are each
     component's full size (all gradients, all stored activations) — what a profiler measures
     tensor by tensor; `phases` is each phase's total and `peak_phase` the worst.
+    `activation_detail` is the activation model's breakdown; `layer_activations` and
+    `outside_activations` split the stored activations (`sizes.activations`) by decoder layer.
     """
     spec: TrainingSpec
     model: str
@@ -80,6 +83,9 @@ class MemoryBreakdown:
     sizes: Components = Components()     # each component's full size (every gradient, stored activations)
     overhead: Overhead | None = None
     device: DeviceMemory | None = None   # allocated, reserved, required and context (planner.device_memory)
+    activation_detail: ActivationBreakdown | None = None
+    layer_activations: tuple[int, ...] = ()
+    outside_activations: int = 0
 
     @property
     def peak_bytes(self) -> int:
@@ -95,14 +101,30 @@ class MemoryBreakdown:
     def headroom_bytes(self) -> int | None:
         return None if self.gpu is None else self.gpu.capacity_bytes - self.peak_bytes
 
-    def per_layer(self) -> dict[str, int]:
-        """Bytes per decoder layer index ("layer 0", ...) and for everything outside the stack."""
-        out: dict[str, int] = {}
+    def per_layer_components(self) -> dict[str, dict[str, int]]:
+        """Per decoder layer ("layer 0", ...) and for everything outside the stack ("outside
+        layers"), the full size of each component it holds: its parameters' weights, gradients,
+        optimizer states, projections and adapters, and the activations it stores at the end of
+        the forward pass. Summed, they are `sizes` without the overhead and temporaries."""
+        names = ("weights", "gradients", "optimizer_states", "projection", "adapters")
+        out: dict[str, dict[str, int]] = {}
         for row in self.rows:
             for i in row.layers or [None]:
-                key = "outside layers" if i is None else f"layer {i}"
-                out[key] = out.get(key, 0) + row.memory.total
+                part = out.setdefault("outside layers" if i is None else f"layer {i}", dict.fromkeys(names, 0))
+                for name, value in zip(names, row.memory.astuple()):
+                    part[name] += value
+        held = {f"layer {i}": v for i, v in enumerate(self.layer_activations)}
+        held["outside layers"] = self.outside_activations
+        for key, value in held.items():
+            out.setdefault(key, dict.fromkeys(names, 0))["activations"] = value
+        for part in out.values():
+            part.setdefault("activations", 0)
         return out
+
+    def per_layer(self) -> dict[str, int]:
+        """Bytes per decoder layer index ("layer 0", ...) and for everything outside the stack,
+        stored activations included (`per_layer_components` summed)."""
+        return {key: sum(part.values()) for key, part in self.per_layer_components().items()}
 
     def to_record(self) -> dict:
         """JSON-ready: integer bytes under `components`, the full spec, the fit."""

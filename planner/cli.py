@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from .breakdown import COMPONENT_COLUMNS, COMPONENTS
 from .format import human_bytes, render
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    PRECISIONS, SHARDINGS, TrainingSpec)
 
-__all__ = ["main", "build_parser", "spec_from_args", "run_command"]
+__all__ = ["main", "build_parser", "spec_from_args", "run_command", "check_output", "EXIT_PIPE"]
 
 
 def _on_off(text: str) -> bool:
@@ -206,26 +208,68 @@ def _listing(args) -> str:
     return render(rows, args.format)
 
 
-def run_command(handler, args: argparse.Namespace) -> int:
-    """Run a subcommand: its text to --output or stdout; a ValueError becomes a one-line error, exit 2."""
+#: exit status when standard output is closed under us (`... | head -1`): what a Unix tool
+#: killed by SIGPIPE reports (128 + 13), without a traceback
+EXIT_PIPE = 141
+
+
+def check_output(path: str) -> None:
+    """ValueError unless `path` can be written as a file, checked before any work is done (so a
+    long profiler run is never lost to a mistyped --output)."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"--output {path!r} is a directory: name a file in it")
+    if not folder.is_dir():
+        raise ValueError(f"--output {path!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"--output {path!r} is not writable here")
+
+
+def _emit(text: str, output: str | None) -> None:
+    text = text if text.endswith("\n") else text + "\n"
+    if output:
+        try:
+            with open(output, "w") as fh:
+                fh.write(text)
+        except OSError as err:        # the disk filled, the folder went away since the check
+            raise ValueError(f"cannot write --output {output!r}: {err.strerror or err}") from None
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()            # a closed pipe shows here, not in the interpreter's exit
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays quiet."""
     try:
-        text = handler(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def run_command(handler, args: argparse.Namespace) -> int:
+    """Run a subcommand: its text to --output or stdout. A ValueError — a bad flag value, an
+    --output that cannot be written — is a one-line error, exit 2; a closed pipe ends quietly
+    (EXIT_PIPE); Ctrl-C says "cancelled", exit 130. Never a traceback."""
+    output = getattr(args, "output", None)
+    try:
+        if output:
+            check_output(output)
+        _emit(handler(args), output)
     except ValueError as err:
         partial = getattr(err, "text", None)    # what could be computed is still shown
         if partial:
-            _emit(partial, args)
+            _emit(partial, output)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _emit(text, args)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return 130
     return 0
-
-
-def _emit(text: str, args: argparse.Namespace) -> None:
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-    else:
-        print(text)
 
 
 def main(argv: list[str] | None = None) -> int:

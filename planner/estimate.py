@@ -92,4 +92,6 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
                            assumptions=r.assumptions + overhead.problems, phases=peak.phases,
                            peak_phase=peak.peak_phase,
                            sizes=replace(sizes, activations=peak.activations), overhead=overhead,
-                           device=peak.device)
+                           device=peak.device, activation_detail=peak.detail,
+                           layer_activations=peak.layer_activations,
+                           outside_activations=peak.outside_activations)

@@ -4,8 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
-__all__ = ["human_bytes", "render", "table"]
+__all__ = ["human_bytes", "render", "table", "csv_safe", "csv_unsafe", "FORMULA_PREFIXES"]
+
+#: what a spreadsheet reads as the start of a formula (OWASP, "CSV Injection":
+#: https://owasp.org/www-community/attacks/CSV_Injection): = + - @, tab and carriage return.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+#: a plain decimal number is data to a spreadsheet, never a formula, so it is left as it is
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def human_bytes(n: int | None) -> str:
@@ -20,6 +27,26 @@ def human_bytes(n: int | None) -> str:
     return f"{sign}{n:.2f} TiB"
 
 
+def csv_safe(value):
+    """A CSV cell a spreadsheet cannot run: a string that starts like a formula gets a leading
+    single quote (OWASP's advice); numbers, and strings that are plain numbers, stay as they are.
+
+    >>> csv_safe("=1+1"), csv_safe("@SUM(A1)"), csv_safe(-3), csv_safe("-3.5"), csv_safe("llama-7b")
+    ("'=1+1", "'@SUM(A1)", -3, '-3.5', 'llama-7b')
+    """
+    # a string that already starts with quotes before a formula gets one more, so that
+    # `csv_unsafe` gives back exactly this string
+    if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_PREFIXES) \
+            and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_unsafe(text: str) -> str:
+    """The cell `csv_safe` was given: the inverse, for reading a memfit CSV back."""
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_PREFIXES) else text
+
+
 def table(rows: list[dict], columns: list[str] | None = None) -> str:
     """A plain aligned text table."""
     if not rows:
@@ -32,7 +59,8 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def render(rows: list[dict], fmt: str, columns: list[str] | None = None, payload=None) -> str:
-    """`rows` as table/csv; JSON dumps `payload` when given (the records), else the rows."""
+    """`rows` as table/csv; JSON dumps `payload` when given (the records), else the rows.
+    CSV cells that a spreadsheet would run as formulas are neutralised (`csv_safe`)."""
     if fmt == "json":
         return json.dumps(payload if payload is not None else rows, indent=2)
     if fmt == "csv":
@@ -40,6 +68,6 @@ def render(rows: list[dict], fmt: str, columns: list[str] | None = None, payload
         union = list(dict.fromkeys(k for row in rows for k in row))   # every row's columns, first-seen order
         writer = csv.DictWriter(out, fieldnames=columns or union, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in rows)
         return out.getvalue()
     return table(rows, columns)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activations import activation_memory
+from .activations import ActivationBreakdown, activation_memory
 from .breakdown import Components, Row
 from .device_memory import DeviceMemory, device_memory
+from .dtypes import tensor_bytes
 from .overhead import Overhead
 from .resolve import Resolved
 
-__all__ = ["PhasePeak", "phase_peaks", "PHASES"]
+__all__ = ["PhasePeak", "phase_peaks", "layer_activations", "PHASES"]
 
 PHASES = ("forward_backward", "optimizer_step", "projection_refresh")
 
@@ -38,6 +39,9 @@ class PhasePeak:
     components: Components        # resident at the peak; sums to the peak
     activations: int              # activation bytes stored at the end of the forward pass
     device: DeviceMemory | None = None   # allocated, reserved and context at the peak
+    detail: ActivationBreakdown | None = None
+    layer_activations: tuple[int, ...] = ()    # of `activations`, held by each decoder layer
+    outside_activations: int = 0               # of `activations`, held outside the stack
 
 
 def _activations(r: Resolved, kernels: str):
@@ -49,6 +53,25 @@ def _activations(r: Resolved, kernels: str):
                              lora_dtype=r.adapter if adapters else None,
                              lora_dropout=spec.lora_dropout if adapters else 0.0,
                              lora_targets=r.lora_targets if adapters else None, kernels=kernels)
+
+
+def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int, ...], int]:
+    """The stored activations (`act.total`) split into each decoder layer's and the rest.
+
+    Without checkpointing a layer holds its saved tensors (`per_layer`) and its adapters' extras
+    (`lora` / L); layer 0 holds less by what a frozen input spares it (L·per_layer − layers, LoRA
+    only). With full checkpointing a layer holds its input, b·s·h in the activation dtype; what
+    every checkpoint shares (an eager causal mask, position ids) is made before the stack. Outside
+    the layers: the embeddings' saved tensors, the head's inputs, the logits (and those shared
+    tensors). The parts sum to `act.total`.
+    """
+    layers = r.model.num_layers
+    if r.spec.checkpointing == "full":
+        held = [tensor_bytes(r.spec.batch * r.spec.seq * r.model.hidden_size, r.activations)] * layers
+    else:
+        held = [act.per_layer + act.lora // layers] * layers
+        held[0] -= layers * act.per_layer - act.layers
+    return tuple(held), act.total - sum(held)
 
 
 def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
@@ -100,5 +123,6 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     a, g, t = candidates[worst]
     comps = Components(persistent.weights, g, persistent.optimizer_states, persistent.projection,
                        persistent.adapters, a, extra, t)
+    per_layer, outside = layer_activations(act, r)
     return PhasePeak({name: value + extra for name, value in allocated.items()}, worst, comps,
-                     act.total, device)
+                     act.total, device, act, per_layer, outside)

@@ -7,8 +7,10 @@ whose `status` and `message` say what happened ("out of memory at step 3 of 4 du
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 from planner.format import human_bytes
@@ -16,7 +18,7 @@ from planner.resolve import resolve_spec
 from planner.spec import TrainingSpec
 
 from . import history as _history
-from .child import ChildOutcome, run_in_child
+from .child import ChildOutcome, check_timeout, run_in_child
 from .env import versions
 from .results import BurstResult, Failure, Measurement
 
@@ -55,6 +57,8 @@ def burst_message(outcome: ChildOutcome, timeout: float) -> str:
         return f"{err.get('type', 'error')}{where}: {err.get('message', '')}"
     if outcome.status == "timeout":
         return f"timed out after {timeout:g} s{where}"
+    if outcome.status == "cancelled":
+        return f"cancelled after {outcome.seconds:.1f} s{where}"
     code = outcome.exitcode
     if code is not None and code < 0:
         try:
@@ -103,36 +107,44 @@ def normalize_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
 
 
-def record_result(kind: str, result, history) -> None:
-    """Append `result` to the history unless `history` is False (None: the default location)."""
+def record_result(kind: str, result, history):
+    """Append `result` to the history unless `history` is False (None: the default location).
+    Returns the result; when the history cannot take it, with `history_warning` saying why (the
+    result itself is never lost to its record)."""
     if history is False:
-        return
-    _history.record(kind, result.to_record(), spec=result.spec.as_dict(),
-                    device=getattr(result, "device", "fake (trace)"), status=result.status,
-                    versions=result.versions, path=history if history not in (None, True) else None)
+        return result
+    warning = _history.record_safely(kind, result.to_record(), spec=result.spec.as_dict(),
+                                     device=getattr(result, "device", "fake (trace)"), status=result.status,
+                                     versions=result.versions, path=history if history not in (None, True) else None)
+    return dataclasses.replace(result, history_warning=warning) if warning else result
 
 
 def run_burst(spec: TrainingSpec, steps: int = 3, warmup: int = 1, device: str = "cpu", *,
               timeout: float = DEFAULT_TIMEOUT_S, on_progress: Callable[[dict], None] | None = None,
-              seed: int = 0, history: str | os.PathLike | bool | None = None,
+              on_tick: Callable[[float, dict | None], None] | None = None,
+              cancel: threading.Event | None = None, seed: int = 0,
+              history: str | os.PathLike | bool | None = None,
               memory_limit: int | None = None) -> BurstResult:
     """Train `spec` for `warmup` + `steps` steps on `device` in a child process and measure it.
 
-    on_progress(event): called as the child reports {"step": k, "total": n, "phase": ...}.
+    on_progress(event): called as the child reports {"step": k, "total": n, "phase": ...}
+    (step 0, phase "build": the model and optimizer are being built).
+    on_tick(seconds, last_event): called every `profiler.child.TICK_S` while the child runs, for a
+    heartbeat; cancel: an Event that, once set, stops the child (status "cancelled").
     history: where to record the result (None: $MEMFIT_HISTORY or the user data folder;
     False: not recorded). memory_limit: bytes the child may grow by after start-up (its address
     space: a CPU stand-in for a smaller device). Raises ValueError for a spec the planner
-    rejects or a bad device; everything that goes wrong while running is a result.
+    rejects, a bad device or time limit; everything that goes wrong while running is a result.
     """
     resolve_spec(spec)
     device = normalize_device(device)
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     # a CUDA child is spawned: a fresh process owns its CUDA context (forking after CUDA is
     # initialised anywhere in the family is undefined); CPU children fork from the preloaded server
+    timeout = check_timeout(timeout)
     outcome = run_in_child("profiler.runner:burst_entry", spec.as_dict(), steps, warmup, device, seed,
-                           memory_limit, timeout=timeout, on_progress=on_progress,
-                           start_method="spawn" if device.startswith("cuda") else None)
-    result = _result(spec, outcome, steps, warmup, device, timeout)
-    record_result("burst", result, history)
-    return result
+                           memory_limit, timeout=timeout, on_progress=on_progress, on_tick=on_tick,
+                           cancel=cancel, start_method="spawn" if device.startswith("cuda") else None)
+    return record_result("burst", _result(spec, outcome, steps, warmup, device, timeout), history)

@@ -29,6 +29,7 @@ import os
 import re
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -146,15 +147,17 @@ def write_calibration(fitted: dict[str, dict], path: str | os.PathLike | None = 
     return target, notes
 
 
-def calibrate(records: list[dict] | None = None, *, history=None, path=None) -> dict[str, dict]:
+def calibrate(records: list[dict] | None = None, *, history=None, path=None,
+              warn: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Fit from `records` (burst records; default: every burst in the history `history`), write
     the file and record a "calibration" entry in that history (`history=False`: none).
-    Returns what was fitted ({} when no CUDA burst had the figures: nothing is written)."""
-    return calibrate_with_notes(records, history=history, path=path)[0]
+    Returns what was fitted ({} when no CUDA burst had the figures: nothing is written);
+    `warn(text)` hears why the history could not record the calibration."""
+    return calibrate_with_notes(records, history=history, path=path, warn=warn)[0]
 
 
-def calibrate_with_notes(records: list[dict] | None = None, *, history=None,
-                         path=None) -> tuple[dict[str, dict], list[str]]:
+def calibrate_with_notes(records: list[dict] | None = None, *, history=None, path=None,
+                         warn: Callable[[str], None] | None = None) -> tuple[dict[str, dict], list[str]]:
     """`calibrate`, also returning notes about entries of the old file that were not kept."""
     if records is None:
         from .history import entries
@@ -164,9 +167,11 @@ def calibrate_with_notes(records: list[dict] | None = None, *, history=None,
     if fitted:
         target, notes = write_calibration(fitted, path)
         if history is not False:
-            from .history import record
-            record("calibration", {"path": str(target), "gpus": fitted, "notes": notes}, device="cuda",
-                   status="ok", path=history or None)
+            from .history import record_safely
+            warning = record_safely("calibration", {"path": str(target), "gpus": fitted, "notes": notes},
+                                    device="cuda", status="ok", path=history or None)
+            if warning and warn is not None:
+                warn(warning)
     return fitted, notes
 
 

@@ -7,32 +7,49 @@ process (a CLI, a test run, the Streamlit app) never shares memory, CUDA context
 Protocol: `target(report, *args)` runs in the child; `report(dict)` sends a progress event, which
 the parent hands to `on_progress` as it arrives. The child sends exactly one final message,
 ("ok", value) or ("error", description). No final message and a dead child is a crash; a child
-alive at the deadline is killed and reported as a timeout.
+alive at the deadline is killed and reported as a timeout; a child whose `cancel` event is set is
+killed and reported as cancelled.
+
+A child dies with its caller: when the caller's process ends, however abruptly (`kill -9`), the
+read end of the child's result pipe closes and the child kills itself (`_die_with_caller`). Its
+parent may be the fork server rather than the caller, so the kernel's parent-death signal alone
+would not do; the fork server and multiprocessing's resource tracker then exit by themselves,
+once no process holds their pipes.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
+import math
 import multiprocessing as mp
 import os
+import select
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChildOutcome", "run_in_child", "describe_exception", "is_oom", "START_METHOD"]
+__all__ = ["ChildOutcome", "run_in_child", "describe_exception", "is_oom", "check_timeout", "START_METHOD",
+           "TICK_S"]
 
 #: "forkserver" (default: fast, safe with threads) or "spawn"; MEMFIT_START_METHOD overrides.
 START_METHOD = os.environ.get("MEMFIT_START_METHOD", "forkserver")
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 _POLL_S = 0.1
+#: how often `on_tick` is called while the child runs (a page's heartbeat)
+TICK_S = 0.5
+_PR_SET_PDEATHSIG = 1         # linux/prctl.h
 
 
 @dataclass(frozen=True)
 class ChildOutcome:
-    """status: ok | oom | error | crashed | timeout. `value` is the target's return value (ok);
+    """status: ok | oom | error | crashed | timeout | cancelled. `value` is the target's return value (ok);
     `error` describes the exception (oom, error); `progress` is the last event the child reported."""
     status: str
     value: Any = None
@@ -66,7 +83,40 @@ def _resolve(target: Callable | str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+def _set_parent_death_signal() -> None:
+    """Linux: SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG). A no-op
+    elsewhere; `_watch_caller` covers every platform."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch_caller(fd: int, parent: int) -> None:
+    """Kill this process once nobody can read its results: the caller (which holds the pipe's
+    only read end) has gone, or the parent that started us has (our parent pid changes). `fd` is
+    this thread's own duplicate of the pipe's write end, so it stays valid to the end."""
+    watcher = select.poll() if hasattr(select, "poll") else None     # no poll(): the parent check alone
+    if watcher is not None:
+        watcher.register(fd, 0)    # POLLERR / POLLHUP are always reported: no reader is left
+    while True:
+        events = watcher.poll(1000) if watcher is not None else time.sleep(1) or []
+        if events or os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_with_caller(conn) -> None:
+    _set_parent_death_signal()
+    threading.Thread(target=_watch_caller, args=(os.dup(conn.fileno()), os.getppid()), daemon=True,
+                     name="memfit-caller-watch").start()
+
+
 def _child_main(conn, target: Callable | str, args: tuple) -> None:
+    _die_with_caller(conn)
+
     def report(event: dict) -> None:
         conn.send(("progress", event))
     try:
@@ -111,11 +161,18 @@ def _stop(proc) -> None:
         proc.join(5)
 
 
-def _receive(conn, proc, deadline: float, on_progress) -> tuple[str, Any, dict | None]:
-    """Read events until the final message, the child's death or the deadline."""
-    last = None
+def _receive(conn, proc, start: float, deadline: float, on_progress, on_tick,
+             cancel) -> tuple[str, Any, dict | None]:
+    """Read events until the final message, the child's death, the deadline or a cancel."""
+    last, next_tick = None, start + TICK_S
     while True:
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        if cancel is not None and cancel.is_set():
+            return "cancelled", None, last
+        if on_tick is not None and now >= next_tick:
+            on_tick(now - start, last)
+            next_tick = now + TICK_S
+        remaining = deadline - now
         if remaining <= 0:
             return "timeout", None, last
         try:
@@ -135,25 +192,68 @@ def _receive(conn, proc, deadline: float, on_progress) -> tuple[str, Any, dict |
             on_progress(payload)
 
 
+def _start(proc, start: float, on_tick) -> None:
+    """Start the child. The first start of a fork server imports torch and transformers there
+    (seconds), so the start runs in a thread while the caller's heartbeat keeps ticking; if the
+    heartbeat raises, the start is waited for, so that the caller can stop the child."""
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            with _main_not_reimported():
+                proc.start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    starter = threading.Thread(target=launch, daemon=True, name="memfit-child-start")
+    starter.start()
+    try:
+        while starter.is_alive():
+            starter.join(TICK_S)
+            if starter.is_alive() and on_tick is not None:
+                on_tick(time.monotonic() - start, None)
+    finally:
+        starter.join()
+    if failure:
+        raise failure[0]
+
+
+def check_timeout(timeout) -> float:
+    """A time limit in seconds: a positive finite number, else a ValueError saying so."""
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(timeout, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return value
+
+
 def run_in_child(target: Callable | str, *args, timeout: float = 600.0,
                  on_progress: Callable[[dict], None] | None = None,
+                 on_tick: Callable[[float, dict | None], None] | None = None,
+                 cancel: threading.Event | None = None,
                  start_method: str | None = None) -> ChildOutcome:
     """Run `target(report, *args)` in a child process; never raises for what happens in the child.
 
     `target` is a module-level function or its "module:function" name (then the caller need not
-    import it); `target` and `args` must be picklable. An exception raised by
-    `on_progress` stops the child and propagates.
+    import it); `target` and `args` must be picklable. `on_tick(seconds, last_event)` is called
+    every `TICK_S` while the child runs; `cancel.set()` (from another thread) stops the child
+    and gives status "cancelled". An exception raised by `on_progress` or `on_tick` (a
+    KeyboardInterrupt, a page's rerun) stops the child and propagates.
+    Raises ValueError for a timeout that is not a positive number of seconds.
     """
+    timeout = check_timeout(timeout)
     ctx = _context(start_method or START_METHOD)
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(send_conn, target, args), daemon=True)
     start = time.monotonic()
-    with _main_not_reimported():
-        proc.start()
-    send_conn.close()
     try:
-        status, payload, last = _receive(recv_conn, proc, start + timeout, on_progress)
+        _start(proc, start, on_tick)
+        send_conn.close()
+        status, payload, last = _receive(recv_conn, proc, start, start + timeout, on_progress, on_tick, cancel)
     finally:
+        send_conn.close()
         if proc.is_alive():
             proc.join(1)
         _stop(proc)

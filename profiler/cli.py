@@ -25,7 +25,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps before measuring")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped (> 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _history_flags(val)
     hist = sub.add_parser("history", help="past bursts, traces and validations")
     hist.add_argument("--kind", help="burst, trace, validation or calibration")
-    hist.add_argument("--method")
-    hist.add_argument("--limit", type=int, default=20)
+    hist.add_argument("--method", help="only this method's runs")
+    hist.add_argument("--limit", type=int, default=20, help="at most this many records, newest first (>= 1)")
     hist.add_argument("--history", help="history file")
     _add_output_flags(hist)
     cal = sub.add_parser("calibrate", help="fit the planner's GPU overhead constants from CUDA bursts")
@@ -87,6 +87,12 @@ def _end_progress() -> None:
     _LAST.clear()
 
 
+def _warn(text: str) -> None:
+    """A problem beside a result (the history could not record it): on stderr, the result stays."""
+    if text:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def _comparison_rows(records: list[dict]) -> list[dict]:
     return [{"method": r["method"], "mode": r["mode"], "component": r["component"] or "-",
              "predicted": human_bytes(r["predicted_bytes"]), "measured": human_bytes(r["measured_bytes"]),
@@ -105,6 +111,7 @@ def _run(args) -> str:
     result = run_burst(spec, args.steps, args.warmup, args.device, timeout=args.timeout,
                        on_progress=_progress, history=_history_arg(args))
     _end_progress()
+    _warn(result.history_warning)
     records = _compared(spec, result, "burst")
     if args.format == "json":
         return render([], "json", payload={**result.to_record(), "comparison": records})
@@ -122,6 +129,7 @@ def _trace(args) -> str:
     from .tracing import trace
     spec = spec_from_args(args)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))
+    _warn(result.history_warning)
     records = _compared(spec, result, "trace")
     m = result.measurement
     payload = {"model": spec.model, "method": spec.method, "spec": spec.as_dict(),
@@ -145,9 +153,19 @@ def _validate(args) -> str:
                        trace_model=args.trace_model, base=spec_from_args(args, method="adamw"),
                        timeout=args.timeout, on_progress=_progress, history=_history_arg(args))
     _end_progress()
+    _warn(records[0].get("history_warning", "") if records else "")
     if args.format != "table":
         return render(records, args.format, payload=records)
     return render(_comparison_rows(records), "table")
+
+
+_HISTORY_COLUMNS = ["id", "created", "kind", "model", "method", "device", "status", "peak"]
+
+
+def _measured_peak(result) -> str:
+    measurement = result.get("measurement") if isinstance(result, dict) else None
+    peak = measurement.get("peak_bytes") if isinstance(measurement, dict) else None
+    return human_bytes(peak) if isinstance(peak, int) else "-"
 
 
 def _history(args) -> str:
@@ -156,17 +174,17 @@ def _history(args) -> str:
     if args.format == "json":
         return render([], "json", payload=[r.__dict__ for r in rows])
     flat = [{"id": r.id, "created": r.created, "kind": r.kind, "model": r.model, "method": r.method,
-             "device": r.device, "status": r.status,
-             "peak": human_bytes((r.result.get("measurement") or {}).get("peak_bytes"))
-             if isinstance(r.result, dict) else "-"} for r in rows]
-    return render(flat, args.format) if flat else "(no history yet)"
+             "device": r.device, "status": r.status, "peak": _measured_peak(r.result)} for r in rows]
+    if flat or args.format == "csv":
+        return render(flat, args.format, _HISTORY_COLUMNS)
+    return "(no matching records)" if args.kind or args.method else "(no history yet)"
 
 
 def _calibrate(args) -> str:
     from .calibrate import calibrate_with_notes, calibration_status
     if args.gpu:
         return render([calibration_status(args.gpu)], args.format)
-    fitted, notes = calibrate_with_notes(history=args.history, path=args.calibration)
+    fitted, notes = calibrate_with_notes(history=args.history, path=args.calibration, warn=_warn)
     if not fitted:
         return "no CUDA burst with allocator and NVML figures in the history: nothing calibrated"
     text = render([{"gpu": k, **v} for k, v in fitted.items()], args.format)

@@ -4,6 +4,11 @@ Where: the `path` argument, else `$MEMFIT_HISTORY`, else `$XDG_DATA_HOME/memfit/
 (`~/.local/share/memfit/history.sqlite`). Each record is written in its own transaction on a
 write-ahead-logged database with `synchronous=FULL`: a writer killed half-way loses at most the
 record it was writing, and every earlier record stays readable.
+
+A history that cannot be written or read (a missing or read-only folder, a file that is not a
+memfit history) raises `HistoryError`, a ValueError whose message names the file and what to do;
+`record_safely` turns it into a warning so that a finished run is never lost to its record.
+A damaged record (undecodable JSON) is returned with what could be read and a note, not dropped.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from .env import versions as _versions
 
-__all__ = ["HistoryEntry", "history_path", "record", "entries", "KINDS"]
+__all__ = ["HistoryEntry", "HistoryError", "history_path", "record", "record_safely", "entries", "KINDS"]
 
 KINDS = ("burst", "trace", "validation", "calibration")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
@@ -32,6 +37,16 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
     result TEXT NOT NULL
 )"""
 _COLUMNS = "id, created, kind, model, method, device, status, spec, versions, result"
+
+
+class HistoryError(ValueError):
+    """The history file cannot be written or read; the message says which file and why."""
+
+
+def _problem(target: Path, doing: str, err: BaseException) -> HistoryError:
+    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return HistoryError(f"cannot {doing} the history {str(target)!r} ({reason}): point $MEMFIT_HISTORY "
+                        "(or --history) at a writable file, or move this one aside")
 
 
 @dataclass(frozen=True)
@@ -69,42 +84,93 @@ def _connect(path: Path) -> sqlite3.Connection:
 def record(kind: str, result: dict | list, *, spec: dict | None = None, device: str | None = None,
            status: str | None = None, versions: dict | None = None,
            path: str | os.PathLike | None = None) -> int:
-    """Append one record atomically; returns its id."""
+    """Append one record atomically; returns its id. HistoryError when the file cannot take it."""
     if kind not in KINDS:
         raise ValueError(f"unknown history kind {kind!r}: choose one of {', '.join(KINDS)}")
     target = history_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     spec = spec or {}
     row = (datetime.now(timezone.utc).isoformat(timespec="seconds"), kind, spec.get("model"),
-           spec.get("method"), device, status, json.dumps(spec), json.dumps(versions or _versions()),
-           json.dumps(result, default=str))
-    conn = _connect(target)
+           spec.get("method"), device, status, json.dumps(spec, default=str),
+           json.dumps(versions or _versions(), default=str), json.dumps(result, default=str))
     try:
-        with conn:
-            cur = conn.execute("INSERT INTO runs (created, kind, model, method, device, status, spec, "
-                               "versions, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-        return int(cur.lastrowid)
-    finally:
-        conn.close()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(target)
+        try:
+            with conn:
+                cur = conn.execute("INSERT INTO runs (created, kind, model, method, device, status, spec, "
+                                   "versions, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return int(cur.lastrowid)
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as err:
+        raise _problem(target, "write to", err) from None
+
+
+def record_safely(kind: str, result: dict | list, **kwargs) -> str:
+    """`record`, but a history that cannot take the record gives its reason ("" when recorded)
+    instead of an exception, for callers that must return their result whatever happens."""
+    try:
+        record(kind, result, **kwargs)
+    except HistoryError as err:
+        return str(err)
+    return ""
+
+
+def _loads(text, what: str):
+    """A stored JSON field; a damaged one is {} (a result: a note saying so), never an exception."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        value = None
+    if what == "result" and isinstance(value, (dict, list)):
+        return value
+    if what != "result" and isinstance(value, dict):
+        return value
+    return {"status": "damaged", "message": "damaged record: not readable JSON"} if what == "result" else {}
+
+
+def _filters(kind: str | None, method: str | None, limit: int | None) -> tuple[str, list]:
+    """SQL after FROM, with its parameters; ValueError for a filter that can match nothing."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown history kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if method is not None:
+        from planner.methods import get_method      # forgiving names: "GaLore 8bit" is galore-8bit
+        method = get_method(method).id
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive whole number of records, got {limit!r}")
+    where, params = [], []
+    for column, value in (("kind", kind), ("method", method)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    sql = (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
 
 
 def entries(path: str | os.PathLike | None = None, *, kind: str | None = None,
             method: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
-    """Records, newest first, optionally of one kind or method; [] when there is no history."""
+    """Records, newest first, optionally of one kind or method, at most `limit`; [] when there is
+    no history yet. HistoryError when the file is not a readable memfit history."""
     target = history_path(path)
-    if not target.is_file():
+    sql, params = _filters(kind, method, limit)
+    if not target.exists():
         return []
-    where, params = [], []
-    for column, value in (("kind", kind), ("method", method)):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
-    sql = f"SELECT {_COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
-    conn = _connect(target)      # a read-write connection replays a killed writer's WAL
+    if not target.is_file():
+        raise _problem(target, "read", IsADirectoryError("it is not a file"))
     try:
-        rows = conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-    return [HistoryEntry(*row[:7], json.loads(row[7]), json.loads(row[8]), json.loads(row[9]))
+        # a plain connection: it reads a killed writer's write-ahead log too, and needs no write
+        # access (a read-only history is still readable)
+        conn = sqlite3.connect(target, timeout=30)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+                return []                           # an empty file: no record yet
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM runs{sql}", params).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise _problem(target, "read", err) from None
+    return [HistoryEntry(*row[:7], _loads(row[7], "spec"), _loads(row[8], "versions"), _loads(row[9], "result"))
             for row in rows]

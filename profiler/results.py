@@ -14,8 +14,9 @@ __all__ = ["STATUSES", "Measurement", "Failure", "BurstResult", "TraceResult"]
 
 #: ok: measured; oom: the device ran out of memory; error: the run raised; crashed: the child
 #: process died (a signal, a hard exit); timeout: it ran past its time limit; unsupported: the
-#: method or option cannot run here (the message says why, nothing was started).
-STATUSES = ("ok", "oom", "error", "crashed", "timeout", "unsupported")
+#: method or option cannot run here (the message says why, nothing was started); cancelled: the
+#: caller stopped it.
+STATUSES = ("ok", "oom", "error", "crashed", "timeout", "unsupported", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class BurstResult(_Result):
     failure: Failure | None = None
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    history_warning: str = ""       # why the history could not record this result ("" if it did)
 
     mode = "burst"
 
@@ -117,5 +119,6 @@ class TraceResult(_Result):
     extrapolated: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    history_warning: str = ""       # why the history could not record this result ("" if it did)
 
     mode = "trace"

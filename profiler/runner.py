@@ -200,6 +200,7 @@ def _safe(fn):
 
 
 def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
+    progress("build")             # step 0: the caller can say what the first seconds are spent on
     model = build_model(r, device)
     opt = build_optimizer(model, r)
     ids = synthetic_batch(r, device, seed)

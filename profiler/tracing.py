@@ -179,5 +179,4 @@ def trace(spec: TrainingSpec, *, extrapolated: bool = True, history=None) -> Tra
                                  f"{type(err).__name__}: {str(err)[:300]}",
                                  seconds=time.perf_counter() - start, **common)
     from .burst import record_result
-    record_result("trace", result, history)
-    return result
+    return record_result("trace", result, history)

@@ -55,14 +55,15 @@ def validate(model: str = "llama-60m", methods: Iterable[str] | None = None, *,
              on_progress: Callable[[dict], None] | None = None, history=None) -> list[dict]:
     """Run every method as a burst on `model` and as a trace on `trace_model`; compare each with
     the planner. `base` carries the other spec fields (batch, seq, precision, rank...).
-    Returns the records (see the module docstring) and appends one "validation" history record.
+    Returns the records (see the module docstring) and appends one "validation" history record;
+    when the history cannot take a record, every record carries `history_warning` saying why.
     """
     modes = tuple(modes)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown validation mode {unknown[0]!r}: choose from {', '.join(MODES)}")
     base = (base or TrainingSpec()).replace(model=model)
-    records = []
+    records, warnings = [], []
     for spec in validation_specs(base, methods):
         for mode in modes:
             run_spec = spec if mode == "burst" else spec.replace(model=trace_model)
@@ -74,8 +75,10 @@ def validate(model: str = "llama-60m", methods: Iterable[str] | None = None, *,
                                 "relative_error": None, "status": "unsupported", "message": str(err)})
                 continue
             records += _records(run_spec, mode, result)
+            warnings.append(result.history_warning)
     if history is not False:
-        _history.record("validation", records, spec={**base.as_dict(), "method": "all"},
-                        device=device, status="ok", versions=versions(),
-                        path=history if history not in (None, True) else None)
-    return records
+        warnings.append(_history.record_safely("validation", records, spec={**base.as_dict(), "method": "all"},
+                                               device=device, status="ok", versions=versions(),
+                                               path=history if history not in (None, True) else None))
+    warning = "; ".join(dict.fromkeys(w for w in warnings if w))
+    return [{**r, "history_warning": warning} for r in records] if warning else records

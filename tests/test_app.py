@@ -7,6 +7,7 @@ one RTX 4090) so the tests mean the same on a machine with a GPU.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from planner import GPU_CATALOG, METHODS, TrainingSpec, estimate
+from planner import COMPONENTS, GPU_CATALOG, METHODS, TrainingSpec, estimate
 from planner.ask import ask
 from planner.comparison import compare_records
 from planner.fit import fit_report
@@ -65,6 +66,12 @@ def rerun(at: AppTest) -> AppTest:
     return at
 
 
+def read(element) -> str:
+    """What a person reads in a Markdown element: names from files are shown through `ui.text.md`
+    (character references, word joiners), so the test reads them as the browser renders them."""
+    return html.unescape(element.value).replace("\u2060", "")
+
+
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
@@ -73,10 +80,13 @@ def capacity_label(fig: dict) -> str:
     return fig["layout"]["annotations"][0]["text"]
 
 
+def table_frame(at: AppTest, *columns: str):
+    """The first table that has all of `columns` (AppTest does not expose a table's key)."""
+    return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
+
+
 def table(at: AppTest, *columns: str) -> list[dict]:
-    """Rows of the first table that has all of `columns` (AppTest does not expose a table's key)."""
-    frames = [d.value for d in at.dataframe]
-    return next(f for f in frames if set(columns) <= set(f.columns)).to_dict("records")
+    return table_frame(at, *columns).to_dict("records")
 
 
 # ------------------------------------------------------------------------------------ landing
@@ -86,7 +96,7 @@ def test_landing_answers_the_default_question_with_the_planners_numbers():
     assert question == "Will LLaMA-7B fit on my RTX 4090?"
     expected = ask(question)
     rec = next(r for r in expected["results"] if r["method"] == expected["recommended"])
-    head = at.success[0].value
+    head = read(at.success[0])
     fitting = sum(bool(r["fits"]) for r in expected["results"])
     assert f"{fitting} of {len(METHODS)} methods fit" in head
     assert f"Recommended: **{METHODS[rec['method']].name}**" in head
@@ -106,11 +116,26 @@ def test_landing_says_what_would_make_the_named_method_fit():
     rerun(at)
     expected = next(r for r in ask(question)["results"] if r["method"] == "galore-8bit")
     assert not expected["fits"] and expected["suggestions"]
-    asked = at.warning[0].value
+    asked = read(at.warning[0])
     assert "8-bit GaLore" in asked and "does not fit" in asked and human_bytes(expected["peak_bytes"]) in asked
     row = next(r for r in table(at, "method", "to make it fit") if r["method"] == "galore-8bit")
     first = expected["suggestions"][0]
     assert f"{first['description']} (peak {human_bytes(first['peak_bytes'])})" in row["to make it fit"]
+
+
+def test_landing_table_puts_the_verdict_first_and_gives_the_advice_room():
+    """Nothing fits llama-2-13b at batch 8 x 2048 on a 3090; the advice (up to 86 characters) sits
+    right after the verdict, in a wide column whose rows are tall enough to wrap it (checked in
+    Chromium: tests/browser, artifacts/screenshots/landing_nothing_fits.png)."""
+    at = run(APP)
+    at.text_input(key="question").input("llama-2-13b on a 3090 batch 8 seq 2048")
+    rerun(at)
+    frame = at.dataframe[0]
+    assert list(frame.value.columns) == ["method", "fits", "peak", "headroom", "to make it fit", "largest batch"]
+    config = json.loads(frame.proto.columns)
+    assert config["to make it fit"]["width"] == "large"
+    longest = max(len(v) for v in frame.value["to make it fit"])
+    assert longest > 80 and frame.proto.row_height >= 70
 
 
 @pytest.mark.parametrize("question, message", [
@@ -122,7 +147,7 @@ def test_landing_bad_question_is_an_inline_message(question, message):
     at = run(APP)
     at.text_input(key="question").input(question)
     rerun(at)
-    assert message in at.error[0].value and not at.success
+    assert message in read(at.error[0]) and not at.success
 
 
 def test_landing_preselects_the_local_gpu(nvml):
@@ -132,8 +157,8 @@ def test_landing_preselects_the_local_gpu(nvml):
     at.text_input(key="question").input("will llama-1b fit?")     # no GPU named: the local one
     rerun(at)
     expected = ask("will llama-1b fit?", default_gpu="rtx-4090")
-    assert "**llama-1b** on **rtx-4090**" in at.success[0].value
-    assert expected["recommended"] and METHODS[expected["recommended"]].name in at.success[0].value
+    assert "**llama-1b** on **rtx-4090**" in read(at.success[0])
+    assert expected["recommended"] and METHODS[expected["recommended"]].name in read(at.success[0])
 
 
 # ---------------------------------------------------------------------------------- fit check
@@ -196,7 +221,7 @@ def test_fit_page_suggestions_are_the_planners():
     at = _fit_page(method="galore", gpu="rtx-4090")
     report = fit_report(TrainingSpec(model="llama-7b", method="galore", gpu="rtx-4090"))
     assert not report.fits and report.suggestions
-    hint = at.info[0].value
+    hint = read(at.info[0])
     for s in report.suggestions:
         assert f"{s.description} (peak {human_bytes(s.peak_bytes)})" in hint
 
@@ -210,20 +235,20 @@ def test_fit_page_suggestions_are_the_planners():
 ])
 def test_fit_page_bad_input_is_an_inline_message(widgets, message):
     at = _fit_page(**widgets)
-    assert message in at.error[0].value
+    assert message in read(at.error[0])
     assert not at.get("plotly_chart")
 
 
 def test_fit_page_rank_is_disabled_for_a_method_without_one():
     at = _fit_page(method="adamw")
     assert at.number_input(key="fit_rank").disabled
-    assert not at.error or "does not fit" in at.error[0].value
+    assert not at.error or "does not fit" in read(at.error[0])
 
 
 def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
     at.radio(key="fit_model_source").set_value("config.json")
     rerun(at)
-    assert "Upload a model's config.json" in at.info[0].value
+    assert "Upload a model's config.json" in read(at.info[0])
     at.file_uploader(key="fit_model_upload").upload(name, data, "application/json")
     return rerun(at)
 
@@ -239,7 +264,7 @@ def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
 ], ids=["malformed", "not-an-object", "missing-field", "remote-code", "heads", "unknown-model-type"])
 def test_fit_page_bad_config_json_is_an_inline_message(data, message):
     at = _upload(run(PAGE["Fit_check"]), "config.json", data)
-    assert message in at.error[0].value and len(at.error[0].value) < 700
+    assert message in read(at.error[0]) and len(read(at.error[0])) < 700
 
 
 @pytest.mark.slow
@@ -249,7 +274,37 @@ def test_fit_page_uploaded_config_json_is_sized():
     spec = TrainingSpec(model=save_upload("tiny.json", json.dumps(TINY_LLAMA).encode()), method="galore-8bit",
                         gpu="rtx-4090")
     report = fit_report(spec)
-    assert "tiny-llama" in at.success[0].value and human_bytes(report.peak_bytes) in at.success[0].value
+    assert "tiny-llama" in read(at.success[0]) and human_bytes(report.peak_bytes) in read(at.success[0])
+
+
+@pytest.mark.slow
+def test_an_uploaded_model_is_named_with_its_parameter_count_and_shown_as_text():
+    """A user's "Qwen3-8B.json" keeps its name on disk; verdict and chart titles give the
+    planner's name for the model and its parameter count. A name that is Markdown (from
+    `_name_or_path`) is shown as its characters."""
+    from ui.inputs import save_upload
+    plain = {k: v for k, v in TINY_LLAMA.items() if k != "_name_or_path"}
+    data = json.dumps(plain).encode()
+    at = _upload(run(PAGE["Fit_check"]), "Qwen3-8B.json", data)
+    b = fit_report(TrainingSpec(model=save_upload("Qwen3-8B.json", data), method="galore-8bit", gpu="rtx-4090")).breakdown
+    assert save_upload("Qwen3-8B.json", data).endswith("/Qwen3-8B.json")
+    label = f"{b.model} ({b.n_params / 1e6:.2f}M parameters"
+    verdict = read((at.success or at.error)[0])
+    assert verdict.startswith(f"**{b.model}** ({b.n_params / 1e6:.2f}M parameters")
+    assert all(fig["layout"]["title"]["text"].startswith(label) for fig in charts(at)[:2])
+
+    evil = json.dumps({**plain, "_name_or_path": "**big** [x](http://evil.example) :red[r]"}).encode()
+    at = _upload(run(PAGE["Fit_check"]), "evil.json", evil)
+    verdict = (at.success or at.error)[0]
+    assert read(verdict).startswith("**" + "**big** [x](http://evil.example) :red[r]" + "** (")
+    assert "[x](http" not in verdict.value and ":red[" not in verdict.value
+
+
+def test_fit_page_refuses_a_config_json_over_the_limit():
+    from ui.uploads import MAX_CONFIG_BYTES
+    at = _upload(run(PAGE["Fit_check"]), "big.json", b" " * (MAX_CONFIG_BYTES + 1))
+    assert "big.json is 1.00 MiB; a config.json may be at most 1.00 MiB" in read(at.error[0])
+    assert not at.get("plotly_chart")
 
 
 # ---------------------------------------------------------------------------- compare methods
@@ -267,6 +322,14 @@ def test_compare_table_and_chart_equal_compare_records():
     bf16 = {m: y * GIB for m, y in zip(fig["data"][0]["x"], fig["data"][0]["y"])}
     assert bf16 == pytest.approx({r["method"]: r["peak_bytes"] for r in rows if r["precision"] == "bf16"})
     assert capacity_label(fig).startswith("a100-40gb: ")
+
+
+def test_compare_table_shows_fit_peak_and_headroom_before_the_components():
+    at = run(PAGE["Compare_methods"])
+    columns = list(table_frame(at, "method", "precision", "peak_bytes").columns)
+    assert columns[:6] == ["method", "precision", "rank", "fits", "peak_bytes", "headroom_bytes"]
+    assert columns[6:] == [f"{c}_bytes" for c in COMPONENTS]
+    assert charts(at)[0]["layout"]["title"]["text"].startswith("llama-7b (6.74B parameters)")
 
 
 def test_compare_csv_is_the_cli_csv():
@@ -292,7 +355,7 @@ def test_compare_sweep_lines_equal_the_planner():
     assert capacity_label(fig).startswith("rtx-4090: ")
     at.segmented_control(key="cmp_sweep_field").set_value("seq")
     rerun(at)
-    assert "exceeds llama-7b's 2048 positions" in at.caption[-1].value      # 4096 and 8192 are not drawn
+    assert "exceeds llama-7b's 2048 positions" in read(at.caption[-1])      # 4096 and 8192 are not drawn
 
 
 def test_compare_gpu_heatmap_runs_on_request_and_equals_the_planner():
@@ -314,13 +377,13 @@ def test_compare_bad_input_is_one_inline_message():
     at = run(PAGE["Compare_methods"])
     at.number_input(key="cmp_batch").set_value(0)
     rerun(at)
-    assert len(at.error) == 1 and "batch must be a positive whole number" in at.error[0].value
+    assert len(at.error) == 1 and "batch must be a positive whole number" in read(at.error[0])
 
 
 # ----------------------------------------------------------------------------------- my GPU
 def test_my_gpu_without_a_gpu_says_so():
     at = run(PAGE["My_GPU"])
-    assert "No NVIDIA GPU here" in at.warning[0].value and not at.metric
+    assert "No NVIDIA GPU here" in read(at.warning[0]) and not at.metric
 
 
 def test_my_gpu_shows_what_nvml_reports(nvml):
@@ -375,11 +438,11 @@ def _report_page(name: str, data: bytes) -> AppTest:
 def test_report_csv_reopens_as_a_comparison():
     rows = compare_records(TrainingSpec(model="llama-350m", gpu="a100-40gb", rank=64), precisions=list(PRECISIONS))
     at = _report_page("cmp.csv", render(rows, "csv").encode())
-    assert f"{len(rows)} row(s)" in at.success[0].value
+    assert f"{len(rows)} row(s)" in read(at.success[0])
     shown = table(at, "method", "peak_bytes_now")
     assert [r["peak_bytes"] for r in shown] == [human_bytes(r["peak_bytes"]) for r in rows]
     assert all(r["changed"] == "False" for r in shown)
-    assert "Every row matches" in at.caption[-1].value
+    assert "Every row matches" in read(at.caption[-1])
     assert [t["name"] for t in charts(at)[0]["data"]] == list(PRECISIONS)
 
 
@@ -387,7 +450,7 @@ def test_report_flags_rows_the_planner_now_disagrees_with():
     rows = compare_records(TrainingSpec(model="llama-130m", gpu="t4"))
     rows[0] = {**rows[0], "peak_bytes": rows[0]["peak_bytes"] + 1}
     at = _report_page("old.csv", render(rows, "csv").encode())
-    assert "1 row(s) differ" in at.warning[0].value
+    assert "1 row(s) differ" in read(at.warning[0])
     assert table(at, "method", "peak_bytes_now")[0]["peak_bytes_now"] == human_bytes(rows[0]["peak_bytes"] - 1)
 
 
@@ -399,7 +462,57 @@ def test_report_flags_rows_the_planner_now_disagrees_with():
 ])
 def test_report_bad_upload_is_an_inline_message(data, message):
     at = _report_page("x.csv", data)
-    assert message in at.error[0].value
+    assert message in read(at.error[0])
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("inf", "column 'peak_bytes' holds 'inf': a report's numbers must be finite"),
+    ("-inf", "must be finite"), ("1e999", "must be finite"), ("NaN", "has no peak"),
+])
+def test_report_with_non_finite_numbers_is_an_inline_message(cell, message):
+    data = f"model,method,peak_bytes\nllama-7b,adamw,{cell}\n".encode()
+    at = _report_page("x.csv", data)
+    if message == "has no peak":          # nan is an empty cell: the row re-opens, marked changed
+        assert "1 row(s) differ" in read(at.warning[0])
+    else:
+        assert message in read(at.error[0])
+
+
+def test_report_too_large_is_refused_with_the_limit():
+    from ui.uploads import MAX_REPORT_BYTES
+    data = b"model,method,peak_bytes\n" + b"llama-7b,adamw,1\n" * (MAX_REPORT_BYTES // 17 + 1)
+    at = _report_page("huge.csv", data)
+    assert f"huge.csv is {human_bytes(len(data))}; a report may be at most 2.00 MiB" in read(at.error[0])
+
+
+def test_report_never_reads_a_server_file_it_names(tmp_path, monkeypatch):
+    """A report row naming a path is refused unless the path is a config.json uploaded to this
+    app; the refused file is never opened (it is a valid config: before the fix it was sized)."""
+    import builtins
+    from ui import uploads
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
+    secret = tmp_path / "server-side.json"
+    secret.write_text(json.dumps(TINY_LLAMA))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    rows = compare_records(TrainingSpec(model="llama-130m", gpu="t4"), ["adamw"])
+    bad = [{**rows[0], "model": value} for value in ("/etc/passwd", str(secret), "../../etc/shadow.json")]
+    at = _report_page("paths.csv", render(rows + bad, "csv").encode())
+    warning = read(at.warning[0])
+    assert f"model '{secret}' is a file path: a report may name a catalog model or a config.json uploaded" in warning
+    assert "'/etc/passwd' is a file path" in warning
+    shown = table(at, "model", "peak_bytes_now")
+    assert shown[0]["peak_bytes_now"] == human_bytes(rows[0]["peak_bytes"])       # the catalog row is re-checked
+    assert all(r["peak_bytes_now"] == "" for r in shown[1:])
+    assert not [f for f in opened if "passwd" in f or "shadow" in f or f == str(secret)]
+
+
+def test_report_names_from_the_file_are_shown_as_text():
+    rows = compare_records(TrainingSpec(model="llama-130m", gpu="t4"), ["adamw"])
+    at = _report_page("**bold** [x](http://evil.example).csv", render(rows, "csv").encode())
+    assert "**bold** [x](http://evil.example).csv: 1 row(s)" in read(at.success[0])
+    assert "**bold**" not in at.success[0].value and "](http" not in at.success[0].value
 
 
 # --------------------------------------------------------------------------------- validate
@@ -407,38 +520,70 @@ MEASURED = {"weights": 116147200, "gradients": 116147200, "optimizer_states": 15
             "adapters": 0, "activations": 40838672, "temporaries": 13836216, "buffers": 256, "other": 1024}
 
 
+class _Calls(list):
+    """The fake burst's calls, with its `behaviour` switches beside them."""
+
+    def __init__(self):
+        super().__init__()
+        self.behaviour = {}
+
+
 @pytest.fixture()
 def fake_burst(monkeypatch, tmp_path):
     """`profiler.run_burst` answering at once with a fixed measurement (a real CPU burst takes a
-    minute); it reports progress and records to a temporary history, as the real one does."""
+    minute); it reports progress and heartbeats and records to a temporary history through the
+    profiler's own recorder, as the real one does. `calls[i]` holds the arguments of call i;
+    `behaviour["interrupt"]` makes it raise what Streamlit raises in a script it interrupts."""
     import profiler
-    from profiler import history
+    from profiler.burst import record_result
     from profiler.results import BurstResult, Measurement
     monkeypatch.setenv("MEMFIT_HISTORY", str(tmp_path / "history.sqlite"))
-    calls = []
+    calls = _Calls()
+    behaviour = calls.behaviour
 
-    def run_burst(spec, steps=3, warmup=1, device="cpu", *, on_progress=None, **_):
+    def run_burst(spec, steps=3, warmup=1, device="cpu", *, on_progress=None, on_tick=None, **_):
         calls.append((spec, steps, warmup, device))
-        for phase in ("forward", "backward", "optimizer_step"):
+        for second, phase in enumerate(("forward", "backward", "optimizer_step")):
             on_progress({"step": 1, "total": steps + warmup, "phase": phase})
+            on_tick(second + 0.5, None)
+        if behaviour.get("interrupt"):
+            from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+            raise StopException()
         status = "oom" if spec.batch > 1 else "ok"
         m = Measurement(MEASURED, sum(MEASURED.values())) if status == "ok" else None
         result = BurstResult(spec, status, "measured" if m else "out of memory at step 1 during backward",
                              device, steps, warmup, measurement=m, seconds=1.5)
-        history.record("burst", result.to_record(), spec=spec.as_dict(), device=device, status=status)
-        return result
+        return record_result("burst", result, None)
 
     monkeypatch.setattr(profiler, "run_burst", run_burst)
     return calls
 
 
+def _validate_page(mode: str = "burst") -> AppTest:
+    at = run(PAGE["Validate"])
+    at.radio(key="val_mode").set_value(mode)
+    return rerun(at)
+
+
+def test_validate_starts_with_what_is_fast_on_a_cpu_only_machine(nvml):
+    """No CUDA device: a trace first (6 s here, against 24-40 s for a llama-60m burst) and fp32
+    for a burst (bf16 on a CPU without native bf16 took 5.5 minutes); with a GPU, a bf16 burst."""
+    at = run(PAGE["Validate"])
+    assert at.radio(key="val_mode").value == "trace" and at.selectbox(key="val_precision").value == "fp32"
+    nvml.install(FakeNvml())
+    at = run(PAGE["Validate"])
+    assert at.radio(key="val_mode").value == "burst" and at.selectbox(key="val_precision").value == "bf16"
+
+
 def test_validate_burst_shows_profiler_compare(fake_burst):
     import profiler
     from profiler.results import Measurement
-    at = run(PAGE["Validate"])
-    assert "No runs recorded yet" in at.caption[-1].value
-    spec = TrainingSpec(model="llama-60m", method="galore")
-    assert human_bytes(estimate(spec.replace(gpu="rtx-4090")).peak_bytes) in at.info[0].value
+    at = _validate_page()
+    assert "No runs recorded yet" in read(at.caption[-1])
+    spec = TrainingSpec(model="llama-60m", method="galore", precision="fp32")
+    b = estimate(spec.replace(gpu="rtx-4090"))
+    assert human_bytes(b.peak_bytes) in read(at.info[0])
+    assert f"**llama-60m** ({b.n_params / 1e6:.2f}M parameters)" in read(at.info[0])
     at.number_input(key="val_steps").set_value(3)
     at.button(key="val_run").click()
     rerun(at)
@@ -454,29 +599,63 @@ def test_validate_burst_shows_profiler_compare(fake_burst):
     hist = table(at, "kind", "status", "measured_peak")
     assert hist[0]["status"] == "ok" and hist[0]["model"] == "llama-60m"
     assert hist[0]["measured_peak"] == human_bytes(sum(MEASURED.values()))
+    assert not at.warning
 
 
 def test_validate_failed_burst_is_an_inline_message(fake_burst):
-    at = run(PAGE["Validate"])
+    at = _validate_page()
     at.number_input(key="val_batch").set_value(2)
     rerun(at)
     at.button(key="val_run").click()
     rerun(at)
-    assert "out of memory at step 1 during backward" in at.error[0].value
+    assert "out of memory at step 1 during backward" in read(at.error[0])
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancel-button", "other-rerun"])
+def test_validate_interrupted_burst_says_so(fake_burst, cancelled):
+    """A click on Cancel (or any rerun) interrupts the page's script at the burst's next heartbeat
+    with Streamlit's own exception; the next run of the page says what happened, no traceback."""
+    fake_burst.behaviour["interrupt"] = True
+    at = _validate_page()
+    at.button(key="val_run").click()
+    rerun(at)
+    assert fake_burst and not at.success
+    if cancelled:
+        at.button(key="val_cancel").click()     # rendered while the burst ran; its callback runs first
+    fake_burst.behaviour["interrupt"] = False
+    rerun(at)
+    warning = read(at.warning[0])
+    assert ("Cancelled: the burst was stopped after" if cancelled else "because the page re-ran") in warning
+    rerun(at)
+    assert not at.warning                           # said once
+
+
+def test_validate_keeps_the_result_when_the_history_cannot_take_it(fake_burst, monkeypatch, tmp_path):
+    broken = tmp_path / "not-a-history.sqlite"
+    broken.write_bytes(b"this is not an SQLite file" * 100)
+    monkeypatch.setenv("MEMFIT_HISTORY", str(broken))
+    at = _validate_page()
+    assert "cannot read the history" in read(at.warning[0])          # the page still opens
+    at.button(key="val_run").click()
+    rerun(at)
+    assert "measured in 1.5 s" in read(at.success[0])                  # the result is shown ...
+    assert any("not in the validation history" in read(w) and "cannot write to the history" in read(w)
+               for w in at.warning)                                    # ... and why it was not kept
+    assert table(at, "component", "predicted", "measured")
 
 
 def test_validate_bad_input_is_an_inline_message(fake_burst):
     at = run(PAGE["Validate"])
     at.number_input(key="val_rank").set_value(5000)
     rerun(at)
-    assert "choose a rank of at most 512" in at.error[0].value and not fake_burst
+    assert "choose a rank of at most 512" in read(at.error[0]) and not fake_burst
 
 
 def test_validate_without_the_profiler_says_what_is_missing(monkeypatch):
     from ui import validation
     monkeypatch.setattr(validation, "NEEDED", ("run_burst", "no_such_function"))
     at = run(PAGE["Validate"])
-    assert "missing: profiler.no_such_function" in at.warning[0].value
+    assert "missing: profiler.no_such_function" in read(at.warning[0])
 
 
 def test_validate_trace_shows_profiler_compare(monkeypatch, tmp_path):
@@ -491,15 +670,15 @@ def test_validate_trace_shows_profiler_compare(monkeypatch, tmp_path):
     assert at.selectbox(key="val_device").disabled
     at.button(key="val_run").click()
     rerun(at)
-    spec = TrainingSpec(model="llama-60m", method="galore", gpu="rtx-4090")
+    spec = TrainingSpec(model="llama-60m", method="galore", gpu="rtx-4090", precision="fp32")
     expected = profiler.compare(estimate(spec), measured, mode="trace")
     peak = expected["peak"]
-    assert f"tensor peak {human_bytes(measured.peak_bytes)} (planner: {human_bytes(peak.predicted_bytes)}" in at.success[0].value
+    assert f"tensor peak {human_bytes(measured.peak_bytes)} (planner: {human_bytes(peak.predicted_bytes)}" in read(at.success[0])
     shown = {r["component"]: r for r in table(at, "component", "predicted", "measured")}
     assert shown["peak"]["relative"] == f"{peak.relative_error:+.1%}"
     at.selectbox(key="val_method").set_value("lora")       # another setup: the old run is not shown
     rerun(at)
-    assert "inputs changed since the last run" in " ".join(c.value for c in at.caption)
+    assert "inputs changed since the last run" in " ".join(read(c) for c in at.caption)
 
 
 def test_fit_page_shows_allocated_and_reserved_and_a_bad_calibration(tmp_path, monkeypatch):

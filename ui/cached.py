@@ -12,7 +12,7 @@ from planner.comparison import compare_records
 
 from . import analysis, gpu_info
 
-__all__ = ["fit", "ask", "compare", "sweep", "local_gpu"]
+__all__ = ["fit", "ask", "compare", "sweep", "local_gpu", "model_label"]
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -44,3 +44,13 @@ def sweep(spec: TrainingSpec, field: str, methods: tuple[str, ...] | None = None
 def local_gpu() -> str | None:
     """The first local NVIDIA GPU as a spec value, re-read at most once a minute."""
     return gpu_info.local_gpu()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def model_label(model: str) -> str:
+    """'llama-7b (6.74B parameters)' for a catalog name or a config.json path (the planner's name
+    for it, its parameter count and, when the name does not say it, the file's name)."""
+    from planner.resolve import resolve_model
+    from .views import model_label as label
+    m = resolve_model(model)
+    return label(m.name, m.n_params, model)

@@ -5,11 +5,6 @@ the matrices) is what the user reads; a widget only disables what a method does 
 """
 from __future__ import annotations
 
-import hashlib
-import re
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from planner import GPU_CATALOG, METHODS, TrainingSpec, model_names
@@ -18,25 +13,17 @@ from planner.methods import PROJ_TYPES
 from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS
 
 from . import cached
+from .uploads import MAX_CONFIG_BYTES, UPLOAD_DIR, check_size, save_upload
+from .views import show_error
 
 __all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs",
-           "save_upload", "DEFAULT_GPU", "UPLOAD_DIR"]
+           "save_upload", "capacity_text", "DEFAULT_GPU", "UPLOAD_DIR", "MAX_CUSTOM_GIB"]
 
 DEFAULT_GPU = "rtx-4090"
 CUSTOM = "custom capacity"
 DEFAULT_FORMAT = "default"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "memfit-configs"
-
-
-def save_upload(name: str, data: bytes) -> str:
-    """Store an uploaded config.json under a content-addressed path; the planner takes a path (and
-    caches the parsed model per file version, so the same upload is parsed once)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "config.json"
-    path = UPLOAD_DIR / hashlib.sha256(data).hexdigest()[:16] / (safe if safe.endswith(".json") else safe + ".json")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return str(path)
+#: a custom capacity up to 16 TiB: far above any single device (H200: 141 GB, MI300X: 192 GB)
+MAX_CUSTOM_GIB = 16384.0
 
 
 def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
@@ -50,6 +37,11 @@ def model_input(key: str = "model", default: str = "llama-7b") -> str | None:
                                    "the meta device (never remote code).")
     if upload is None:
         st.info("Upload a model's config.json to size it.")
+        return None
+    try:
+        check_size(upload.name, upload.size, MAX_CONFIG_BYTES, "config.json")
+    except ValueError as err:
+        show_error(err, "Cannot read this file")
         return None
     return save_upload(upload.name, upload.getvalue())
 
@@ -79,8 +71,14 @@ def gpu_select(key: str = "gpu") -> str:
     choice = st.selectbox("GPU", names, index=names.index(default), key=key, format_func=label)
     if choice != CUSTOM:
         return choice
-    gib = st.number_input("GPU memory (GiB)", min_value=1.0, value=24.0, step=1.0, key=f"{key}_gib")
-    return f"{gib:g}GB"
+    gib = st.number_input("GPU memory (GiB)", min_value=1.0, max_value=MAX_CUSTOM_GIB, value=24.0, step=1.0,
+                          key=f"{key}_gib")
+    return capacity_text(gib)
+
+
+def capacity_text(gib: float) -> str:
+    """A capacity the planner reads, in plain digits ("123456789GB", never "1.23457e+08GB")."""
+    return f"{min(gib, MAX_CUSTOM_GIB):.3f}".rstrip("0").rstrip(".") + "GB"
 
 
 def _default_or(value: str) -> str | None:
@@ -94,7 +92,7 @@ def _format(label: str, key: str, help: str) -> str | None:
 
 
 def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bit",
-                default_model: str = "llama-7b") -> TrainingSpec | None:
+                default_model: str = "llama-7b", default_precision: str | None = None) -> TrainingSpec | None:
     """Every TrainingSpec field as a widget (keys prefixed with `key`); None until a model is chosen."""
     model = model_input(f"{key}_model", default_model)
     method_id = method_select(f"{key}_method", default_method) if method else "adamw"
@@ -106,8 +104,10 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
     rank = st.number_input("Rank (blank: the method's default)", min_value=0, value=None, step=8,
                            key=f"{key}_rank", disabled="rank" not in takes,
                            help="Only for adapter and projection methods.")
+    choices = [DEFAULT_FORMAT, *PRECISIONS]
     precision = _default_or(st.selectbox(
-        "Precision", [DEFAULT_FORMAT, *PRECISIONS], key=f"{key}_precision",
+        "Precision", choices, key=f"{key}_precision",
+        index=choices.index(default_precision) if default_precision in choices else 0,
         help="default: pure bf16 (as the GaLore code trains), fp16 autocast on a GPU without bf16; "
              "mixed: bf16 weights and gradients with an fp32 master copy and fp32 states; amp-bf16 / "
              "amp-fp16: fp32 weights, gradients and states under autocast (HF Trainer bf16/fp16=True)."))

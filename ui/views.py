@@ -1,7 +1,13 @@
-"""Streamlit views shared by the pages: verdicts, byte tables, downloads, inline errors."""
+"""Streamlit views shared by the pages: verdicts, byte tables, downloads, inline errors.
+
+Every name or message that may come from a user's file or question goes through `text.md` before
+Streamlit renders it as Markdown. Tables put what a person reads first — the setup, whether it
+fits, its peak and headroom — before the component columns.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -10,22 +16,52 @@ from planner import COMPONENT_COLUMNS, COMPONENTS, GPU_CATALOG, METHODS, Trainin
 from planner.format import human_bytes
 
 from .reports import flat_row, to_csv, to_json
+from .text import count_text, md
 
-__all__ = ["show_error", "usable", "gpu_grid", "downloads", "bytes_frame", "fit_verdict", "fit_limits", "answer",
-           "suggestion_text", "device_memory", "COMPARE_COLUMNS"]
+__all__ = ["show_error", "usable", "gpu_grid", "downloads", "bytes_frame", "show_table", "fit_verdict",
+           "fit_limits", "answer", "suggestion_text", "model_label", "model_text", "device_memory",
+           "KEY_COLUMNS", "COMPARE_COLUMNS", "REPORT_COLUMNS"]
 
-COMPARE_COLUMNS = ["method", "precision", "rank", *(COMPONENT_COLUMNS[c] for c in COMPONENTS), "peak_bytes",
-                   "fits", "headroom_bytes"]
-_BYTES = {*COMPONENTS, *COMPONENT_COLUMNS.values(), "peak_bytes", "headroom_bytes", "gpu_memory_bytes", "peak_bytes_now", "size", "peak", "total"}
-
+#: the columns that say whether a setup fits, first in every table of setups
+KEY_COLUMNS = ["method", "precision", "rank", "fits", "peak_bytes", "headroom_bytes"]
+COMPARE_COLUMNS = [*KEY_COLUMNS, *(COMPONENT_COLUMNS[c] for c in COMPONENTS)]
+#: a re-opened report: what it said, what the planner says now, whether that changed, then the rest
+REPORT_COLUMNS = ["model", "method", "precision", "peak_bytes", "peak_bytes_now", "changed", "fits",
+                  "headroom_bytes", "gpu", "rank", *(COMPONENT_COLUMNS[c] for c in COMPONENTS), "error",
+                  "error_now"]
+_BYTES = {*COMPONENTS, *COMPONENT_COLUMNS.values(), "peak_bytes", "headroom_bytes", "gpu_memory_bytes",
+          "peak_bytes_now", "size", "peak", "total"}
+#: display labels of data columns (the data, and so the downloads and tests, keep the names)
+_LABELS = {**{COMPONENT_COLUMNS[c]: c.replace("_", " ") for c in COMPONENTS}, "peak_bytes": "peak",
+           "headroom_bytes": "headroom", "peak_bytes_now": "peak now", "gpu_memory_bytes": "GPU memory",
+           "error_now": "error now"}
 
 _MAX_MESSAGE = 600       # transformers lists every model type it knows in some errors
 
 
 def show_error(err: Exception, what: str = "Cannot estimate this setup") -> None:
-    """A planner ValueError as an inline message (its text says what to change)."""
+    """A planner ValueError as an inline message (its text says what to change). The message may
+    quote a user's file or question, so it is shown as literal text."""
     text = str(err)
-    st.error(f"{what}: {text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE].rstrip(', ') + ' …'}")
+    text = text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE].rstrip(', ') + ' …'
+    st.error(f"{what}: {md(text)}")
+
+
+def model_label(name: str, n_params: int | None, source: str | None = None) -> str:
+    """'Qwen3-8B (8.19B parameters)'; for a config.json, its file name too when the model's name
+    does not already say it: 'config (124.44M parameters, from gpt2-config.json)'. Plain text."""
+    extra = f"{count_text(n_params)} parameters"
+    file = Path(source).name if source and (source.endswith(".json") or "/" in source) else None
+    if file and Path(file).stem != name:
+        extra += f", from {file}"
+    return f"{name} ({extra})"
+
+
+def model_text(b) -> str:
+    """A MemoryBreakdown's model for Markdown: its name in bold, parameters and file after it."""
+    label = model_label(b.model, b.n_params, b.spec.model)
+    name, rest = label[:len(b.model)], label[len(b.model):]
+    return f"**{md(name)}** {md(rest)}"
 
 
 def usable(rows: Sequence[Mapping]) -> tuple[int | None, str | None] | None:
@@ -61,6 +97,14 @@ def downloads(rows: Sequence[Mapping], name: str, key: str, payload=None) -> Non
                        icon=":material/download:")
 
 
+def show_table(rows: Iterable[Mapping], columns: Sequence[str], key: str, **options) -> None:
+    """`bytes_frame` as a Streamlit table: data columns keep their names, headers read as words,
+    the first column stays in view when the table scrolls sideways."""
+    frame = bytes_frame(rows, columns)
+    config = {c: st.column_config.Column(_LABELS.get(c, c), pinned=i == 0) for i, c in enumerate(frame.columns)}
+    st.dataframe(frame, column_config=config, hide_index=True, key=key, **options)
+
+
 def bytes_frame(rows: Iterable[Mapping], columns: Sequence[str]) -> pd.DataFrame:
     """A display table: byte columns as `human_bytes`, fits as ✓/✗, an error in place of numbers."""
     out = []
@@ -71,7 +115,8 @@ def bytes_frame(rows: Iterable[Mapping], columns: Sequence[str]) -> pd.DataFrame
         shown = {}
         for c in columns:
             v = r.get(c)
-            shown[c] = human_bytes(v) if c in _BYTES and v is not None else (
+            is_bytes = c in _BYTES and isinstance(v, int) and not isinstance(v, bool)   # `weights` may be a format
+            shown[c] = human_bytes(v) if is_bytes else (
                 ("✓" if v else "✗") if c == "fits" and v is not None else v)
         out.append(shown)
     columns = list(dict.fromkeys(k for r in out for k in r))     # display text: one type per column
@@ -90,14 +135,14 @@ def suggestion_text(suggestions: Sequence) -> str:
 def fit_verdict(report) -> None:
     """The one-line verdict of a `FitReport`, and what would make it fit when it does not."""
     b = report.breakdown
-    gpu = f"{b.gpu.name} ({human_bytes(b.gpu.capacity_bytes)})"
-    text = (f"**{b.model}** with **{METHODS[report.method].name}** "
+    gpu = f"{md(b.gpu.name)} ({human_bytes(b.gpu.capacity_bytes)})"
+    text = (f"{model_text(b)} with **{METHODS[report.method].name}** "
             f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak "
             f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}.")
     (st.success if report.fits else st.error)(text)
     if not report.fits:
         hint = suggestion_text(report.suggestions)
-        st.info(f"To make it fit: {hint}." if hint else
+        st.info(f"To make it fit: {md(hint)}." if hint else
                 "No combination of checkpointing, 8-bit states, layer-wise updates, a smaller batch "
                 "or a lower rank makes it fit: try another method or a larger GPU.")
 
@@ -111,6 +156,16 @@ def fit_limits(report) -> None:
     c3.metric("Largest rank", "no rank" if "rank" not in METHODS[report.method].options else show(report.max_rank))
 
 
+_LINE_CHARS = 52      # characters of advice per line in a "large" column (Streamlit's 400 px)
+
+
+def _row_height(chars: int) -> int:
+    """Pixels for a row whose longest cell has `chars` characters: Streamlit's 35 for one line;
+    the grid wraps text only in rows of 70 px or more (seen in Chromium), 20 px a line."""
+    lines = max(1, -(-chars // _LINE_CHARS))
+    return 35 if lines == 1 else max(70, 30 + 20 * lines)
+
+
 def answer(ans: Mapping) -> list[dict]:
     """The landing page's answer to `planner.ask`: headline, one row per method; returns the
     flat rows (for download)."""
@@ -118,13 +173,13 @@ def answer(ans: Mapping) -> list[dict]:
     ok = [r for r in results if not r.get("error")]
     fitting = [r for r in ok if r["fits"]]
     rec = next((r for r in ok if r["method"] == ans.get("recommended")), None)
-    head = f"**{ans['model']}** on **{ans['gpu']}**: {len(fitting)} of {len(results)} methods fit."
+    head = f"**{md(ans['model'])}** on **{md(ans['gpu'])}**: {len(fitting)} of {len(results)} methods fit."
     if rec:
         st.success(f"{head} Recommended: **{METHODS[rec['method']].name}** ({rec['method']}) — peak "
                    f"{human_bytes(rec['peak_bytes'])}, headroom {human_bytes(rec['headroom_bytes'])}.")
     else:
         errors = {r["error"] for r in results if r.get("error")}
-        st.error(f"{head} " + ("; ".join(sorted(errors)) if not ok else "See below what would make one fit."))
+        st.error(f"{head} " + (md("; ".join(sorted(errors))) if not ok else "See below what would make one fit."))
     named = next((r for r in ok if r.get("asked")), None)
     if named:
         verdict = "fits" if named["fits"] else "does not fit"
@@ -133,14 +188,21 @@ def answer(ans: Mapping) -> list[dict]:
             f"{human_bytes(named['peak_bytes'])}, headroom {human_bytes(named['headroom_bytes'])}.")
     table = [{"method": r["method"], "fits": "✓" if r["fits"] else "✗",
               "peak": human_bytes(r["peak_bytes"]), "headroom": human_bytes(r["headroom_bytes"]),
-              "largest batch": r.get("max_batch") or "-",
-              "to make it fit": "" if r["fits"] else (suggestion_text(r.get("suggestions", ())) or "no switch is enough")}
+              "to make it fit": "" if r["fits"] else (suggestion_text(r.get("suggestions", ())) or "no switch is enough"),
+              "largest batch": r.get("max_batch") or "-"}
              if not r.get("error") else {"method": r["method"], "to make it fit": r["error"]}
              for r in results]
     columns = list(dict.fromkeys(k for r in table for k in r))
-    st.dataframe(pd.DataFrame([{c: str(r.get(c, "")) for c in columns} for r in table]),
-                 hide_index=True, width="stretch", height="content", key="answer_table")
-    st.caption("Assumes: " + "; ".join(ans.get("assumptions", [])))
+    # the advice is the longest text: a wide column whose rows are as tall as its longest entry
+    # needs (the grid wraps text in a tall row), so no advice is cut; the short columns size to
+    # their content
+    longest = max((len(r.get("to make it fit", "")) for r in table), default=0)
+    config = {"method": st.column_config.TextColumn(width="medium"),
+              "to make it fit": st.column_config.TextColumn(width="large")}
+    st.dataframe(pd.DataFrame([{c: str(r.get(c, "")) for c in columns} for r in table]), column_config=config,
+                 hide_index=True, width="stretch", height="content", row_height=_row_height(longest),
+                 key="answer_table")
+    st.caption("Assumes: " + md("; ".join(ans.get("assumptions", []))))
     return [flat_row(r) for r in results]
 
 

@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -69,6 +70,20 @@ def test_landing_question_gets_the_planners_verdict(page, app_url, shots):
     _shot(page, shots / "landing.png")
 
 
+def test_landing_when_nothing_fits_shows_the_whole_advice(page, app_url, shots):
+    """The advice column used to be cut at the table's edge exactly when nothing fits; now it
+    wraps in tall rows (look at landing_nothing_fits.png)."""
+    _open(page, app_url, PAGES[""])
+    question = "llama-2-13b on a 3090 batch 8 seq 2048"
+    box = page.get_by_role("textbox", name=re.compile("Ask about a model"))
+    box.fill(question)
+    box.press("Enter")
+    expected = ask(question)
+    assert not any(r.get("fits") for r in expected["results"])
+    page.get_by_text("0 of 16 methods fit").wait_for()
+    _shot(page, shots / "landing_nothing_fits.png")
+
+
 def _capacity_label(page) -> str:
     return page.locator(".js-plotly-plot .annotation-text").first.text_content()
 
@@ -85,6 +100,16 @@ def test_fit_page_gpu_change_updates_the_chart(page, app_url, shots):
     _wait_idle(page)
     assert "fits on" in page.locator('[data-testid="stAlertContentSuccess"]').first.inner_text()
     _shot(page, shots / "fit_h100.png")
+
+
+def test_fit_page_per_layer_chart_has_the_activations(page, app_url, shots):
+    _open(page, f"{app_url}/Fit_check", PAGES["Fit_check"])
+    page.get_by_role("tab", name="Per layer").click()
+    chart = page.locator(".js-plotly-plot").filter(has_text="memory per decoder layer")
+    chart.wait_for()
+    legend = chart.locator(".legendtext").all_text_contents()
+    assert "activations" in legend and "weights" in legend
+    _shot(page, shots / "fit_per_layer.png")
 
 
 def test_compare_csv_download_equals_the_cli(page, app_url, shots, tmp_path):
@@ -136,9 +161,48 @@ def test_validate_trace_sets_measured_beside_predicted(page, app_url, shots):
     page.get_by_role("button", name="Run a trace").click()
     page.get_by_text("Predicted vs measured").wait_for(timeout=120_000)
     verdict = page.locator('[data-testid="stAlertContentSuccess"]').first.inner_text()
-    assert verdict.startswith("trace of llama-60m with galore")
+    assert verdict.startswith("trace of llama-60m (58.07M parameters) with galore")
     page.get_by_text("Validation history").wait_for()
     _shot(page, shots / "validate_trace.png")
+
+
+def _burst_children(server_pid: int) -> list:
+    """Live processes forked by the app's profiler fork server (the running bursts)."""
+    import psutil
+    servers = [p for p in psutil.Process(server_pid).children(recursive=True)
+               if "forkserver" in " ".join(p.cmdline())]
+    return [c for s in servers for c in s.children() if c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_validate_cancel_stops_a_running_burst(page, app_server, shots):
+    """A real fp32 llama-60m burst: its text changes every second, Cancel ends its child process
+    and the page says it was cancelled (no traceback)."""
+    url, server = app_server
+    _open(page, f"{url}/Validate", PAGES["Validate"])
+    page.locator('[data-testid="stRadio"]').filter(has_text="Run").get_by_text("burst", exact=True).click()
+    steps = page.get_by_label("Measured steps")
+    steps.fill("20")                                   # long enough to be cancelled mid-way
+    steps.press("Enter")
+    _wait_idle(page)
+    page.get_by_role("button", name="Run a burst").click()
+    progress = page.locator('[data-testid="stProgress"]')
+    progress.wait_for()
+    first = progress.inner_text()
+    page.wait_for_function("t => document.querySelector('[data-testid=\"stProgress\"]')?.innerText !== t",
+                           arg=first, timeout=10_000)                    # the heartbeat moves it
+    deadline = time.monotonic() + 90
+    while not _burst_children(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _burst_children(server.pid), "the burst never started"
+    page.screenshot(path=str(shots / "validate_burst_running.png"), full_page=True)     # mid-run: no idle wait
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled: the burst was stopped after").wait_for()
+    deadline = time.monotonic() + 10
+    while _burst_children(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _burst_children(server.pid)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    _shot(page, shots / "validate_cancelled.png")
 
 
 @pytest.mark.parametrize("path", [p for p in PAGES if p not in ("", "Fit_check", "Compare_methods")])

@@ -29,7 +29,7 @@ def killed(report):
 
 
 def hangs(report):
-    report({"step": 1, "total": 4, "phase": "forward"})
+    report({"step": 1, "total": 4, "phase": "forward", "pid": os.getpid()})
     time.sleep(600)
 
 
