@@ -21,6 +21,8 @@ import re
 
 import torch
 
+from .sizes import storage_bytes
+
 __all__ = [
     "NF4_BLOCKSIZE",
     "lora_targets",
@@ -100,7 +102,8 @@ def apply_lora(
 
     Only the adapters (and ``modules_to_save``, which peft trains as a full copy beside the frozen
     original) are trainable afterwards. ``autocast_adapter_dtype`` (peft's default): adapters are
-    fp32 even on a 16-bit base. ``use_dora``: DoRA's magnitude vectors on top (peft).
+    fp32 even on a 16-bit base. ``use_dora``: peft's DoRA variant (a trainable magnitude per
+    output row; :mod:`lowrank.dora`).
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
@@ -134,13 +137,11 @@ def quantize_nf4(model, targets, compute_dtype: torch.dtype = torch.bfloat16) ->
     layers. Returns the qualified names replaced.
     """
     import bitsandbytes as bnb
-    from torch import nn
 
-    pattern = re.compile(lora_target_regex(tuple(targets)))
+    from .replace import set_submodule, target_linears
+
     replaced = []
-    for name, linear in list(model.named_modules()):
-        if not (type(linear) is nn.Linear and pattern.fullmatch(name)):
-            continue
+    for name, linear in target_linears(model, targets):
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
                                   compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
                                   quant_storage=torch.uint8, device="meta")
@@ -149,12 +150,8 @@ def quantize_nf4(model, targets, compute_dtype: torch.dtype = torch.bfloat16) ->
                                    quant_storage=torch.uint8, module=layer)
         layer.weight = weight.to(linear.weight.device)                 # quantises; sets layer.quant_state
         layer.bias = linear.bias
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        set_submodule(model, name, layer)
         replaced.append(name)
-    if not replaced:
-        raise ValueError(f"no nn.Linear matches the targets {list(targets)} inside numbered blocks "
-                         "(GPT-2's Conv1D layers cannot be quantised to 4 bits here)")
     model.is_loaded_in_4bit = True
     return replaced
 
@@ -205,13 +202,7 @@ def quantized_base_bytes(model) -> int:
         while state is not None:
             tensors += [v for v in vars(state).values() if torch.is_tensor(v)]
             state = state.state2
-    seen, total = set(), 0
-    for t in tensors:
-        key = (t.device, t.untyped_storage().data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-    return total
+    return storage_bytes(tensors)
 
 
 def lora_pairs(model, adapter: str = "default") -> list[tuple[str, "torch.Tensor", "torch.Tensor", float]]:

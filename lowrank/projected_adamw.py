@@ -46,6 +46,7 @@ from .adam import (adam_denoms, adam_directions, adam_moments_, adam_step_size, 
 from .projection import (check_positive, check_positive_int, check_proj_type, check_rank, project,
                          project_back, projection_side, svd_basis)
 from .quant8 import init_moments, read_moments, write_moments_
+from .sizes import storage_bytes
 
 __all__ = [
     "ProjectedGrad",
@@ -383,11 +384,4 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """
     tensors = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     tensors += [v for v in getattr(optimizer, "shared_buffers", {}).values() if torch.is_tensor(v)]
-    seen, total = set(), 0
-    for t in tensors:
-        storage = t.untyped_storage()
-        key = (t.device, storage.data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
-    return total
+    return storage_bytes(tensors)

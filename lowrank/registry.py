@@ -1,9 +1,12 @@
-"""The one table from method ids to optimizer classes (imported lazily), and a builder.
+"""The tables from method ids to optimizer classes, model wrappers and step hooks (lazy), and builders.
 
 ``OPTIMIZERS[method_id]`` imports and returns the class; listing the ids imports nothing.
 Projected classes (subclasses of :class:`lowrank.projected_adamw.ProjectedAdamW`) expect the
 authors' param groups (:func:`lowrank.groups.projection_param_groups`); :func:`make_optimizer`
-builds them from a model.
+builds them from a model. ``ADAPTERS[method_id]`` is the function that turns a model into the
+method's trainable form (``apply_lora``, ``apply_svfit``...; a method absent from it trains the
+model as it is); ``STEP_HOOKS[method_id]`` a class wrapping each forward and backward
+(LoRA-GGPO's perturbation), built as ``hook(model, optimizer, **options)``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-__all__ = ["OPTIMIZER_PATHS", "OPTIMIZERS", "METHOD_IDS", "make_optimizer", "build_optimizer"]
+__all__ = ["OPTIMIZER_PATHS", "OPTIMIZERS", "METHOD_IDS", "ADAPTER_PATHS", "ADAPTERS", "STEP_HOOK_PATHS",
+           "STEP_HOOKS", "make_optimizer", "build_optimizer"]
 
 OPTIMIZER_PATHS: dict[str, str] = {
     # full-rank baselines (third-party classes)
@@ -31,6 +35,26 @@ OPTIMIZER_PATHS: dict[str, str] = {
     "gradnormlorp": "lowrank.gradnormlorp:GradNormLoRP",
     "gradnormlorp-8bit": "lowrank.gradnormlorp:GradNormLoRP8bit",
     "lora-pro": "lowrank.lora_pro:LoRAProAdamW",
+    # adapter methods trained by torch's AdamW (their wrapper is in ADAPTER_PATHS)
+    "lora": "torch.optim:AdamW",
+    "qlora": "torch.optim:AdamW",
+    "dora": "torch.optim:AdamW",
+    "lora-ggpo": "torch.optim:AdamW",            # + STEP_HOOK_PATHS: the perturbation
+    "svfit": "torch.optim:AdamW",
+    "welore": "torch.optim:AdamW",
+}
+
+ADAPTER_PATHS: dict[str, str] = {
+    "lora": "lowrank.lora:apply_lora",
+    "qlora": "lowrank.lora:apply_qlora",
+    "lora-pro": "lowrank.lora:apply_lora",
+    "dora": "lowrank.dora:apply_dora",
+    "lora-ggpo": "lowrank.lora:apply_lora",
+    "svfit": "lowrank.svfit:apply_svfit",
+    "welore": "lowrank.welore:apply_welore",
+}
+STEP_HOOK_PATHS: dict[str, str] = {
+    "lora-ggpo": "lowrank.ggpo:GGPOPerturbation",
 }
 
 # Per-method group options / constructor arguments make_optimizer uses when the caller gives none.
@@ -55,14 +79,14 @@ _CONSTRUCTOR_DEFAULTS: dict[str, dict] = {
 
 
 class _LazyClasses(Mapping):
-    """Read-only mapping id -> class; the class's module is imported on first access."""
+    """Read-only mapping id -> object; the object's module is imported on first access."""
 
-    def __init__(self, paths: dict[str, str]):
-        self._paths = paths
+    def __init__(self, paths: dict[str, str], kind: str = "optimizer"):
+        self._paths, self._kind = paths, kind
 
     def __getitem__(self, method: str):
         if method not in self._paths:
-            raise KeyError(f"unknown optimizer {method!r}; known: {', '.join(self._paths)}")
+            raise KeyError(f"unknown {self._kind} {method!r}; known: {', '.join(self._paths)}")
         module, _, name = self._paths[method].partition(":")
         return getattr(importlib.import_module(module), name)
 
@@ -75,6 +99,8 @@ class _LazyClasses(Mapping):
 
 OPTIMIZERS: Mapping = _LazyClasses(OPTIMIZER_PATHS)
 METHOD_IDS: tuple[str, ...] = tuple(OPTIMIZER_PATHS)
+ADAPTERS: Mapping = _LazyClasses(ADAPTER_PATHS, "adapter method")
+STEP_HOOKS: Mapping = _LazyClasses(STEP_HOOK_PATHS, "step hook")
 
 
 def make_optimizer(method: str, model, lr: float = 1e-3, group_options: dict | None = None, **kwargs):

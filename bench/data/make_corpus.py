@@ -1,10 +1,15 @@
-"""Regenerate ``corpus.txt``: deterministic, original prose for the training benchmark.
+"""Regenerate ``corpus.txt`` and ``ledger.txt``: deterministic, original text for the benchmarks.
 
     python bench/data/make_corpus.py
 
-A small grammar of village-chronicle sentences (all words and templates written for memfit, no
-third-party text), expanded with a fixed seed into ~150 KB of plain ASCII: enough structure for a
-byte-level model to learn within a few hundred steps, small enough to live in the repository.
+``corpus.txt``: a small grammar of village-chronicle sentences (all words and templates written
+for memfit, no third-party text), expanded with a fixed seed into ~150 KB of plain ASCII: enough
+structure for a byte-level model to learn within a few hundred steps, small enough to live in the
+repository (``bench/lowrank_train.py`` pre-trains on it).
+
+``ledger.txt``: the fine-tuning task of ``bench/lowrank_finetune.py``, a shifted distribution over
+the same village: a trader's daily account book (dated entries, quantities, prices, running
+balances), ~60 KB. Same people and places, new structure, digits and punctuation.
 """
 
 import random
@@ -54,7 +59,44 @@ def corpus(target_bytes: int = 150_000, seed: int = 0) -> str:
     return "\n\n".join(paragraphs) + "\n"
 
 
+GOODS = ["sacks of barley", "bolts of linen", "jars of honey", "bundles of wool", "casks of cider",
+         "loaves of rye", "pounds of salt", "candles", "iron nails", "baskets of apples"]
+DEALS = ["Sold", "Sold", "Bought", "Bartered"]        # sales twice as often: the trader prospers
+
+
+def ledger_entry(rng: random.Random, day: int, balance: int) -> tuple[str, int]:
+    """One dated entry and the new balance (pence): a sale, a purchase or a toll, then the total."""
+    count, price = rng.randint(2, 12), rng.randint(1, 9)
+    deal, who, where = rng.choice(DEALS), rng.choice(PEOPLE), rng.choice(PLACES)
+    amount = count * price
+    if deal == "Sold":
+        balance += amount
+        line = f"Day {day}. Sold {count} {rng.choice(GOODS)} to {who} at {price}d each: +{amount}d."
+    elif deal == "Bought":
+        balance -= amount
+        line = f"Day {day}. Bought {count} {rng.choice(GOODS)} from {who} at {price}d each: -{amount}d."
+    else:
+        line = f"Day {day}. Bartered {count} {rng.choice(GOODS)} with {who} for {rng.choice(THINGS)}."
+    if rng.random() < 0.3:
+        toll = rng.randint(1, 3)
+        balance -= toll
+        line += f" Toll at {where}: -{toll}d."
+    return f"{line} Balance: {balance}d.", balance
+
+
+def ledger(target_bytes: int = 60_000, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    lines, size, balance, day = [], 0, 100, 1
+    while size < target_bytes:
+        line, balance = ledger_entry(rng, day, balance)
+        lines.append(line)
+        size += len(line) + 1
+        day += rng.randint(0, 2)
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    out = Path(__file__).with_name("corpus.txt")
-    out.write_text(corpus(), encoding="ascii")
-    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    for name, text in (("corpus.txt", corpus()), ("ledger.txt", ledger())):
+        out = Path(__file__).with_name(name)
+        out.write_text(text, encoding="ascii")
+        print(f"wrote {out} ({out.stat().st_size} bytes)")
