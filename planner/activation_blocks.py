@@ -7,7 +7,7 @@ function's docstring; the family records (`planner/families/`) compose these int
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
            "mlp_bytes", "logits_bytes", "logits_backward_bytes"]
@@ -33,6 +33,13 @@ class Dims:
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
     kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
+    #: the family's block options read from the config (`Family.block_options`: partial rotary,
+    #: parallel residual, a sliding window, ...), as sorted (key, value) pairs
+    options: tuple[tuple[str, object], ...] = field(default=())
+
+    def opt(self, key: str, default=None):
+        """A block option of the family (`Family.block_options`), or `default`."""
+        return dict(self.options).get(key, default)
 
     @property
     def bs(self) -> int:
@@ -46,11 +53,13 @@ class Dims:
 @dataclass(frozen=True)
 class FirstLayer:
     """Under adapters, which of layer 0's attention projections carry one (their outputs then
-    need a gradient although the layer's input, from frozen embeddings, does not)."""
+    need a gradient although the layer's input, from frozen embeddings, does not), and whether
+    a linear reading the MLP's input does."""
     q: bool
     k: bool
     v: bool
     o: bool
+    mlp: bool = True
 
     @property
     def attention(self) -> bool:

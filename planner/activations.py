@@ -61,6 +61,11 @@ class ActivationBreakdown:
     lora: adapter extras held at the forward's end (rank-r intermediates, input copies).
     total: alive at the end of the forward: layers + embeddings + head + logits + lora.
     peak_backward: activations plus gradient temporaries at the backward's peak.
+    source: "analytic" (the family record's rule) or "traced" (measured under FakeTensorMode for
+        an architecture memfit has no record for: `planner.traced`).
+    instants: measured activation bytes (with gradient temporaries) at the three moments of
+        backward the peak model uses (the loss's backward, the top layer's, the first layer's);
+        None: derived from the fields above (`planner.peak`).
     """
     per_layer: int
     layers: int
@@ -71,6 +76,8 @@ class ActivationBreakdown:
     lora: int
     total: int
     peak_backward: int
+    source: str = "analytic"
+    instants: tuple[int, int, int] | None = None
 
     @property
     def peak(self) -> int:
@@ -78,7 +85,8 @@ class ActivationBreakdown:
         return max(self.total, self.peak_backward)
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"peak": self.peak}
+        return ({f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name not in ("source", "instants")} | {"peak": self.peak})
 
 
 def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
@@ -100,7 +108,8 @@ def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) 
 
 
 def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
-                     lora_m: int, groups: list[tuple[str, int]] | None = None) -> int:
+                     lora_m: int, groups: list[tuple[str, int]] | None = None,
+                     ctx_is_core_output: bool | None = None) -> int:
     """Adapter extras of one layer; peft's `lora.Linear` computes
     base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
 
@@ -108,16 +117,17 @@ def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d:
     linear's input itself (already counted) when adapters are in D without dropout; otherwise
     its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. A frozen base linear saves
     nothing, so an input (of `groups`, every block linear's input; default: the adapted ones')
-    that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx under
-    flash, which SDPA saves as its output).
+    that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx when
+    it is the attention kernel's saved output: `ctx_is_core_output`, by default under flash).
     """
     extra = len(linears) * lora_d * x.bs * rank
     copies = lora_d != x.D or lora_m > 0
     if copies:
         extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
     read_as_is = set() if copies else {key for key, _ in linears}
+    core_ctx = x.core == "flash" if ctx_is_core_output is None else ctx_is_core_output
     released = {(key, n) for key, n in (groups if groups is not None else linears)
-                if key not in read_as_is and not (key == "ctx" and x.core == "flash")}
+                if key not in read_as_is and not (key == "ctx" and core_ctx)}
     return extra - sum(x.D * x.bs * n for _, n in released)
 
 
@@ -143,11 +153,13 @@ def frozen_input_bytes(x: Dims, family: Family, linears: list[tuple[str, int]], 
 
 
 def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
-    """Which attention projections of a layer carry adapters (None: every block linear)."""
-    def adapted(role: str) -> bool:
-        names = family.attention_inputs.get(role, ())
+    """Which attention projections of a layer carry adapters, and whether a linear reading the
+    MLP's input does (None: every block linear)."""
+    def adapted(names) -> bool:
         return targets is None or any(n in targets for n in names)
-    return FirstLayer(adapted("q"), adapted("k"), adapted("v"), adapted("o"))
+    mlp_in = [m.rpartition(".")[2] for m, key in family.linear_inputs.items() if key == "mlp_in"]
+    return FirstLayer(*(adapted(family.attention_inputs.get(role, ())) for role in "qkvo"),
+                      adapted(mlp_in))
 
 
 # ---- backward -------------------------------------------------------------------------------
@@ -181,8 +193,15 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     `peak_backward` is the larger of two moments: the backward's start (`total` plus the loss
     gradients) and the last layer's backward (the stored layers plus that layer's saved or
     recomputed tensors and gradient peak, the head and loss tensors released by then).
-    Raises ValueError, saying what to change, for an input it cannot model.
+    Raises ValueError, saying what to change, for an input it cannot model. An architecture
+    without a family record is traced instead (`planner.traced`, imported only then).
     """
+    if model.family is None:
+        from . import traced      # lazy: the one planner module that runs the profiler
+        return traced.activation_memory(
+            model, batch=batch, seq=seq, dtype=dtype, attention=attention,
+            checkpointing=checkpointing, lora_rank=lora_rank, lora_dropout=lora_dropout,
+            lora_dtype=lora_dtype, dropout=dropout, kernels=kernels, lora_targets=lora_targets)
     family = _family(model)
     _check(model, batch, seq, attention, checkpointing, kernels, lora_rank)
     x = _dims(model, family, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels,
@@ -271,7 +290,8 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 model.num_layers, D, 4 if kernels == "cuda" else D,
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
-                bool(model.hf_config.get("use_cache", True)) and not checkpointing)
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing,
+                tuple(sorted(family.block_options(model.hf_config).items())))
 
 
 def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
@@ -284,7 +304,8 @@ def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout:
     linears = adapted_linears(model, targets)
     if not linears:
         raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model)),
+    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model),
+                             family.activation.ctx_is_core_output(x)),
             lora_grad_bytes(x, linears, lora_d, lora_m),
             frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
             lora_d != x.D or lora_m > 0)

@@ -126,9 +126,16 @@ class MemoryBreakdown:
         stored activations included (`per_layer_components` summed)."""
         return {key: sum(part.values()) for key, part in self.per_layer_components().items()}
 
+    @property
+    def activation_model(self) -> str:
+        """"analytic" (the model family's record) or "traced" (measured under FakeTensorMode for
+        an architecture memfit has no record for)."""
+        return self.activation_detail.source if self.activation_detail else "analytic"
+
     def to_record(self) -> dict:
         """JSON-ready: integer bytes under `components`, the full spec, the fit."""
         return {"model": self.model, "method": self.spec.method, "n_params": self.n_params,
+                "activation_model": self.activation_model,
                 "spec": self.spec.as_dict(), "components": self.components.as_dict(),
                 "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
                 **self._device_record(),

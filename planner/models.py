@@ -176,12 +176,21 @@ def _normalised_fields(d: dict, source: str, family: Family | None) -> dict:
     return {**d, **c, "model_type": _model_type(d, source)}
 
 
+def _block_options(family: Family, c: dict, label: str) -> None:
+    try:
+        family.block_options(c)
+    except ValueError as err:
+        raise ValueError(f"{label}: {err}") from None
+
+
 def config_from_dict(d: dict, name: str, source: str = "catalog", params=None) -> ModelConfig:
     """Build a ModelConfig from config.json fields; `params` defaults to the family's analytic
     shapes (a model_type without a family record needs `params`, from the meta device)."""
     label = source if source != "catalog" else name
     family = family_for(_model_type(d, label))
     c = _normalised_fields(d, label, family)
+    if family is not None:
+        _block_options(family, c, label)          # a wrongly typed switch is named now, not later
     if params is None:
         if family is None:
             raise ValueError(f"{name}: no analytic shapes for model_type {c['model_type']!r}")
@@ -193,7 +202,7 @@ def config_from_dict(d: dict, name: str, source: str = "catalog", params=None) -
                        vocab_size=c["vocab_size"], max_position=c["max_position"],
                        tie_word_embeddings=c["tie_word_embeddings"], params=tuple(params),
                        source=source, hf_config={k: v for k, v in d.items()
-                                                 if k not in ("aliases", "source", "catalog_file")},
+                                                 if k not in ("aliases", "source", "catalog_file", "variants")},
                        unused=family.unused(c) if family else frozenset())
 
 
@@ -233,8 +242,39 @@ MODEL_CATALOG: dict[str, ModelConfig] = _Catalog()
 
 
 def get_model(query: str) -> ModelConfig:
-    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf")."""
-    return MODEL_CATALOG[resolve(query, _alias_index(), "model", model_names())]
+    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf").
+
+    A fine-tuned variant (an entry's `variants`, or a Hub id whose last part names an
+    Instruct / chat / it version of a catalog model: "meta-llama/Llama-3.1-8B-Instruct") has the
+    base model's shapes: it resolves to the base entry, with a note saying so."""
+    try:
+        return MODEL_CATALOG[resolve(query, _alias_index(), "model", model_names())]
+    except ValueError:
+        base = _variant_of(query)
+        if base is None:
+            raise
+    note = (f"{query} is a fine-tuned variant of {base}: same architecture and shapes, sized "
+            f"as {base}")
+    return replace(MODEL_CATALOG[base], notes=(*MODEL_CATALOG[base].notes, note))
+
+
+#: words that name a fine-tuned variant in a Hub id (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf,
+#: gemma-2-9b-it, Mistral-7B-Instruct-v0.3)
+_VARIANT_WORDS = ("instruct", "chat", "it")
+
+
+def _variant_of(query: str) -> str | None:
+    """The catalog entry a fine-tuned variant's name belongs to, or None."""
+    if not isinstance(query, str):
+        return None
+    explicit = {normalize(v): name for name, e in _catalog_raw().items() for v in e.get("variants", [])}
+    if normalize(query) in explicit:
+        return explicit[normalize(query)]
+    tail = query.split("/")[-1]
+    words = [w for w in re.split(r"[-_ ]", tail) if w.lower() not in _VARIANT_WORDS]
+    if len(words) == len(re.split(r"[-_ ]", tail)):
+        return None
+    return _alias_index().get(normalize("-".join(words).removesuffix("-hf")))
 
 
 def load_config_file(path: str | Path) -> ModelConfig:
@@ -298,6 +338,23 @@ def config_from_json(d: Any, label: str) -> ModelConfig:
 def meta_params(d: dict, label: str = "config", remote_code: bool = False) -> tuple[Param, ...]:
     """Exact parameters of the model a config describes, built on the meta device.
     `remote_code`: the config asked for remote code (only said in the error if transformers
-    cannot build the model_type itself)."""
-    from . import hf_meta   # lazy: imports transformers and accelerate
-    return tuple(_param(*row) for row in hf_meta.enumerate_parameters(d, label, remote_code))
+    cannot build the model_type itself). The list is cached on disk by the config's fields and
+    the transformers version (`planner.cache`): a later run needs no transformers import."""
+    from . import cache
+    key = {"config": {k: v for k, v in d.items() if k not in _NOT_SHAPES},
+           "versions": cache.library_versions("transformers", "accelerate")}
+    rows = cache.read("params", key)
+    if rows is None:
+        from . import hf_meta   # lazy: imports transformers and accelerate
+        rows = hf_meta.enumerate_parameters(d, label, remote_code)
+        cache.write("params", key, [list(map(_plain, row)) for row in rows])
+    return tuple(_param(name, tuple(shape), cls) for name, shape, cls in rows)
+
+
+#: config fields that never change a parameter's shape (names, provenance)
+_NOT_SHAPES = ("aliases", "source", "variants", "catalog_file", "_name_or_path", "name_or_path",
+               "transformers_version")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

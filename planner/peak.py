@@ -85,8 +85,12 @@ def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
 
 
 def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
-    """(activation bytes, gradient bytes) alive at the start, top and end of backward."""
+    """(activation bytes, gradient bytes) alive at the start, top and end of backward (a traced
+    model's activations at those moments are measured: `act.instants`)."""
     total, layer, head = grads
+    if act.instants is not None:
+        start, top, end = act.instants
+        return [(start, 0), (top, head + layer), (end, total)]
     stored_one = act.layers // max(layers, 1)
     held = act.total - act.logits - act.head          # the stack and embeddings, head done
     return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet

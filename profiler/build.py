@@ -155,8 +155,10 @@ def build_model(r: Resolved, device: str = "cpu", layers: int | None = None) -> 
     Built on `device`, or wherever the ambient mode puts tensors (a FakeTensorMode for traces).
     """
     base = r.frozen if r.method.kind == "adapter" else r.weights
+    cls = _model_class(r)
+    build = getattr(cls, "from_config", None) or cls._from_config    # an auto class, or the class
     with contextlib.redirect_stderr(io.StringIO()):
-        model = _model_class(r).from_config(hf_config(r, layers), dtype=torch_dtype(base))
+        model = build(hf_config(r, layers), dtype=torch_dtype(base))
     if next(model.parameters()).device != torch.device(device):
         model.to(device)
     if r.method.kind == "adapter" and r.spec.base_quant in BASES:

@@ -64,16 +64,23 @@ def _fake_apply(self, fn, recurse=True):
 
 
 @contextlib.contextmanager
-def _fake_friendly():
+def _fake_friendly(bitsandbytes: bool = True):
     """Patches for the trace only, none of which changes what is stored: module conversion of
     fake parameters (above); bitsandbytes' 256-entry quantisation maps built from real tensors
     (their construction reads values with `.tolist()`, which a fake tensor cannot answer); and
     Q-GaLore's lazy-subspace rule keeps its gap (whether successive projections agree is a
-    data-dependent question; the answer only changes the integer gap, never a tensor's size)."""
+    data-dependent question; the answer only changes the integer gap, never a tensor's size);
+    and transformers' packed-sequence detection (`masking_utils.find_packed_sequence_indices`
+    reads the position ids' values; a fake tensor cannot answer, so transformers assumes packing
+    and materialises a (b, 1, s, s) mask a real run never makes): the traced batch is one
+    unpadded sequence per row, which a real run detects as not packed. `bitsandbytes=False`:
+    nothing traced uses it (its import alone takes seconds)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.nn import Module
     patches = [(Module, "_apply", _fake_apply)]
     try:
+        if not bitsandbytes:
+            raise ImportError
         import bitsandbytes.functional as bnb_f
         original = bnb_f.create_dynamic_map
 
@@ -81,6 +88,11 @@ def _fake_friendly():
             with unset_fake_temporarily():
                 return original(*args, **kwargs)
         patches.append((bnb_f, "create_dynamic_map", real_map))
+    except ImportError:
+        pass
+    try:
+        import transformers.masking_utils as masking
+        patches.append((masking, "find_packed_sequence_indices", lambda position_ids: None))
     except ImportError:
         pass
     try:

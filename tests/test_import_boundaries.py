@@ -37,3 +37,35 @@ def test_package_functions_survive_importing_their_submodules():
             "assert len(compare('llama-60m', methods=['adamw'])) == 1\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+#: the one planner module that may run the profiler: the traced-activations adapter
+PROFILER_ADAPTER = "planner/traced.py"
+
+
+def test_only_the_traced_adapter_imports_the_profiler():
+    """The planner stays importable without torch: no planner module but `planner/traced.py`
+    imports the profiler (statically), and importing every other planner module loads neither
+    `profiler` nor `planner.traced`."""
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    importers = set()
+    for path in sorted((root / "planner").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            if any(n == "profiler" or n.startswith("profiler.") for n in names):
+                importers.add(str(path.relative_to(root)))
+    assert importers == {PROFILER_ADAPTER}, importers
+    modules = sorted(f"planner.{p.relative_to(root / 'planner').with_suffix('').as_posix().replace('/', '.')}"
+                     for p in (root / "planner").rglob("*.py")
+                     if p.name != "__main__.py" and str(p.relative_to(root)) != PROFILER_ADAPTER)
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}:\n    importlib.import_module(m.removesuffix('.__init__'))\n"
+            "bad = [m for m in ('profiler', 'planner.traced', 'torch') if m in sys.modules]\n"
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -19,6 +19,7 @@ from .reports import flat_row, to_csv, to_json
 from .text import count_text, md
 
 __all__ = ["show_error", "usable", "gpu_grid", "downloads", "bytes_frame", "show_table", "fit_verdict",
+           "activation_model_text",
            "fit_limits", "answer", "suggestion_text", "model_label", "model_text", "device_memory",
            "KEY_COLUMNS", "COMPARE_COLUMNS", "REPORT_COLUMNS"]
 
@@ -140,11 +141,22 @@ def fit_verdict(report) -> None:
             f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak "
             f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}.")
     (st.success if report.fits else st.error)(text)
+    st.caption(activation_model_text(b))
     if not report.fits:
         hint = suggestion_text(report.suggestions)
         st.info(f"To make it fit: {md(hint)}." if hint else
                 "No combination of checkpointing, 8-bit states, layer-wise updates, a smaller batch "
                 "or a lower rank makes it fit: try another method or a larger GPU.")
+
+
+def activation_model_text(b) -> str:
+    """Which activation model sized the step: the family record's formulas, or a trace of an
+    architecture memfit has no record for."""
+    if b.activation_model == "traced":
+        return ("Activations: **traced**. memfit has no record of this architecture, so its real "
+                "transformers model was traced under FakeTensorMode (two layers, six batch and "
+                "sequence points, fitted and extrapolated; cached for later estimates).")
+    return "Activations: **analytic**, from the model family's record (checked against MemTracker)."
 
 
 def fit_limits(report) -> None:

@@ -3,14 +3,15 @@ config `model_type` values they cover. Adding a family is one module here plus c
 (`planner/data/models/<family>.json`) and its test cases."""
 from __future__ import annotations
 
-from . import gpt2, llama, mistral, qwen2, roberta
+from . import bert, gpt2, gpt_neox, llama, mistral, qwen2, roberta
 from .record import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, ActivationRule, Family
 
 __all__ = ["FAMILIES", "Family", "ActivationRule", "family_for", "COMMON_FIELDS",
            "REQUIRED_FIELDS", "ROLES"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY)}
+    llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY, gpt_neox.FAMILY,
+    bert.FAMILY)}
 _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 
 

@@ -53,6 +53,9 @@ class ActivationRule:
         of its attention projections carry an adapter.
     causal_loss_upcast: the loss upcasts the logits to fp32 (`ForCausalLMLoss`); a masked LM's
         `CrossEntropyLoss` does not.
+    ctx_is_core_output(x): the output projection reads the attention kernel's saved output
+        itself (SDPA-flash lays it out (b, s, a, d), so the transpose back is free), so a frozen
+        output projection releases nothing; False where the layout forces a copy.
     """
     layer: Callable
     embeddings: Callable
@@ -62,6 +65,7 @@ class ActivationRule:
     input_saved_by_layer: Callable
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
+    ctx_is_core_output: Callable = lambda x: x.core == "flash"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class Family:
     fan_in_fan_out: the linears are transformers' `Conv1D` (weight stored (in, out)).
     example: a tiny config of the family, for tests (meta-device shapes, MemTracker, bursts).
     unused(c): parameters the model holds but its forward never reads (no gradient, no state).
+    block_options(c): the config switches the activation rule reads beyond `Dims` (partial
+        rotary, parallel residual, a sliding window), validated: a field of the wrong type raises
+        ValueError naming it. They reach the rule as `Dims.opt(key)`.
     """
     name: str
     model_types: tuple[str, ...]
@@ -104,6 +111,7 @@ class Family:
     fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     config_defaults: Mapping[str, object] = field(default_factory=dict)
     unused: Callable[[dict], frozenset[str]] = lambda c: frozenset()
+    block_options: Callable[[dict], Mapping[str, object]] = lambda c: {}
     tie_default: bool = False
     fan_in_fan_out: bool = False
     source: str = ""                # the transformers modeling file the rules follow

@@ -56,13 +56,15 @@ def encoder_layer_bytes(x: Dims) -> int:
             + 2 * x.m_hidden * x.bsh)
 
 
-def encoder_embeddings_bytes(x: Dims, checkpointing: bool) -> int:
-    """Position and token-type ids (int64, 16bs), the embeddings LayerNorm's input and stats,
-    its dropout mask. Frozen embeddings save no ids; without checkpointing nothing before the
-    first layer needs a gradient, with it the embeddings' output is a leaf held (D·bsh)."""
+def encoder_embeddings_bytes(x: Dims, checkpointing: bool, ids: int | None = None) -> int:
+    """The ids the position and token-type embeddings save (`ids` bytes; RoBERTa computes both
+    per token from the input ids, int64 16bs), the embeddings LayerNorm's input and stats, its
+    dropout mask. Frozen embeddings save no ids; without checkpointing nothing before the first
+    layer needs a gradient, with it the embeddings' output is a leaf held (D·bsh)."""
     if x.frozen and not checkpointing:
         return 0
-    return ((0 if x.frozen else 16 * x.bs) + (x.D * x.bsh if x.frozen else 0)
+    ids = 16 * x.bs if ids is None else ids
+    return ((0 if x.frozen else ids) + (x.D * x.bsh if x.frozen else 0)
             + layer_norm_bytes(x) + x.m_hidden * x.bsh)
 
 
