@@ -33,6 +33,7 @@ class Dims:
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
     kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
+    attention: str = "sdpa"   # the implementation asked for: sdpa | eager | flash (FlashAttention-2)
     #: the family's block options read from the config (`Family.block_options`: partial rotary,
     #: parallel residual, a sliding window, ...), as sorted (key, value) pairs
     options: tuple[tuple[str, object], ...] = field(default=())

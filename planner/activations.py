@@ -290,7 +290,7 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 model.num_layers, D, 4 if kernels == "cuda" else D,
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
-                bool(model.hf_config.get("use_cache", True)) and not checkpointing,
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing, attention,
                 tuple(sorted(family.block_options(model.hf_config).items())))
 
 

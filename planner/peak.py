@@ -84,18 +84,33 @@ def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
     return total, layer, head
 
 
-def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
-    """(activation bytes, gradient bytes) alive at the start, top and end of backward (a traced
-    model's activations at those moments are measured: `act.instants`)."""
+def _tied_transient(rows: list[Row], r: Resolved) -> int:
+    """A word embedding tied to the LM head gets two gradient contributions: the head's, formed
+    at the start of backward and held in autograd's input buffer, and the embedding's own,
+    formed last; the engine sums them out of place (`InputBuffer::accumulate`: aten::add, seen
+    with torch.profiler), so for an instant three (V, h) gradients exist where the planner's
+    gradients count one: two more, at the end of backward."""
+    if not r.model.tie_word_embeddings:
+        return 0
+    word = next((row for row in rows if row.role == "embedding" and not row.layers
+                 and row.shape[:1] == (r.model.vocab_size,)), None)
+    return 2 * word.memory.gradients if word else 0
+
+
+def _backward_instants(act, grads: tuple[int, int, int], layers: int,
+                       tied: int = 0) -> list[tuple[int, int, int]]:
+    """(activation, gradient, temporary bytes) alive at the start, top and end of backward (a
+    traced model's activations at those moments are measured: `act.instants`); `tied`: the
+    tied embedding's extra gradients at the end (`_tied_transient`)."""
     total, layer, head = grads
     if act.instants is not None:
         start, top, end = act.instants
-        return [(start, 0), (top, head + layer), (end, total)]
+        return [(start, 0, 0), (top, head + layer, 0), (end, total, tied)]
     stored_one = act.layers // max(layers, 1)
     held = act.total - act.logits - act.head          # the stack and embeddings, head done
-    return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet
-            (held + act.recompute, head + layer),
-            (act.embeddings + stored_one + act.recompute, total)]
+    return [(act.peak_backward, 0, 0),                # the loss's backward: no gradient formed yet
+            (held + act.recompute, head + layer, 0),
+            (act.embeddings + stored_one + act.recompute, total, tied)]
 
 
 def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
@@ -105,16 +120,16 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     grads = _gradient_split(rows, r.model.tie_word_embeddings)
     temps = r.method.temporaries(r)
     refresh = r.method.refresh(r) if r.method.refresh else 0
-    instants = _backward_instants(act, grads, r.model.num_layers)
+    instants = _backward_instants(act, grads, r.model.num_layers, _tied_transient(rows, r))
     fb = max(instants, key=sum)
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
-        with_grad = [i for i in instants if i[1]] or [(0, 0)]
+        with_grad = [i for i in instants if i[1]] or [(0, 0, 0)]
         step_at = max(with_grad, key=lambda i: i[0] + i[1])
-        candidates = {"forward_backward": (fb[0], fb[1], 0),
+        candidates = {"forward_backward": fb,
                       "optimizer_step": (step_at[0], step_at[1], temps),
                       "projection_refresh": (step_at[0], step_at[1], refresh)}
     else:
-        candidates = {"forward_backward": (fb[0], fb[1], 0),
+        candidates = {"forward_backward": fb,
                       "optimizer_step": (0, grads[0], temps),
                       "projection_refresh": (0, grads[0], refresh)}
     if r.method.refresh is None:

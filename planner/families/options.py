@@ -28,9 +28,12 @@ def fraction(c: dict, key: str, value, default: float) -> float:
     return float(value)
 
 
-def window(c: dict, key: str) -> int | None:
-    """A positive token count or null (`sliding_window`)."""
-    value = c.get(key)
+def window(c: dict, key: str, default: int | None = None) -> int | None:
+    """A positive token count or null (`sliding_window`); `default` when the field is absent
+    (the config class's, which transformers then uses)."""
+    if key not in c:
+        return default
+    value = c[key]
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
