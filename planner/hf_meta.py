@@ -12,6 +12,9 @@ import logging
 __all__ = ["enumerate_parameters", "model_class"]
 
 _HEADS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
+#: what to do about a config transformers cannot build (memfit sizes any config it can)
+_FIX = ("correct the field it names (compare with the model's config.json on the Hugging Face "
+        "Hub), or name a catalog model (python -m planner models)")
 
 
 def model_class(transformers, config, architectures):
@@ -52,7 +55,8 @@ def enumerate_parameters(d: dict, label: str, remote_code: bool = False
     try:
         config = transformers.AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{label}: transformers rejected this config: {str(err)[:300]}") from None
+        raise ValueError(f"{label}: transformers rejected this config: {str(err)[:300]}; "
+                         f"{_FIX}") from None
     cls = model_class(transformers, config, d.get("architectures"))
     try:
         with init_empty_weights(), contextlib.redirect_stderr(io.StringIO()):
@@ -60,6 +64,6 @@ def enumerate_parameters(d: dict, label: str, remote_code: bool = False
         model.tie_weights()   # init_empty_weights skips tying in transformers 5
     except Exception as err:  # noqa: BLE001 - any build failure is the config's fault here
         raise ValueError(f"{label}: transformers could not build {cls.__name__} from this config: "
-                         f"{type(err).__name__}: {err}") from None
+                         f"{type(err).__name__}: {str(err)[:300]}; {_FIX}") from None
     return [(name, tuple(p.shape), type(model.get_submodule(name.rpartition(".")[0])).__name__)
             for name, p in model.named_parameters()]

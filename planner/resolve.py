@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 from .defaults import fill_defaults
@@ -109,11 +110,12 @@ def resolve_model(model: str) -> ModelConfig:
     """A catalog name or Hub id, or the path of a config.json (parsed once per file version)."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError("name a model: a catalog name such as llama-7b, a Hub id, or a config.json path")
-    if model.endswith(".json") or os.path.sep in model or os.path.isfile(model):
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not model.endswith(".json")
+    if os.path.isfile(model) or (not hub_id and (model.endswith(".json") or os.path.sep in model)):
         if not os.path.isfile(model):
             raise ValueError(f"config file {model!r} does not exist")
         return _config_file(model, os.path.getmtime(model))
-    return get_model(model)
+    return get_model(model)        # a catalog name or a Hub id ("meta-llama/Llama-3.1-8B")
 
 
 def _choice(value, allowed: tuple, what: str):

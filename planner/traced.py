@@ -196,7 +196,11 @@ def _spec(model: ModelConfig, settings: dict):
 def _trace(model: ModelConfig, settings: dict, points) -> tuple[int, list[dict]]:
     from profiler.activation_trace import measure_activations    # imports torch
     from .resolve import resolve_spec
-    r = resolve_spec(_spec(model, settings))
+    try:
+        r = resolve_spec(_spec(model, settings))
+    except ValueError as err:
+        raise ValueError(f"{model.name}: memfit has no record for model_type "
+                         f"{model.model_type!r}, so its activations are traced, but: {err}") from None
     try:
         return measure_activations(r, [tuple(p) for p in points], settings["kernels"])
     except ValueError:
