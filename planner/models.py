@@ -20,7 +20,7 @@ from typing import Any
 from .families import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, Family, family_for
 from .names import normalize, resolve
 
-__all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model",
+__all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model", "VARIANT_WORDS",
            "load_config_file", "config_from_dict", "config_from_json", "classify_param", "meta_params",
            "LIMITS"]
 
@@ -232,9 +232,40 @@ class _Catalog(dict):
 MODEL_CATALOG: dict[str, ModelConfig] = _Catalog()
 
 
+#: words in Hub names that mark a variant with the base model's shapes (chat/instruct tuning, a
+#: checkpoint format or a pre-quantised upload), dropped to find the catalog entry
+VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base", "sft", "dpo", "orpo", "kto", "rlhf",
+                           "bnb", "4bit", "8bit", "awq", "gptq", "gguf", "fp16", "bf16", "fp8", "int4",
+                           "int8", "unsloth", "turbo"})
+_QUANTISED = frozenset({"bnb", "4bit", "8bit", "awq", "gptq", "gguf", "fp8", "int4", "int8"})
+
+
+def _variant(query: str) -> tuple[str, list[str]]:
+    """(normalised name without variant words or a leading "meta", the words dropped)."""
+    last = str(query).strip().split("/")[-1]
+    words = [w for w in re.split(r"[-_\s]+", last.lower()) if w]
+    kept = [w for w in words if w not in VARIANT_WORDS]
+    if kept and kept[0] == "meta":
+        kept = kept[1:]
+    return normalize(" ".join(kept)), [w for w in words if w in VARIANT_WORDS]
+
+
 def get_model(query: str) -> ModelConfig:
-    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf")."""
-    return MODEL_CATALOG[resolve(query, _alias_index(), "model", model_names())]
+    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf"),
+    or a Hub variant of one ("Qwen/Qwen2.5-7B-Instruct", "unsloth/llama-3-8b-bnb-4bit"): an
+    instruct or chat model has its base model's shapes; the returned config's `notes` say which
+    catalog entry was used."""
+    index = _alias_index()
+    if normalize(query) in index:
+        return MODEL_CATALOG[index[normalize(query)]]
+    key, dropped = _variant(query)
+    if dropped and key in index and not re.search(r"\s", str(query).strip()):   # one Hub-style name
+        model = MODEL_CATALOG[index[key]]
+        note = (f"{query!r} is read as {model.name} (its {'/'.join(dropped)} variant has the same shapes)")
+        if _QUANTISED & set(dropped):
+            note += "; memfit sizes the base model: a 4-bit base is --base-quant nf4 (qlora)"
+        return replace(model, notes=model.notes + (note,))
+    return MODEL_CATALOG[resolve(query, index, "model", model_names())]
 
 
 def load_config_file(path: str | Path) -> ModelConfig:
