@@ -71,6 +71,7 @@ class LaunchOutcome:
     seconds: float = 0.0
     log: str = ""
     leftover_pids: tuple[int, ...] = field(default=())
+    token: str = ""            # carried by every rank's environment as $MEMFIT_DIST_RUN
 
     @property
     def ok(self) -> bool:
@@ -106,7 +107,9 @@ def _carries_token(pid: int, token: str) -> bool:
 
 
 def alive_ranks(pids, token: str) -> list[int]:
-    """The pids among `pids` that are still running as ranks of run `token`."""
+    """The pids among `pids` (default: every process) still running with run `token`."""
+    if pids is None:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     return [pid for pid in pids if _carries_token(pid, token)]
 
 
@@ -225,7 +228,7 @@ def launch(target: str, payload: dict, nprocs: int, *, timeout: float = 600.0,
     if not keep_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
     return LaunchOutcome(status, tuple(ranks), None if failed is None else failed.rank,
-                         time.monotonic() - start, log_text[-6000:], leftover)
+                         time.monotonic() - start, log_text[-6000:], leftover, token)
 
 
 def _forward_progress(run_dir: Path, nprocs: int, seen: dict[int, str], on_progress) -> None:
