@@ -164,9 +164,41 @@ def _run(args) -> str:
     return "\n".join(head + ["", render(_comparison_rows(records), "table")] if records else head)
 
 
+def _trace_sharded(args, spec) -> str:
+    from planner.resolve import resolve_spec
+    from planner.sharding import device_memory
+
+    from .compare import ComponentError
+    from .distributed.fake import trace_sharded
+    result = trace_sharded(spec, history=_history_arg(args))
+    planned = device_memory(resolve_spec(spec), spec.sharding, spec.devices).ranks[0].memory
+    records = [ComponentError(c, getattr(planned, c), result.components[c]).to_record()
+               for c in ("weights", "gradients", "optimizer_states", "projection", "adapters")] if result.ok else []
+    payload = {**result.to_record(), "comparison": records}
+    if args.format == "json":
+        return render([], "json", payload=payload)
+    if args.format == "csv":
+        return render(records or [{"method": spec.method, "status": result.status}], "csv")
+    head = [f"{spec.method} on {spec.model}, rank 0 of {spec.devices} under FSDP2 (fake process group): "
+            f"{result.status} ({result.message}, {result.seconds:.1f} s)"]
+    if not result.ok:
+        return head[0]
+    rows = [{"component": r["component"], "planner": human_bytes(r["predicted_bytes"]),
+             "traced": human_bytes(r["measured_bytes"]),
+             "error": "-" if r["relative_error"] is None else f"{100 * r['relative_error']:+.2f}%"} for r in records]
+    from .distributed.fake import FSDP_CATEGORIES
+    shown = [k for k in FSDP_CATEGORIES.values() if any(c.get(k) for c in result.phase_categories.values())]
+    cats = [{"phase": p, **{k: human_bytes(c.get(k, 0)) for k in shown}} for p, c in result.phase_categories.items()]
+    return "\n".join(head + ["", render(rows, "table"), "",
+                             f"FSDPMemTracker at each phase's peak (peak: {result.peak_phase}, "
+                             f"{human_bytes(result.peak_bytes)}):", render(cats, "table")])
+
+
 def _trace(args) -> str:
     from .tracing import trace
-    spec = spec_from_args(args)
+    spec = _spec(args)
+    if spec.sharding != "none":
+        return _trace_sharded(args, spec)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))
     records = _compared(spec, result, "trace")
     m = result.measurement

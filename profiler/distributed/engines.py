@@ -109,16 +109,24 @@ def shard_like_accelerate(model: nn.Module, mp_policy=None, offload_policy=None)
     return units
 
 
+def _upcast_master(model: nn.Module, r: Resolved):
+    """Mixed precision as accelerate sets it up for FSDP2: trainable parameters upcast to fp32 (the
+    sharded fp32 parameter is the master) and a policy computing and reducing in the 16-bit dtype.
+    Returns the policy (None without mixed precision)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    if not r.master:
+        return None
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.to(torch.float32)
+    low = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[r.weights])
+    return MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low, output_dtype=low)
+
+
 def _fsdp(r: Resolved, options: dict, build) -> Prepared:
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+    from torch.distributed.fsdp import CPUOffloadPolicy
     model = build(r)
-    mp = None
-    if r.master:    # accelerate: fp32 master = the sharded parameter, bf16 compute and reduction
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.to(torch.float32)
-        low = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[r.weights])
-        mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low, output_dtype=low)
+    mp = _upcast_master(model, r)
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if options.get("offload") else None
     units = shard_like_accelerate(model, mp, offload)
     from profiler.build import build_optimizer

@@ -58,13 +58,24 @@ class _BucketProbe:
             h.remove()
 
 
-def _measured_step(p, ids, progress, trainable: str) -> tuple[torch.Tensor, dict]:
+def _tracker(p, ids):
+    """FSDPMemTracker for FSDP2 (the tracker the fake-process-group traces use, so a trace and a
+    real run compare category by category); MemTracker (memfit's PhaseTracker) otherwise."""
+    if p.engine == "fsdp":
+        from .fake import _tracker_class
+        tracker = _tracker_class()(p.model, p.optimizer)
+        tracker.track_inputs((ids,))
+        return tracker
     from profiler.memory import PhaseTracker
-
-    from .engines import engine_step
-    from .held import rank_held
     tracker = PhaseTracker()
     tracker.track_external(p.model, p.optimizer, ids)
+    return tracker
+
+
+def _measured_step(p, ids, progress, trainable: str) -> tuple[torch.Tensor, dict]:
+    from .engines import engine_step
+    from .held import rank_held
+    tracker = _tracker(p, ids)
     probe, seen = _BucketProbe(p), {}
 
     def on_phase(name: str) -> None:

@@ -7,7 +7,7 @@ from planner.spec import TrainingSpec
 
 from ..results import Failure, _Result
 
-__all__ = ["RankMeasurement", "ShardedBurstResult"]
+__all__ = ["RankMeasurement", "ShardedBurstResult", "ShardedTraceResult"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,28 @@ class ShardedBurstResult(_Result):
     device: str = "cpu"
 
     mode = "sharded-burst"
+
+
+@dataclass(frozen=True)
+class ShardedTraceResult(_Result):
+    """Rank 0 of a full-size FSDP2 run traced on a fake process group (`profiler.distributed.fake`).
+    `components` as a burst's (held bytes); `categories` FSDPMemTracker's at the peak
+    (sharded_params, unsharded_params, sharded_grads, unsharded_grads, all_gather, reduce_scatter,
+    activations, temporaries, optimizer, inputs, buffers, total); `phase_categories` per phase."""
+    spec: TrainingSpec
+    status: str
+    message: str
+    engine: str
+    devices: int
+    components: dict[str, int] = field(default_factory=dict)
+    peak_bytes: int = 0
+    peak_phase: str = ""
+    phases: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+    phase_categories: dict[str, dict[str, int]] = field(default_factory=dict)
+    layers: int = 0
+    traced_layers: tuple[int, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    mode = "sharded-trace"
