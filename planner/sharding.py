@@ -45,7 +45,7 @@ from .resolve import Resolved
 from .rules import param_memory
 from .storage import STEP_BYTES, ParamMemory, projection_side
 
-__all__ = ["Engine", "ENGINES", "ENGINE_IDS", "OFFLOADS", "METHOD_SHARDING", "RankMemory", "ShardedMemory",
+__all__ = ["Engine", "ENGINES", "ENGINE_IDS", "OFFLOADS", "MethodSharding", "METHOD_SHARDING", "RankMemory", "ShardedMemory",
            "engine_options", "check_sharding", "device_memory", "fsdp_rows", "zero_flat", "zero3_partition"]
 
 MiB = 1 << 20
@@ -92,17 +92,26 @@ ENGINES: dict[str, Engine] = {e.id: e for e in (
 )}
 ENGINE_IDS = tuple(ENGINES)
 
-#: how a method's optimizer can run under each layout (to move into the method records with the
-#: planner refactor). "dense": element-wise states, any layout; "rows": a right-projected state
-#: that splits by rows (FSDP's dim 0), projection replicated; GaLore-family bases need the whole
-#: gradient for their SVD (memfit all-gathers it at a refresh: lowrank.sharded), APOLLO's is
-#: regenerated from a seed. Methods not listed have not been run under an engine.
-METHOD_SHARDING: dict[str, tuple[str, ...]] = {
-    "adamw": ("replicated", "flat", "per_param", "dim0"),
-    "lora": ("replicated", "flat", "per_param", "dim0"),
-    "galore": ("replicated", "dim0"),
-    "apollo": ("replicated", "dim0"),
-    "apollo-mini": ("replicated", "dim0"),
+@dataclass(frozen=True)
+class MethodSharding:
+    """How a method's optimizer runs sharded (to move into the method records with the planner
+    refactor). `layouts` it has been run under; `gathers_gradient`: its basis refresh needs the
+    whole gradient matrix (GaLore's SVD: `lowrank.sharded` all-gathers it for the refresh), where
+    APOLLO's random basis is regenerated from a seed on every rank."""
+    layouts: tuple[str, ...]
+    gathers_gradient: bool = False
+
+
+#: methods run under an engine and checked (tests/profiler/test_distributed.py,
+#: tests/lowrank/test_sharded.py); ZeRO hands the optimizer 1-D partitions, which a projected
+#: method cannot project. Methods not listed have not been run sharded.
+METHOD_SHARDING: dict[str, MethodSharding] = {
+    "adamw": MethodSharding(("replicated", "flat", "per_param", "dim0")),
+    "lora": MethodSharding(("replicated", "flat", "per_param", "dim0")),
+    "galore": MethodSharding(("replicated", "dim0"), gathers_gradient=True),
+    "fira": MethodSharding(("replicated", "dim0"), gathers_gradient=True),
+    "apollo": MethodSharding(("replicated", "dim0")),
+    "apollo-mini": MethodSharding(("replicated", "dim0")),
 }
 
 
@@ -164,7 +173,7 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
     if engine == "hsdp":
         if not shard_group or devices % shard_group:
             raise ValueError(f"hsdp needs --shard-group dividing --devices {devices}, got {shard_group}")
-    layouts = METHOD_SHARDING.get(r.method.id, ())
+    layouts = METHOD_SHARDING[r.method.id].layouts if r.method.id in METHOD_SHARDING else ()
     if e.layout not in layouts:
         how = {"flat": "ZeRO-1/2 flattens the parameters into 1-D fp32 partitions",
                "per_param": "ZeRO-3 hands the optimizer 1-D partitions of every parameter"}.get(e.layout, "")
@@ -339,6 +348,10 @@ def _buffers(r: Resolved, e: Engine, options: dict, n: int) -> tuple[dict, dict]
             full = sum(tensor_bytes(_elements(t), dtype) for t in train)
             phases["backward"]["full_gradients"] = full
         return {}, phases
+    how = METHOD_SHARDING[r.method.id]
+    if how.gathers_gradient:             # lowrank.sharded: the refreshed matrix's whole gradient
+        largest = max((t.param.numel for t in train if t.param.role == "block_linear"), default=0)
+        return {}, {"projection_refresh": {"gathered_gradient": tensor_bytes(largest, r.grads)}}
     return {}, {}
 
 

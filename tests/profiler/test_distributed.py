@@ -29,6 +29,8 @@ JOBS = {   # id: (method, precision, engine, options)
     "zero3-adamw-mixed": ("adamw", "mixed", "zero3", {"param_persistence_threshold": 4900}),
     "fsdp-lora-bf16": ("lora", "bf16", "fsdp", None),
     "zero3-lora-fp32": ("lora", "fp32", "zero3", {"param_persistence_threshold": 4900}),
+    "fsdp-galore-fp32": ("galore", "fp32", "fsdp", None),
+    "fsdp-apollo-bf16": ("apollo", "bf16", "fsdp", None),
 }
 
 
@@ -36,8 +38,9 @@ JOBS = {   # id: (method, precision, engine, options)
 def runs(tmp_path_factory):
     path = tmp_path_factory.mktemp("odd") / "odd70.json"
     path.write_text(json.dumps(ODD))
-    specs = [TrainingSpec(model=str(path), method=m, precision=p, rank=4 if m == "lora" else None, batch=2, seq=16,
-                          devices=3, sharding=e) for m, p, e, _ in JOBS.values()]
+    specs = [TrainingSpec(model=str(path), method=m, precision=p, rank=None if m == "adamw" else 4, batch=2, seq=16,
+                          update_proj_gap=None if m in ("adamw", "lora") else 1, devices=3, sharding=e)
+             for m, p, e, _ in JOBS.values()]
     results = run_sharded_many(specs, steps=1, warmup=1, options=[o for *_, o in JOBS.values()], history=False,
                                timeout=600)
     return dict(zip(JOBS, results))
