@@ -338,21 +338,33 @@ def _buffers(r: Resolved, e: Engine, options: dict, n: int) -> tuple[dict, dict]
         grads = sum(tensor_bytes(_elements(t), t.dtype if t.component == "adapters" else r.grads) for t in train)
         return ({} if options["gradient_as_bucket_view"] else {"gradient_buckets": grads}), {}
     if e.layout in ("flat", "per_param"):
-        dtype = _zero_dtype(r)
-        copies = 2 if (options["overlap_comm"] and e.layout == "flat") else 1
-        bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
-        if e.layout == "per_param":      # stage3.py `_setup_for_real_optimizer`: kept for the run
-            return {"reduce_bucket": bucket}, {}
-        phases = {"backward": {"reduce_bucket": bucket}}
-        if e.id == "zero1":              # every full gradient until backward ends, then reduced
-            full = sum(tensor_bytes(_elements(t), dtype) for t in train)
-            phases["backward"]["full_gradients"] = full
-        return {}, phases
+        return _zero_buffers(r, e, options, n, train)
     how = METHOD_SHARDING[r.method.id]
     if how.gathers_gradient:             # lowrank.sharded: the refreshed matrix's whole gradient
         largest = max((t.param.numel for t in train if t.param.role == "block_linear"), default=0)
         return {}, {"projection_refresh": {"gathered_gradient": tensor_bytes(largest, r.grads)}}
     return {}, {}
+
+
+def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list) -> tuple[dict, dict]:
+    """DeepSpeed's reduce bucket(s) of `reduce_bucket_size` elements in the model dtype (one, two
+    with `overlap_comm` in ZeRO-1/2: `setup_buckets`; ZeRO-3 allocates one in
+    `_setup_for_real_optimizer` and keeps it), ZeRO-1's full gradients until backward ends, and the
+    fp32 gradient partition the step makes (ZeRO-1/2 `step`: `flat_grad_partition.to(fp32)`;
+    ZeRO-3: per sub-group, `_prepare_fp32_grad_for_sub_group`)."""
+    dtype = _zero_dtype(r)
+    copies = 2 if (options["overlap_comm"] and e.layout == "flat") else 1
+    bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
+    total = sum(map(_elements, train))
+    if e.layout == "per_param":
+        part = sum(zero3_partition(_elements(t), n) for t in train)
+        return {"reduce_bucket": bucket}, {"optimizer_step": {"fp32_gradient_partition":
+                                                              4 * min(part, options["sub_group_size"])}}
+    part = zero_flat(total, n)[1]
+    phases = {"backward": {"reduce_bucket": bucket}, "optimizer_step": {"fp32_gradient_partition": 4 * part}}
+    if e.id == "zero1":
+        phases["backward"]["full_gradients"] = tensor_bytes(total, dtype)
+    return {}, phases
 
 
 def device_memory(r: Resolved, engine: str, devices: int, options: dict | None = None, *,
