@@ -167,9 +167,6 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
         raise ValueError(f"devices must be a positive whole number, got {devices!r}")
     if offload not in e.offloads:
         raise ValueError(f"{e.name} cannot offload {offload!r}: it offers {', '.join(e.offloads)}")
-    if r.spec.precision not in e.precisions:
-        raise ValueError(f"{e.name} keeps fp32 master weights and fp32 Adam states (bf16 runs are mixed "
-                         f"precision in DeepSpeed): use --precision mixed or fp32, not {r.spec.precision}")
     if engine == "hsdp":
         if not shard_group or devices % shard_group:
             raise ValueError(f"hsdp needs --shard-group dividing --devices {devices}, got {shard_group}")
@@ -181,6 +178,9 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
         raise ValueError(f"{r.method.id} does not run under {e.name}" + (f": {how}, and its optimizer needs "
                          "whole 2-D matrices" if how and r.method.kind == "projected" else "")
                          + (f"; it runs with {', '.join(ok)}" if ok else "; it runs on one device or with ddp"))
+    if r.spec.precision not in e.precisions:
+        raise ValueError(f"{e.name} keeps fp32 master weights and fp32 Adam states (bf16 runs are mixed "
+                         f"precision in DeepSpeed): use --precision mixed or fp32, not {r.spec.precision}")
     if r.spec.layerwise and e.layout != "replicated":
         raise ValueError("layer-wise updates step each parameter inside backward, which the sharded "
                          "engines do not support: use ddp or drop --layerwise")
@@ -371,6 +371,9 @@ def device_memory(r: Resolved, engine: str, devices: int, options: dict | None =
                   offload: str = "none", shard_group: int | None = None) -> ShardedMemory:
     """Per-rank bytes of `r`'s run on `devices` devices under `engine` (see the module docstring)."""
     e = check_sharding(r, engine, devices, offload, shard_group)
+    if offload != "none":     # a clear refusal, not a guess: what moves to the host is not sized yet
+        raise ValueError(f"{e.name} with --offload {offload}: the per-device plan does not size offload yet "
+                         "(the profiler can run it: python -m profiler run --offload ...)")
     opts = engine_options(engine, options)
     n = shard_group if engine == "hsdp" else devices
     if e.layout == "replicated":

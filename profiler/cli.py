@@ -129,15 +129,23 @@ def _run_sharded(args, spec) -> str:
     result = run_sharded(spec, args.steps, args.warmup, args.device, timeout=args.timeout,
                          on_progress=_progress, history=_history_arg(args))
     _end_progress()
-    records = compare_ranks(result)
+    try:
+        records, note = compare_ranks(result), None
+    except ValueError as err:       # the planner cannot size it: the measurement still stands
+        records, note = [], f"no prediction: {err}"
+        records_measured = [{"rank": m.rank, "component": c, "predicted_bytes": None, "measured_bytes": v,
+                             "relative_error": None} for m in result.ranks for c, v in
+                            {**m.components, **m.engine_buffers}.items()]
     if args.format == "json":
-        return render([], "json", payload={**result.to_record(), "comparison": records})
+        return render([], "json", payload={**result.to_record(), "comparison": records, "note": note})
     if args.format == "csv":
         return render(records or [{"method": spec.method, "status": result.status, "message": result.message}], "csv")
     head = [f"{spec.method} on {spec.devices} CPU ranks under {spec.sharding}: {result.status} ({result.message})"]
     if result.ok:
         head += [f"rank {m.rank}: losses {', '.join(f'{x:.3f}' for x in m.losses)}, peak {human_bytes(m.peak_bytes)}"
                  for m in result.ranks]
+    if note:
+        return "\n".join(head + [note, "", render(_sharded_rows(records_measured), "table")])
     return "\n".join(head + ["", render(_sharded_rows(records), "table")] if records else head)
 
 

@@ -147,11 +147,16 @@ def deepspeed_config(r: Resolved, stage: int, options: dict) -> dict:
                       ("max_live_parameters", "stage3_max_live_parameters")):
         if options.get(key) is not None:
             zero[name] = options[key]
-    if options.get("offload") == "optimizer":
+    cfg = {"train_micro_batch_size_per_gpu": r.spec.batch, "gradient_accumulation_steps": 1,
+           "zero_optimization": zero, "bf16": {"enabled": bool(r.master)},
+           "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
+    if options.get("offload") in ("optimizer", "params"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return {"train_micro_batch_size_per_gpu": r.spec.batch, "gradient_accumulation_steps": 1,
-            "zero_optimization": zero, "bf16": {"enabled": bool(r.master)},
-            "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
+        # the method's own optimizer steps on the host copy (DeepSpeed would insist on its CPUAdam)
+        cfg["zero_force_ds_cpu_optimizer"] = False
+    if options.get("offload") == "params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return cfg
 
 
 def _zero(r: Resolved, options: dict, build, engine: str) -> Prepared:

@@ -94,6 +94,11 @@ def test_bad_engine_settings_are_clear_errors(kwargs, words):
         device_memory(r_(precision="bf16"), kwargs.pop("engine"), kwargs.pop("devices"), **kwargs)
 
 
+def test_offload_is_refused_until_it_is_sized_not_guessed():
+    with pytest.raises(ValueError, match="does not size offload yet"):
+        device_memory(r_(), "zero2", 8, offload="optimizer")
+
+
 def test_unknown_engine_option_is_an_error_naming_the_options():
     with pytest.raises(ValueError, match="reduce_bucket_size"):
         engine_options("zero2", {"bucket_cap_mb": 25})
