@@ -27,6 +27,13 @@ __all__ = ["run_sharded", "run_sharded_many", "sharded_message", "DEFAULT_TIMEOU
 
 DEFAULT_TIMEOUT_S = 900.0
 TARGET = "profiler.distributed.rank:burst_rank"
+#: DeepSpeed's CPU accelerator compiles a shared-memory communication op at its first
+#: `init_distributed` (torch.utils.cpp_extension, cached under $TORCH_EXTENSIONS_DIR, by default
+#: ~/.cache/torch_extensions/py311_cpu/deepspeed_shm_comm; about a minute on 2 cores); an
+#: interrupted build leaves a lock file that makes the next build wait forever
+_DS_BUILD_HINT = ("; DeepSpeed compiles its shared-memory op on first use (about a minute), and a build "
+                  "that was interrupted leaves a lock that blocks the next one: remove "
+                  "~/.cache/torch_extensions/*/deepspeed_shm_comm/lock (or $TORCH_EXTENSIONS_DIR's)")
 
 
 def _where(r: RankOutcome) -> str:
@@ -140,7 +147,11 @@ def run_sharded_many(specs: list[TrainingSpec], steps: int = 2, warmup: int = 1,
                 results[i] = ShardedBurstResult(status="ok", message=sharded_message(out, timeout),
                                                 ranks=_ranks(out, k), units=units, **common)
             else:
-                results[i] = ShardedBurstResult(status=out.status, message=sharded_message(out, timeout),
+                message = sharded_message(out, timeout)
+                stuck = (out.ranks[out.failed_rank].progress or {}).get("phase") == "start-up"
+                if out.status == "timeout" and stuck and any(j["engine"].startswith("zero") for _, j in jobs):
+                    message += _DS_BUILD_HINT
+                results[i] = ShardedBurstResult(status=out.status, message=message,
                                                 failed_rank=out.failed_rank, failure=_failure(out), **common)
     for result in results:
         record_result("burst", result, history)
