@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from .breakdown import Row
 from .dtypes import tensor_bytes
 from .models import Param
 from .resolve import Resolved
@@ -117,10 +118,13 @@ METHOD_SHARDING: dict[str, MethodSharding] = {
 
 @dataclass(frozen=True)
 class RankMemory:
-    """Bytes one rank holds, per planner component; `gradients` are those held when the optimizer
-    step starts."""
+    """Bytes one rank holds, per planner component (`gradients`: those held when the optimizer
+    step starts), and the same per parameter (`rows`, one `planner.breakdown.Row` per tensor in
+    model order, LoRA's A and B on their own, plus the engine's own rows: ZeRO's padding and
+    steps); `memory` is the rows' sum."""
     rank: int
     memory: ParamMemory
+    rows: tuple[Row, ...] = ()
 
     @property
     def total(self) -> int:
@@ -264,18 +268,23 @@ def _local_memory(t: _Tensor, shape: tuple[int, ...], r: Resolved, stored: tuple
     return ParamMemory(weights, grads, states, pm.projection, 0)
 
 
-def _dim0(r: Resolved, n: int, rank: int) -> ParamMemory:
-    total = ParamMemory()
+def _row(t: _Tensor, memory: ParamMemory) -> Row:
+    p = t.param
+    return Row(p.name, p.shape, p.role, () if p.layer is None else (p.layer,), memory)
+
+
+def _dim0(r: Resolved, n: int, rank: int) -> list[Row]:
+    rows = []
     for t in _tensors(r):
         d0, rest = t.param.shape[0], t.param.shape[1:]
         chunk, own = fsdp_rows(d0, n, rank)
-        total = total + _local_memory(t, (own, *rest), r, (chunk, *rest))
-    return total
+        rows.append(_row(t, _local_memory(t, (own, *rest), r, (chunk, *rest))))
+    return rows
 
 
-def _replicated(r: Resolved) -> ParamMemory:
-    return sum((_local_memory(t, t.param.shape, r, t.param.shape) if t.component == "adapters" or not t.trainable
-                else param_memory(t.param, r) for t in _tensors(r)), ParamMemory())
+def _replicated(r: Resolved) -> list[Row]:
+    return [_row(t, _local_memory(t, t.param.shape, r, t.param.shape) if t.component == "adapters" or not t.trainable
+                 else param_memory(t.param, r)) for t in _tensors(r)]
 
 
 def _elements(t: _Tensor) -> int:
@@ -289,46 +298,61 @@ def _zero_dtype(r: Resolved) -> str:
     return r.weights if r.master else "fp32"
 
 
-def _flat(r: Resolved, n: int, rank: int, options: dict) -> ParamMemory:
-    """ZeRO-1/2: see the module docstring; master and moments are fp32 over the partition."""
-    tensors = _tensors(r)
-    train = [t for t in tensors if t.trainable]
-    dtype = _zero_dtype(r)
+def _split(t: _Tensor, weights: int, grads: int = 0, states: int = 0) -> ParamMemory:
+    """Bytes of one tensor, its weights under the tensor's component (weights or adapters)."""
+    if t.component == "adapters":
+        return ParamMemory(0, grads, states, 0, weights)
+    return ParamMemory(weights, grads, states, 0, 0)
+
+
+#: ZeRO's fp32 master + two fp32 Adam moments, per partition element
+_ZERO_STATE_BYTES = 4 + 2 * 4
+
+
+def _flat(r: Resolved, n: int, rank: int) -> list[Row]:
+    """ZeRO-1/2 (see the module docstring): per parameter, its whole 16-bit copy in the flat group,
+    the master and moments of its elements inside this rank's partition, and its whole gradient
+    if it overlaps the partition; the group's alignment padding and `step` in a row of their own."""
+    dtype, rows = _zero_dtype(r), []
+    train = [t for t in _tensors(r) if t.trainable]
     total = sum(map(_elements, train))
     padded, part = zero_flat(total, n)
     lo, hi, start = rank * part, (rank + 1) * part, 0
-    grads = max(0, min(hi, padded) - max(lo, total))     # the alignment padding in this partition
-    for t in train:
+    for t in _tensors(r):
+        if not t.trainable:
+            rows.append(_row(t, _split(t, tensor_bytes(_elements(t), dtype))))
+            continue
         end = start + _elements(t)
-        if start < hi and end > lo:
-            grads += _elements(t)
+        owned = max(0, min(end, hi) - max(start, lo))
+        rows.append(_row(t, _split(t, tensor_bytes(_elements(t), dtype),
+                                   tensor_bytes(_elements(t), dtype) if owned else 0, _ZERO_STATE_BYTES * owned)))
         start = end
-    frozen = sum(tensor_bytes(_elements(t), dtype) for t in tensors if not t.trainable)
-    held = tensor_bytes(padded, dtype)
-    states = 4 * part + 2 * 4 * part + STEP_BYTES
-    weights, adapters = (frozen, held) if r.method.kind == "adapter" else (frozen + held, 0)
-    return ParamMemory(weights, tensor_bytes(grads, dtype), states, 0, adapters)
+    pad = max(0, min(hi, padded) - max(lo, total))      # the alignment padding in this partition
+    group = ParamMemory(tensor_bytes(padded - total, dtype), tensor_bytes(pad, dtype),
+                        _ZERO_STATE_BYTES * pad + STEP_BYTES, 0, 0)
+    if r.method.kind == "adapter":
+        group = ParamMemory(0, group.gradients, group.optimizer_states, 0, group.weights)
+    return rows + [Row("ZeRO flat group: alignment padding, step", (padded - total,), "engine", (), group)]
 
 
-def _per_param(r: Resolved, n: int, options: dict) -> ParamMemory:
-    """ZeRO-3: per-parameter partitions, persistent small parameters whole, fp32 master."""
-    threshold, weights, adapters, part_total, groups = options["param_persistence_threshold"], 0, 0, 0, 0
-    sub, dtype = 0, _zero_dtype(r)
+def _per_param(r: Resolved, n: int, options: dict) -> list[Row]:
+    """ZeRO-3: per-parameter partitions, persistent small parameters whole, fp32 master; one
+    `step` per optimizer sub-group in a row of its own."""
+    threshold, dtype, rows, groups, sub = options["param_persistence_threshold"], _zero_dtype(r), [], 0, 0
     for t in _tensors(r):
         part = zero3_partition(_elements(t), n)
         kept = part + (part * n if _elements(t) <= threshold else 0)     # gathered into N partitions
-        if t.component == "adapters":
-            adapters += tensor_bytes(kept, dtype)
-        else:
-            weights += tensor_bytes(kept, dtype)
-        if t.trainable:
-            part_total += part
-            sub += part
-            if sub >= options["sub_group_size"]:
-                groups, sub = groups + 1, 0
+        if not t.trainable:
+            rows.append(_row(t, _split(t, tensor_bytes(kept, dtype))))
+            continue
+        rows.append(_row(t, _split(t, tensor_bytes(kept, dtype), tensor_bytes(part, dtype),
+                                   _ZERO_STATE_BYTES * part)))
+        sub += part
+        if sub >= options["sub_group_size"]:            # stage3.py `_create_fp16_sub_groups`
+            groups, sub = groups + 1, 0
     groups += 1 if sub else 0
-    states = 4 * part_total + 2 * 4 * part_total + STEP_BYTES * groups
-    return ParamMemory(weights, tensor_bytes(part_total, dtype), states, 0, adapters)
+    return rows + [Row(f"ZeRO-3 optimizer sub-groups: {groups} step(s)", (groups,), "engine", (),
+                       ParamMemory(optimizer_states=STEP_BYTES * groups))]
 
 
 def _buffers(r: Resolved, e: Engine, options: dict, n: int) -> tuple[dict, dict]:
@@ -377,12 +401,13 @@ def device_memory(r: Resolved, engine: str, devices: int, options: dict | None =
     opts = engine_options(engine, options)
     n = shard_group if engine == "hsdp" else devices
     if e.layout == "replicated":
-        ranks = [_replicated(r)] * devices
+        rows = [_replicated(r)] * devices
     elif e.layout == "dim0":
-        ranks = [_dim0(r, n, k % n) for k in range(devices)]
+        rows = [_dim0(r, n, k % n) for k in range(devices)]
     elif e.layout == "flat":
-        ranks = [_flat(r, n, k, opts) for k in range(devices)]
+        rows = [_flat(r, n, k) for k in range(devices)]
     else:
-        ranks = [_per_param(r, n, opts)] * devices
+        rows = [_per_param(r, n, opts)] * devices
     buffers, phases = _buffers(r, e, opts, n)
-    return ShardedMemory(e, devices, opts, tuple(RankMemory(k, m) for k, m in enumerate(ranks)), buffers, phases)
+    ranks = tuple(RankMemory(k, sum((row.memory for row in rs), ParamMemory()), tuple(rs)) for k, rs in enumerate(rows))
+    return ShardedMemory(e, devices, opts, ranks, buffers, phases)

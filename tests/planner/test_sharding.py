@@ -107,3 +107,15 @@ def test_unknown_engine_option_is_an_error_naming_the_options():
 def test_every_engine_record_cites_its_source():
     assert set(ENGINE_IDS) == {"ddp", "zero1", "zero2", "zero3", "fsdp", "hsdp"}
     assert all(e.source and e.defaults for e in ENGINES.values())
+
+
+@pytest.mark.parametrize("engine, method, precision", [("ddp", "adamw", "bf16"), ("fsdp", "lora", "bf16"),
+                                                       ("zero1", "adamw", "mixed"), ("zero3", "lora", "mixed"),
+                                                       ("fsdp", "galore", "bf16")])
+def test_rank_rows_are_every_tensor_in_model_order_and_sum_to_the_rank(engine, method, precision):
+    r = r_(method=method, precision=precision, model="llama-60m")
+    for rank in device_memory(r, engine, 4).ranks:
+        names = [row.name for row in rank.rows if row.role != "engine"]
+        params = [p.name for p in r.model.params]
+        assert [n for n in names if "lora_" not in n] == params
+        assert sum((row.memory for row in rank.rows), type(rank.memory)()) == rank.memory
