@@ -363,11 +363,34 @@ def _buffers(r: Resolved, e: Engine, options: dict, n: int) -> tuple[dict, dict]
         return ({} if options["gradient_as_bucket_view"] else {"gradient_buckets": grads}), {}
     if e.layout in ("flat", "per_param"):
         return _zero_buffers(r, e, options, n, train)
-    how = METHOD_SHARDING[r.method.id]
-    if how.gathers_gradient:             # lowrank.sharded: the refreshed matrix's whole gradient
+    return {}, _fsdp_phases(r, n, train)
+
+
+def _fsdp_phases(r: Resolved, n: int, train: list) -> dict:
+    """FSDP2's transient all-gather units (the unit's parameters unsharded, each padded to N
+    chunks, in the compute dtype: bf16 under mixed precision), by unit: the largest decoder layer,
+    the input embedding and the tail [final norm, lm_head] (kept gathered from its forward to its
+    backward: `reshard_after_forward=False`, accelerate's layout), under phase "units". Which of
+    them are alive at each instant of the step depends on the depth and on which unit is largest;
+    measured on fake-process-group traces (llama-7b, llama-2-70b on 8 ranks): two layers at the
+    forward peak (the one computed, the next prefetched), three in backward (computed, prefetched,
+    the reduce-scatter input of the one just finished); llama-60m on 4 ranks, whose 32000-row
+    embedding and lm_head outweigh a layer: the tail unit twice at both peaks. Placing them at
+    the planner's instants is for the peak (planner/peak.py)."""
+    compute, units = r.weights, {}
+    for t in _tensors(r):
+        d0, rest = t.param.shape[0], math.prod(t.param.shape[1:])
+        size = tensor_bytes(fsdp_rows(d0, n, 0)[0] * n * rest, t.dtype if t.component == "adapters" else compute)
+        key = (f"layer {t.param.layer}" if t.param.layer is not None else
+               "embedding" if t.param.role == "embedding" and not r.model.tie_word_embeddings else "tail")
+        units[key] = units.get(key, 0) + size
+    layers = [v for k, v in units.items() if k.startswith("layer")]
+    phases = {"units": {"layer": max(layers, default=0), "embedding": units.get("embedding", 0),
+                        "tail": units.get("tail", 0)}}
+    if METHOD_SHARDING[r.method.id].gathers_gradient:   # lowrank.sharded: one whole gradient per refresh
         largest = max((t.param.numel for t in train if t.param.role == "block_linear"), default=0)
-        return {}, {"projection_refresh": {"gathered_gradient": tensor_bytes(largest, r.grads)}}
-    return {}, {}
+        phases["projection_refresh"] = {"gathered_gradient": tensor_bytes(largest, r.grads)}
+    return phases
 
 
 def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list) -> tuple[dict, dict]:

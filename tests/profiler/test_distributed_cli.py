@@ -29,3 +29,10 @@ def test_trace_json_holds_the_planners_per_device_bytes(capsys):
                                                             "adapters"}
     assert all(r["abs_error"] == 0 for r in out["comparison"])
     assert out["peak_bytes"] == max(out["phases"].values())
+    # llama-60m's 32000-row lm_head outweighs a layer: the tail unit [norm, lm_head] is what stays
+    # gathered at the forward peak, the size planner.sharding gives it
+    from planner import TrainingSpec
+    from planner.resolve import resolve_spec
+    from planner.sharding import device_memory
+    units = device_memory(resolve_spec(TrainingSpec(model="llama-60m")), "fsdp", 4).phase_extra["units"]
+    assert out["phase_categories"]["forward"]["unsharded_params"] == units["tail"]
