@@ -31,7 +31,7 @@ local shard) into per-rank bytes. The layouts, as the engines implement them:
   reuse an fp32 model's partitions as the master but compares a torch.device with a device-name
   string (never equal), so an fp32 model gets its own master too (measured).
 
-Every size was checked against the real engines on CPU (`tests/planner/test_sharding_engines.py`):
+Every size was checked against the real engines on CPU (`tests/profiler/test_distributed.py`):
 the per-rank weights, gradients and optimizer states are equal to the byte.
 """
 from __future__ import annotations
