@@ -178,17 +178,25 @@ def _behind(r: RankOutcome) -> tuple:
 
 def _first_failure(ranks: list[RankOutcome], log: str, timed_out: bool) -> RankOutcome | None:
     """The rank to blame. A hang: the rank that got least far (the others wait for it in a
-    collective). Otherwise torchrun's root cause (its first observed failure: the survivors'
-    "connection closed by peer" errors come after it); else the earliest error written."""
+    collective). A rank that died without an error of its own (a signal other than the SIGTERM
+    torchrun sends the survivors, or a bare exit). Otherwise the earliest error written: a rank
+    writes its own error before it exits, and only its exit breaks the others' connections
+    ("connection closed by peer"). Last, torchrun's root cause."""
     failed = [r for r in ranks if r.status != "ok"]
     if not failed:
         return None
     if timed_out:
         return min(failed, key=_behind)
+    died = [r for r in failed if r.status == "crashed" and r.exitcode != -signal.SIGTERM]
+    if died:
+        return died[0]
+    errors = [r for r in failed if r.error]
+    if errors:
+        return min(errors, key=lambda r: (r.error.get("time", float("inf")), r.rank))
     root = _ROOT_CAUSE.search(log)
-    if root and int(root.group(1)) < len(ranks) and ranks[int(root.group(1))].status != "ok":
+    if root and int(root.group(1)) < len(ranks):
         return ranks[int(root.group(1))]
-    return min(failed, key=lambda r: ((r.error or {}).get("time", float("inf")), r.rank))
+    return failed[0]
 
 
 def launch(target: str, payload: dict, nprocs: int, *, timeout: float = 600.0,
