@@ -41,5 +41,7 @@ def resolve(query: str, index: Mapping[str, str], kind: str, names: Iterable[str
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     more = (" For a model outside the catalog, give its config.json (--config FILE, or the upload on "
             "Fit check)." if kind == "model" else "")
-    raise ValueError(f"unknown {kind} {query!r:.80}{hint} (memfit knows {len(list(names))} {kind}s: "
-                     f"`python -m planner {kind}s` lists them){more}")
+    names = list(names)
+    raise ValueError(f"unknown {kind} {query!r:.80}{hint} (memfit knows {len(names)} {kind}s: the "
+                     f"{kind.upper() if kind == 'gpu' else kind.capitalize()} menu of Fit check and "
+                     f"`python -m planner {kind}s` list them){more}")

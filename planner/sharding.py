@@ -233,8 +233,8 @@ def _tensors(r: Resolved) -> list[_Tensor]:
     out = []
     for p in r.model.params:
         if r.method.kind == "adapter":
-            out.append(_Tensor(p, False, "weights", r.weights if p.role == "block_linear" else r.frozen))
-            if p.role == "block_linear":
+            out.append(_Tensor(p, False, "weights", r.frozen))
+            if r.adapts(p):                      # the spec's LoRA targets only
                 m, n = p.shape
                 stem = p.name.rsplit(".", 1)[0]
                 for name, shape in ((f"{stem}.lora_A.weight", (r.rank, n)), (f"{stem}.lora_B.weight", (m, r.rank))):

@@ -16,19 +16,9 @@ from planner.format import human_bytes, render
 __all__ = ["main", "build_parser"]
 
 
-def _sharding_flags(p: argparse.ArgumentParser) -> None:
-    from planner.sharding import ENGINE_IDS, OFFLOADS
-    p.add_argument("--devices", type=int, default=1, help="data-parallel ranks (devices)")
-    p.add_argument("--sharding", default="none", choices=["none", *ENGINE_IDS],
-                   help="ddp, DeepSpeed zero1/zero2/zero3, FSDP2 fsdp (full shard), hsdp")
-    p.add_argument("--shard-group", type=int, help="hsdp: devices per shard group")
-    p.add_argument("--offload", default="none", choices=list(OFFLOADS), help="ZeRO-Offload / FSDP CPU offload")
-
-
 def _spec(args):
-    """The planner's spec from the flags, with the device count and sharding."""
-    return spec_from_args(args).replace(devices=args.devices, sharding=args.sharding,
-                                        shard_group=args.shard_group, offload=args.offload)
+    """The planner's spec from the flags (the planner's own, --devices/--sharding included)."""
+    return spec_from_args(args)
 
 
 def _history_flags(p: argparse.ArgumentParser) -> None:
@@ -48,12 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="a short real training burst, measured against the prediction")
     _add_spec_flags(run)
-    _sharding_flags(run)
     _run_flags(run)
     _history_flags(run)
     tr = sub.add_parser("trace", help="one full-size step traced under FakeTensorMode")
     _add_spec_flags(tr)
-    _sharding_flags(tr)
     tr.add_argument("--full", action="store_true", help="trace every layer instead of extrapolating")
     _history_flags(tr)
     val = sub.add_parser("validate", help="predicted vs measured for every method")
