@@ -32,6 +32,7 @@ import torch
 
 from .fira import channel_scaling, norm_growth_limit_, tensor_scaling
 from .projected_adamw import BasisRule, ProjectedAdamW, ProjectedGrad, UpdateRule, register_basis, register_update
+from .sharded import frobenius, own_rows, row_shard
 
 __all__ = [
     "SCALE_TYPES",
@@ -72,6 +73,7 @@ class RandomBasis(BasisRule):
     name = "random"
     state_key = "seed"
     sides = ("left", "right")
+    shardable = True        # every rank regenerates the whole basis from the seed; left keeps its rows
 
     def refresh(self, opt, param, grad, state, group, side):
         if "seed" not in state:
@@ -81,16 +83,18 @@ class RandomBasis(BasisRule):
         return None
 
     def matrices(self, opt, param, state, group, grad, side):
-        m, n = grad.shape
+        m, n = grad.shape                          # the whole matrix's shape (also for a DTensor)
         shape = (group["rank"], n) if side == "right" else (m, group["rank"])
-        return random_projection(int(state["seed"].item()), shape, group["rank"],
+        proj = random_projection(int(state["seed"].item()), shape, group["rank"],
                                  group["proj_dtype"] or grad.dtype, grad.device)
+        return own_rows(proj, row_shard(param)) if side == "left" else proj
 
 
 class APOLLOUpdate(UpdateRule):
     """Update rule ``'apollo'``: the raw gradient scaled channel- or tensor-wise, then limited."""
 
     name = "apollo"
+    shardable = True
 
     def validate(self, group: dict) -> None:
         if group.get("scale_type", "channel") not in SCALE_TYPES:
@@ -102,12 +106,13 @@ class APOLLOUpdate(UpdateRule):
         state["scaling_grad"] = torch.zeros((), dtype=torch.float32, device=param.device)
 
     def update(self, item: ProjectedGrad, direction: torch.Tensor, scale: float) -> torch.Tensor:
-        if item.group.get("scale_type", "channel") == "tensor":
-            factor = tensor_scaling(direction, item.low)
+        if item.group.get("scale_type", "channel") == "tensor":   # left: R is whole on every rank
+            factor = tensor_scaling(direction, item.low, item.shard, whole=item.side == "left")
         else:
             factor = channel_scaling(direction, item.low, item.side)
         update = item.grad * factor.to(item.grad.dtype)
-        norm_growth_limit_(update, item.state["scaling_grad"], first=item.step == 1)
+        norm_growth_limit_(update, item.state["scaling_grad"], first=item.step == 1,
+                           norm=frobenius(update, item.shard))
         return update.mul_(math.sqrt(scale))
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .projected_adamw import ProjectedAdamW, ProjectedGrad, UpdateRule, register_update
 from .projection import project_back, rank_axis
+from .sharded import frobenius
 
 __all__ = [
     "LIMITER_GAMMA",
@@ -50,20 +51,22 @@ def channel_scaling(direction: torch.Tensor, low: torch.Tensor, side: str) -> to
     return factor.unsqueeze(1) if axis == 1 else factor
 
 
-def tensor_scaling(direction: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    """``||N||_F / (||R||_F + 1e-8)``, a 0-d tensor (APOLLO-Mini)."""
-    num = torch.linalg.vector_norm(direction)
-    return num / (torch.linalg.vector_norm(low.to(num.dtype)) + 1e-8)
+def tensor_scaling(direction: torch.Tensor, low: torch.Tensor, shard=None, whole: bool = False) -> torch.Tensor:
+    """``||N||_F / (||R||_F + 1e-8)``, a 0-d tensor (APOLLO-Mini). With a row `shard` (FSDP2) the
+    norms are of the whole matrices (`lowrank.sharded.frobenius`; `whole`: N and R are whole)."""
+    num = frobenius(direction, shard, whole)
+    return num / (frobenius(low.to(num.dtype), shard, whole) + 1e-8)
 
 
 def norm_growth_limit_(update: torch.Tensor, prev_norm: torch.Tensor, first: bool,
-                       gamma: float = LIMITER_GAMMA) -> torch.Tensor:
+                       gamma: float = LIMITER_GAMMA, norm: torch.Tensor | None = None) -> torch.Tensor:
     """Fira's limiter: shrink ``update`` in place so its norm grows at most ``gamma``× per step.
 
     ``prev_norm`` (0-d) is read and overwritten with the limited norm; on the ``first`` step it
-    only records ``||update||``. No host synchronisation (all tensor ops).
+    only records ``||update||``. No host synchronisation (all tensor ops). ``norm``: ``||update||``
+    when the caller has it (the whole matrix's, for a row-sharded update).
     """
-    norm = torch.linalg.vector_norm(update).to(prev_norm.dtype)
+    norm = (torch.linalg.vector_norm(update) if norm is None else norm).to(prev_norm.dtype)
     if first:
         prev_norm.copy_(norm)
         return update
@@ -83,6 +86,7 @@ class FiraUpdate(UpdateRule):
     """Update rule ``'fira'``: GaLore's update plus the scaled, norm-limited residual."""
 
     name = "fira"
+    shardable = True
 
     def validate(self, group: dict) -> None:
         if group["proj_type"] == "full":
@@ -94,7 +98,8 @@ class FiraUpdate(UpdateRule):
     def update(self, item: ProjectedGrad, direction: torch.Tensor, scale: float) -> torch.Tensor:
         residual = fira_residual(item.grad, item.low, item.proj, item.side, scale)
         residual.mul_(channel_scaling(direction, item.low, item.side).to(residual.dtype))
-        norm_growth_limit_(residual, item.state["scaling_grad"], first=item.step == 1)
+        norm_growth_limit_(residual, item.state["scaling_grad"], first=item.step == 1,
+                           norm=frobenius(residual, item.shard))
         update = project_back(direction, item.proj, item.side).mul_(scale)
         return update.add_(residual)
 

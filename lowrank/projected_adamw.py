@@ -47,6 +47,9 @@ from .projection import (check_positive, check_positive_int, check_proj_type, ch
                          project_back, projection_side, svd_basis)
 from .quant8 import init_moments, read_moments, write_moments_
 from .sizes import storage_bytes
+from .sharded import full_gradient, local, own_rows, row_shard
+from .sharded import broadcast_ as broadcast_basis_
+from .sharded import project as project_rows
 
 __all__ = [
     "ProjectedGrad",
@@ -69,7 +72,9 @@ class ProjectedGrad:
     """One selected parameter during a step: transient, never stored.
 
     ``proj`` is what :meth:`BasisRule.matrices` returned, ``low`` the low-rank gradient ``R``,
-    ``step`` the step count after increment (set before the update rule runs).
+    ``step`` the step count after increment (set before the update rule runs). For a row-sharded
+    (FSDP2) parameter ``param`` and ``grad`` are this rank's rows and ``shard`` says where they
+    sit (:mod:`lowrank.sharded`); otherwise ``shard`` is None.
     """
 
     param: torch.Tensor
@@ -80,6 +85,7 @@ class ProjectedGrad:
     proj: object
     low: torch.Tensor
     step: int = 0
+    shard: object = None
 
 
 class BasisRule:
@@ -94,6 +100,7 @@ class BasisRule:
     name = "base"
     state_key = "projection"
     sides: tuple[str, ...] = ("left", "right", "full")
+    shardable = False       # implements row-sharded (FSDP2) parameters, see lowrank.sharded
 
     def validate(self, group: dict) -> None:
         if group["proj_type"] == "full" and "full" not in self.sides:
@@ -119,6 +126,7 @@ class UpdateRule:
     """
 
     name = "none"
+    shardable = True        # row-separable: works on a rank's rows as they are
 
     def validate(self, group: dict) -> None:
         pass
@@ -150,13 +158,17 @@ class SVDBasis(BasisRule):
     """GaLore: top-r singular vectors of the gradient; ``projection`` (+ ``projection_right``)."""
 
     name = "svd"
+    shardable = True
 
     def refresh(self, opt, param, grad, state, group, side):
-        proj = svd_basis(grad, group["rank"], side, group["proj_dtype"])
+        shard = row_shard(param)
+        # sharded: the SVD needs the whole gradient (all-gathered for the refresh); rank 0's basis
+        # is broadcast so that every rank holds the same one, then a left basis keeps its rows
+        proj = svd_basis(full_gradient(grad), group["rank"], side, group["proj_dtype"])
         if side == "full":
             state["projection"], state["projection_right"] = proj
         else:
-            state["projection"] = proj
+            state["projection"] = own_rows(broadcast_basis_(proj, shard), shard if side == "left" else None)
         return None
 
     def matrices(self, opt, param, state, group, grad, side):
@@ -296,15 +308,17 @@ class ProjectedAdamW(torch.optim.Optimizer):
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
         if "exp_avg" not in state:
-            init_moments(state, moment_shape, param.device, group["state_dtype"] or param.dtype,
+            init_moments(state, moment_shape, local(param).device, group["state_dtype"] or param.dtype,
                          group["optim_bits"] == 8)
         return state
 
     def _plain_update(self, group: dict, params: list) -> None:
-        states = [self._init_state(p, p.shape, group) for p in params]
+        # a sharded (DTensor) parameter steps its local shard: moments of the shard's shape
+        states = [self._init_state(p, local(p).shape, group) for p in params]
         steps = _advance(states)
         moments = [read_moments(s) for s in states]
-        adamw_step_(params, [p.grad for p in params], [m for m, _ in moments], [v for _, v in moments], steps,
+        adamw_step_([local(p) for p in params], [local(p.grad) for p in params], [m for m, _ in moments],
+                    [v for _, v in moments], steps,
                     lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                     style=group["adam_style"], correct_bias=group["correct_bias"])
         for s, (m, v) in zip(states, moments):
@@ -312,18 +326,22 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     def _project(self, group: dict, param: torch.Tensor, state: dict, step: float) -> ProjectedGrad:
         grad = param.grad
-        side = projection_side(group["proj_type"], param.shape)
-        basis = BASIS_RULES[group["basis"]]
+        side = projection_side(group["proj_type"], param.shape)      # the whole matrix's side
+        basis, rule = BASIS_RULES[group["basis"]], UPDATE_RULES[group["residual"]]
+        shard = row_shard(param)
+        if shard is not None and not (basis.shardable and rule.shardable):
+            raise ValueError(f"basis {basis.name!r} with update {rule.name!r} does not support sharded "
+                             "(DTensor) parameters; GaLore, Fira and APOLLO do (lowrank.sharded)")
         low = None
         if basis.is_due(state, group, int(step)):
             low = basis.refresh(self, param, grad, state, group, side)
         proj = basis.matrices(self, param, state, group, grad, side)
         if low is None:
-            low = project(grad, proj, side)
+            low = project_rows(local(grad), proj, side, shard) if shard is not None else project(grad, proj, side)
         if "exp_avg" not in state:
             self._init_state(param, low.shape, group)
-            UPDATE_RULES[group["residual"]].init_state(state, param)
-        return ProjectedGrad(param, grad, state, group, side, proj, low)
+            rule.init_state(state, local(param))
+        return ProjectedGrad(local(param), local(grad), state, group, side, proj, low, shard=shard)
 
     def _projected_update(self, group: dict, params: list) -> None:
         states = [self.state[p] for p in params]
@@ -341,6 +359,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
         for it, (m, v) in zip(items, moments):
             write_moments_(it.state, m, v)
         del moments, denoms
+        params = [it.param for it in items]                # local shards of sharded parameters
         decay_before_(params, lr, group["weight_decay"], style)
         rule, scale = UPDATE_RULES[group["residual"]], group[self.scale_key]
         for it, direction, t in zip(items, directions, steps):

@@ -1,109 +1,266 @@
 """`ask`: a plain-words question in, an answer for every method out.
 
-"will llama-7b fit on my 4090", "can I fine-tune mistral 7b with qlora on a t4",
-"llama-2-13b lora rank 64 on an a100 40gb, batch 4, seq 2048".
+"will llama-7b fit on my 4090", "can I fine-tune Mistral-7B-Instruct-v0.3 with qlora on a t4",
+"llama-2-13b lora rank 64 on an a100 40gb, batch 4, seq 2k", "qwen2.5 7b full finetune on 2x a100 80gb".
+
+What a question names is read, what it does not name is assumed and said, and what cannot be
+read unambiguously (two models, two GPUs, a size whose unit is unclear) is an error that says
+what to write instead; nothing named is ever silently dropped.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from . import gpus, methods, models
 from .fit import fit_records
-from .resolve import resolve_spec
 from .names import normalize, suggest
+from .resolve import resolve_spec
 from .spec import TrainingSpec
 
-__all__ = ["ask", "parse_question"]
+__all__ = ["ask", "parse_question", "Parsed", "MAX_QUESTION_CHARS", "SAFE_HEADROOM"]
 
-_NUMBERS = {
-    "rank": r"\b(?:rank|r)\s*=?\s*(\d+)",
-    "batch": r"\b(?:micro[- ]?)?batch(?:[- ]size)?\s*(?:of\s*)?=?\s*(\d+)",
-    "seq": r"\b(?:seq(?:uence)?(?:[- ]length)?|context(?:[- ]length)?|ctx|max[- ]length)\s*(?:of\s*)?=?\s*(\d+)",
+#: a question is a sentence; anything longer is refused before any work is done
+MAX_QUESTION_CHARS = 2000
+#: the recommended method must leave at least this fraction of the GPU free: the planner's
+#: predictions land within a few per cent of measured device memory (docs/validation.md), and a
+#: real run adds what no planner sees (fragmentation from varying batch shapes, other processes)
+SAFE_HEADROOM = 0.10
+
+_NUMBER = r"(?<![\w.])(\d+(?:\.\d+)?)\s*([kK])?\b"     # a number standing alone, "2k" = 2048
+_SIZES = {
+    "rank": [r"\b(?:lora\s+)?(?:rank|r)\s*[=:]?\s*" + _NUMBER],
+    "batch": [r"\b(?:micro[- ]?)?(?:batch(?:[- ]size)?|bs)\s*(?:of\s*)?[=:]?\s*" + _NUMBER,
+              _NUMBER + r"\s*(?:sequences|samples)\s*(?:per|a)\s*(?:batch|step)"],
+    "seq": [r"\b(?:seq(?:uence)?(?:[- ]len(?:gth)?)?|context(?:[- ](?:length|window))?|ctx|max[- ]?len(?:gth)?)"
+            r"\s*(?:of\s*)?[=:]?\s*" + _NUMBER,
+            _NUMBER + r"\s*(?:-?\s*token)s?\b(?!\s*(?:per|a)\s*(?:batch|step))",
+            _NUMBER + r"\s*(?:-?\s*token\s+)?(?:context|ctx)\b"],
+    "grad_accum": [r"\b(?:grad(?:ient)?[- ]?accum(?:ulation)?(?:[- ]steps)?)\s*(?:of\s*)?[=:]?\s*" + _NUMBER],
 }
-_FLAGS = {"layerwise": r"layer[- ]?wise|per[- ]layer", "checkpointing": r"checkpointing|recompute"}
-_PRECISION = {"fp32": r"\bfp32\b|\bfloat32\b|full precision", "mixed": r"\bmixed\b|\bamp\b"}
+_FLAGS = {"layerwise": r"layer[- ]?wise|per[- ]layer",
+          "checkpointing": r"(?<!no )(?:gradient |activation )?checkpointing|recompute"}
+_NO_CHECKPOINTING = r"\bno (?:gradient |activation )?checkpointing|without checkpointing"
+#: precision words -> the spec's precision ("mixed precision" as people say it is autocast AMP,
+#: HF Trainer's bf16=True; DeepSpeed-style bf16 + fp32 master is --precision mixed)
+_PRECISION = [("fp32", r"\bfp32\b|\bfloat32\b|full precision"),
+              ("amp-fp16", r"\bfp16\b|\bfloat16\b|\bhalf precision"),
+              ("amp-bf16", r"\bmixed[- ]precision\b|\bamp\b|\bautocast\b"),
+              ("bf16", r"\bbf16\b|\bbfloat16\b")]
+_FULL_FINETUNE = r"\bfull[- ]?(?:parameter[- ]?)?(?:fine[- ]?tun(?:e|ing)|finetun(?:e|ing)|training|ft)\b"
+_WORD_COUNTS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                "eight": 8, "sixteen": 16, "dual": 2, "quad": 4}
+_SHARDING = [("zero3", r"zero[- ]?(?:stage[- ]?)?3|deepspeed zero[- ]?3"), ("zero2", r"zero[- ]?(?:stage[- ]?)?2"),
+             ("zero1", r"zero[- ]?(?:stage[- ]?)?1"), ("fsdp", r"\bfsdp2?\b"), ("ddp", r"\bddp\b")]
 
 
-def _ngrams(text: str, n_max: int = 4) -> list[str]:
-    tokens = re.findall(r"[A-Za-z0-9][A-Za-z0-9./_-]*", text)
-    tokens = [t.rstrip(".") for t in tokens]
-    grams = [" ".join(tokens[i:i + n]) for n in range(n_max, 0, -1) for i in range(len(tokens) - n + 1)]
-    return grams
+@dataclass(frozen=True)
+class Parsed:
+    """What a question says: the spec, the method it names (or None) and what was assumed."""
+    spec: TrainingSpec
+    named_method: str | None
+    assumptions: tuple[str, ...]
 
 
-def _find(text: str, lookup, drop=(), n_max: int = 4) -> str | None:
-    """What `lookup` resolves from the n-gram of the question with the most significant characters
-    ("an a100 40gb" -> the 40 GB board, not the default A100)."""
-    best, best_len = None, 0
-    for gram in _ngrams(text, n_max):
-        key_len = len(normalize(gram, drop))
-        if key_len <= best_len:
+def _tokens(text: str) -> list[str]:
+    return [t.rstrip(".,;:!?") for t in re.findall(r"[A-Za-z0-9][A-Za-z0-9./_-]*", text)]
+
+
+def _matches(text: str, lookup, drop=(), n_max: int = 5) -> list[tuple[int, int, str]]:
+    """Non-overlapping (start, end, name) spans that `lookup` resolves, longest significant
+    spans first ("an a100 40gb" is the 40 GB board, not the default A100)."""
+    tokens = _tokens(text)
+    spans = [(i, i + n) for n in range(min(n_max, len(tokens)), 0, -1) for i in range(len(tokens) - n + 1)]
+    spans.sort(key=lambda s: -len(normalize(" ".join(tokens[s[0]:s[1]]), drop)))
+    taken: set[int] = set()
+    found = []
+    for start, end in spans:
+        if taken & set(range(start, end)):
             continue
         try:
-            best, best_len = lookup(gram), key_len
+            name = lookup(" ".join(tokens[start:end]))
         except ValueError:
             continue
-    return best
+        taken |= set(range(start, end))
+        found.append((start, end, name))
+    return sorted(found)
 
 
-def _model(text: str) -> str:
-    name = _find(text, lambda g: models.get_model(g).name)
+def _one(found: list[tuple[int, int, str]], text: str, what: str) -> str | None:
+    names = list(dict.fromkeys(name for *_, name in found))
+    if len(names) > 1:
+        raise ValueError(f"the question names {len(names)} {what}s ({', '.join(names)}): ask about one "
+                         f"{what} at a time")
+    return names[0] if names else None
+
+
+def _model(text: str) -> tuple[str, tuple[str, ...]]:
+    """The catalog model the question names, and any note about how its name was read."""
+    found = _matches(text, lambda g: models.get_model(g).name)
+    name = _one(found, text, "model")
     if name:
-        return name
-    guesses = [t for t in re.findall(r"[a-z][a-z0-9.\-]*\d+(?:\.\d+)?[bm]\b", text.lower())]
-    close = suggest(guesses[0], models.model_names()) if guesses else []
-    what = f"unknown model {guesses[0]!r}" if guesses else "which model? none named in the question"
-    hint = f"; did you mean {', '.join(close)}?" if close else " (see `python -m planner models`)"
-    raise ValueError(what + hint)
+        start, end, _ = found[0]
+        return name, models.get_model(" ".join(_tokens(text)[start:end])).notes
+    raise ValueError(_unknown_model(text))
 
 
-def _gpu(text: str, default: str | None) -> str:
-    name = _find(text, lambda g: gpus.get_gpu(g).name if not re.fullmatch(r"\d{1,2}", g) else _no(),
-                 gpus.DROP_WORDS)
-    if name or default:
-        return name or default
+def _unknown_model(text: str) -> str:
+    """"which model?", with the closest catalog names to whatever looks like a model name."""
+    tokens = _tokens(text)
+    sized = [i for i, t in enumerate(tokens) if re.fullmatch(r"\d+(?:\.\d+)?[bmBM]|\d+x\d+[bB]", t)]
+    candidates = [" ".join(tokens[max(0, i - k):i + 1]) for i in sized for k in (0, 1, 2)]
+    candidates += [t for t in tokens if re.search(r"[a-zA-Z]", t) and re.search(r"\d", t)]
+    scored = [(c, suggest(c, models.model_names())) for c in candidates]
+    guess, close = next(((c, s) for c, s in sorted(scored, key=lambda x: -len(x[0])) if s),
+                        (candidates[0] if candidates else None, []))
+    what = f"memfit has no model {guess!r}" if guess else "which model? none is named in the question"
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (what + hint + " For a model outside the catalog, upload its config.json (Fit check) or pass "
+            "--config FILE.")
+
+
+def _gpu_lookup(gram: str) -> str:
+    if re.fullmatch(r"\d{1,2}", gram) or normalize(gram, gpus.DROP_WORDS) in ("", "gpu", "gpus"):
+        raise ValueError(gram)
+    try:
+        return gpus.get_gpu(gram).name
+    except ValueError:
+        return gpus.get_gpu(re.sub(r"s\b", "", gram)).name     # "two 4090s"
+
+
+def _gpu(text: str, default: str | None) -> tuple[str, int | None]:
+    """(GPU, device count named in the question or None)."""
+    found = _matches(text, _gpu_lookup, gpus.DROP_WORDS)
+    name = _one(found, text, "GPU")
+    if name:
+        return name, _device_count(text, found[0][0])
+    if default:
+        return default, None
     tail = re.search(r"\bon (?:an? |my |the )?([\w\- ]+?)(?:[,?.]|$)", text.lower())
     close = suggest(tail.group(1), gpus.gpu_names()) if tail else []
     hint = f"; did you mean {', '.join(close)}?" if close else " (e.g. 'on a 4090' or 'on 24GB')"
     raise ValueError(f"which GPU? {('unknown gpu ' + repr(tail.group(1))) if tail else 'none named'}{hint}")
 
 
+def _device_count(text: str, gpu_token: int) -> int | None:
+    """"2x a100", "two 4090s", "8 H100s", "a node of 8 A100s", "4 GPUs": the count before the
+    GPU's name, or one said as "N GPUs"."""
+    before = " ".join(_tokens(text)[max(0, gpu_token - 3):gpu_token]).lower()
+    m = re.search(r"(\d+|" + "|".join(_WORD_COUNTS) + r")\s*(?:x|×|\*)?\s*(?:of\s*)?(?:nvidia\s*)?$", before)
+    n = None
+    if m and (m.group(1).isdigit() or m.group(1) in _WORD_COUNTS):
+        n = int(m.group(1)) if m.group(1).isdigit() else _WORD_COUNTS[m.group(1)]
+        if m.group(1) == "a" and not re.search(r"node of", before):
+            n = None                       # "on a 4090" is one GPU, not a count
+    counted = re.search(r"\b(\d+|" + "|".join(_WORD_COUNTS) + r")\s*(?:x\s*)?gpus?\b", text.lower())
+    if n is None and counted:
+        word = counted.group(1)
+        n = int(word) if word.isdigit() else _WORD_COUNTS[word]
+    return n if n is None or n >= 1 else None
+
+
+def _size(low: str, key: str) -> int | None:
+    """A size the question gives, with k meaning 1024 ("seq 32k", "2k context"); a size that is
+    not a whole number of tokens/rows is an error, never a silent misreading."""
+    values = []
+    for pattern in _SIZES[key]:
+        for m in re.finditer(pattern, low):
+            number, k = float(m.group(1)), m.group(2)
+            value = number * 1024 if k else number
+            if value != int(value) or value <= 0:
+                raise ValueError(f"{key.replace('_', ' ')} {m.group(0).strip()!r} is not a whole positive "
+                                 f"number: write e.g. 'seq 2048' or 'seq 2k'")
+            values.append(int(value))
+    distinct = sorted(set(values))
+    if len(distinct) > 1:
+        raise ValueError(f"the question gives {len(distinct)} values for the {key.replace('_', ' ')} "
+                         f"({', '.join(map(str, distinct))}): give one")
+    return distinct[0] if distinct else None
+
+
+def _precision(low: str) -> str | None:
+    named = [p for p, pattern in _PRECISION if re.search(pattern, low)]
+    if len(set(named)) > 1:
+        raise ValueError(f"the question names several precisions ({', '.join(named)}): name one")
+    return named[0] if named else None
+
+
+def _method(text: str, low: str) -> str | None:
+    found = _matches(text, lambda g: methods.get_method(g).id if len(normalize(g)) > 2 else _no())
+    named = list(dict.fromkeys(m for *_, m in found))
+    if re.search(_FULL_FINETUNE, low) and not named:
+        named = ["adamw"]
+    if len(named) > 1:
+        raise ValueError(f"the question names {len(named)} methods ({', '.join(named)}): memfit answers "
+                         "for every method anyway; name at most one to have it flagged")
+    return named[0] if named else None
+
+
 def _no():
     raise ValueError
 
 
-def parse_question(question: str, default_gpu: str | None = None) -> tuple[TrainingSpec, str | None, list[str]]:
-    """(base spec, the method named in the question or None, assumptions stated in the answer)."""
-    text = question.strip()
-    if not text:
+def parse_question(question: str, default_gpu: str | None = None) -> Parsed:
+    """The spec a question describes, the method it names, and what it leaves to defaults."""
+    if not isinstance(question, str) or not question.strip():
         raise ValueError("ask a question such as 'will llama-7b fit on my 4090?'")
-    model = _model(text)
-    gpu = _gpu(text, default_gpu)
-    named = _find(text, lambda g: methods.get_method(g).id if len(normalize(g)) > 2 else _no())
-    low = text.lower()
-    values = {k: int(m.group(1)) for k, p in _NUMBERS.items() if (m := re.search(p, low))}
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"that question is {len(question):,} characters; ask in at most "
+                         f"{MAX_QUESTION_CHARS:,} (a model, a GPU, and optionally a method and sizes)")
+    text, low = question.strip(), question.strip().lower()
+    model, notes = _model(text)
+    gpu, devices = _gpu(text, default_gpu)
+    named = _method(text, low)
+    values = {k: _size(low, k) for k in _SIZES}
     flags = {k: True for k, p in _FLAGS.items() if re.search(p, low)}
-    precision = next((k for k, p in _PRECISION.items() if re.search(p, low)), "bf16")
-    spec = TrainingSpec(model=model, gpu=gpu, method=named or "adamw", precision=precision,
-                        batch=values.get("batch", 1), seq=values.get("seq", TrainingSpec.seq),
-                        rank=values.get("rank"), layerwise=flags.get("layerwise", False),
-                        checkpointing="full" if flags.get("checkpointing") else "none")
-    assumed = [f"{label} {value} (not named)" for label, key, value in
-               (("micro-batch", "batch", spec.batch), ("sequence length", "seq", spec.seq)) if key not in values]
-    if "checkpointing" not in flags:
-        assumed.append("no activation checkpointing (not named)")
-    if precision == "bf16" and not re.search(r"bf16|bfloat16", low):
-        assumed.append("pure bf16 weights, gradients and states (not named)")
-    return spec, named, assumed
+    if re.search(_NO_CHECKPOINTING, low):
+        flags["checkpointing"] = False
+    sharding = next((s for s, p in _SHARDING if re.search(p, low)), None)
+    spec = TrainingSpec(model=model, gpu=gpu, method=named or "adamw", precision=_precision(low),
+                        batch=values["batch"], seq=values["seq"], rank=values["rank"],
+                        grad_accum=values["grad_accum"], layerwise=flags.get("layerwise"),
+                        checkpointing={True: "full", False: "none"}.get(flags.get("checkpointing")),
+                        devices=devices or 1, sharding=sharding or "none")
+    assumed = list(notes)
+    if not values["batch"]:
+        assumed.append("micro-batch 1 (not named)")
+    if not values["seq"]:
+        assumed.append("sequence length 512 (not named)")
+    if devices and devices > 1 and not sharding:
+        assumed.append(f"{devices} GPUs: the answer is per GPU, for the sharding memfit assumes (see the "
+                       "assumptions of each result)")
+    return Parsed(spec, named, tuple(assumed))
+
+
+def _recommendation(results: list[dict], capacity: int | None) -> tuple[str | None, str]:
+    """The fitting method that trains most like full-rank AdamW among those leaving a safe
+    margin (`SAFE_HEADROOM` of the GPU); if none leaves it, the one leaving the most room."""
+    fitting = [r for r in results if r.get("fits")]
+    if not fitting:
+        return None, "no method fits; see what would make each fit"
+    order = {m: i for i, m in enumerate(methods.RECOMMENDATION_ORDER)}
+    margin = SAFE_HEADROOM * capacity if capacity else 0
+    safe = [r for r in fitting if r["headroom_bytes"] >= margin]
+    if safe:
+        best = min(safe, key=lambda r: order.get(r["method"], len(order)))
+        return best["method"], (f"of the {len(safe)} method(s) that fit with at least {SAFE_HEADROOM:.0%} of "
+                                f"the GPU free, it trains most like full-rank AdamW")
+    best = max(fitting, key=lambda r: r["headroom_bytes"])
+    return best["method"], (f"no method fits with {SAFE_HEADROOM:.0%} of the GPU free; this one leaves the "
+                            f"most room — a tight fit, expect to tune batch or sequence length")
 
 
 def ask(question: str, default_gpu: str | None = None) -> dict:
-    """Answer for every method, best first; the method named in the question is flagged `asked`."""
-    spec, named, assumed = parse_question(question, default_gpu)
-    resolve_spec(spec.replace(method="adamw", rank=None))   # a bad model/batch/seq fails once, clearly
-    results = [{**r, "asked": r["method"] == named} for r in fit_records(spec)]
-    fitting = {r["method"] for r in results if r["fits"]}
-    recommended = next((m for m in methods.RECOMMENDATION_ORDER if m in fitting), None)
-    return {"question": question, "model": spec.model, "gpu": spec.gpu, "assumptions": assumed,
-            "named_method": named, "recommended": recommended, "results": results}
+    """Answer for every method, best first; the method named in the question is flagged `asked`.
 
+    JSON: {question, model, gpu, devices, assumptions, named_method, recommended,
+    recommendation_reason, results: [one fit record per method, with `asked`]}."""
+    parsed = parse_question(question, default_gpu)
+    spec = parsed.spec
+    resolve_spec(spec.replace(method="adamw", rank=None))   # a bad model/batch/seq fails once, clearly
+    results = [{**r, "asked": r["method"] == parsed.named_method} for r in fit_records(spec)]
+    capacity = next((r["gpu_memory_bytes"] for r in results if r.get("gpu_memory_bytes")), None)
+    recommended, reason = _recommendation(results, capacity)
+    return {"question": question, "model": spec.model, "gpu": spec.gpu, "devices": spec.devices,
+            "assumptions": list(parsed.assumptions), "named_method": parsed.named_method,
+            "recommended": recommended, "recommendation_reason": reason, "results": results}

@@ -34,12 +34,15 @@ class FitReport:
     max_rank: int | None
     suggestions: tuple[Suggestion, ...]
     breakdown: MemoryBreakdown
+    precision_note: str = ""              # the precision assumed, said so that nobody misses it
+    alternative: dict | None = None       # the usual HF Trainer precision's figure, for full-rank methods
 
     def to_record(self) -> dict:
         return {**self.breakdown.to_record(), "max_batch": self.max_batch, "max_seq": self.max_seq,
                 "max_rank": self.max_rank,
                 "suggestions": [{"changes": s.changes, "description": s.description,
-                                 "peak_bytes": s.peak_bytes} for s in self.suggestions]}
+                                 "peak_bytes": s.peak_bytes} for s in self.suggestions],
+                "precision_note": self.precision_note, "precision_alternative": self.alternative}
 
 
 def _fits(spec: TrainingSpec) -> bool:
@@ -152,17 +155,44 @@ def _require_gpu(spec: TrainingSpec) -> None:
         raise ValueError("a fit check needs a GPU: name one (e.g. --gpu 4090) or a capacity (--gpu 24GB)")
 
 
+#: the precision HF Trainer runs a full fine-tune in (an fp32 model with bf16=True / fp16=True)
+TRAINER_PRECISION = {"bf16": "amp-bf16", "fp16": "amp-fp16"}
+
+
+def _precision_note(spec: TrainingSpec, b: MemoryBreakdown) -> tuple[str, dict | None]:
+    """What precision the verdict assumed, and for a full-rank method whose precision the user
+    left to memfit the figure under HF Trainer's autocast beside it (a pure-bf16 full fine-tune
+    needs half the memory of the usual Trainer set-up, so the assumption must not be missed)."""
+    r = resolve_spec(spec)
+    precision = r.precision
+    if spec.precision is not None:
+        return f"{precision.id} precision (as asked): {precision.summary}", None
+    note = f"assumed {precision.id} precision: {precision.summary}"
+    other = TRAINER_PRECISION.get(precision.compute) if r.method.kind == "full" and not precision.autocast else None
+    if other is None:
+        return note, None
+    try:
+        alt = estimate(spec.replace(precision=other))
+    except ValueError:
+        return note, None
+    return note, {"precision": other, "peak_bytes": alt.peak_bytes, "fits": alt.fits,
+                  "headroom_bytes": alt.headroom_bytes,
+                  "why": f"HF Trainer with {precision.compute}=True on an fp32 model ({other})"}
+
+
 def fit_report(spec: TrainingSpec) -> FitReport:
     """Fit verdict and searches for one spec; the spec must name a GPU."""
     _require_gpu(spec)
     b = estimate(spec)
     model = resolve_spec(spec).model
     rank_limit = _rank_limit(spec)
+    note, alternative = _precision_note(spec, b)
     return FitReport(
         method=b.spec.method, fits=bool(b.fits), peak_bytes=b.peak_bytes, headroom_bytes=b.headroom_bytes,
         max_batch=largest(spec, "batch", 1 << 16), max_seq=largest(spec, "seq", model.max_position),
         max_rank=largest(spec, "rank", rank_limit) if rank_limit else None,
-        suggestions=() if b.fits else suggestions(spec), breakdown=b)
+        suggestions=() if b.fits else suggestions(spec), breakdown=b, precision_note=note,
+        alternative=alternative)
 
 
 def _each_method(spec: TrainingSpec, methods: Iterable[str] | None):

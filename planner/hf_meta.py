@@ -54,9 +54,9 @@ def enumerate_parameters(d: dict, label: str, remote_code: bool = False
                          f"installed transformers {transformers.__version__} can build{hint}")
     try:
         config = transformers.AutoConfig.for_model(model_type, **fields)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{label}: transformers rejected this config: {str(err)[:300]}; "
-                         f"{_FIX}") from None
+    except Exception as err:  # noqa: BLE001 - a config transformers cannot read is the config's fault
+        raise ValueError(f"{label}: transformers rejected this config ({type(err).__name__}): "
+                         f"{str(err)[:300]}; {_FIX}") from None
     cls = model_class(transformers, config, d.get("architectures"))
     try:
         with init_empty_weights(), contextlib.redirect_stderr(io.StringIO()):

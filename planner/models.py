@@ -20,7 +20,7 @@ from typing import Any
 from .families import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, Family, family_for
 from .names import normalize, resolve
 
-__all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model",
+__all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model", "VARIANT_WORDS",
            "load_config_file", "config_from_dict", "config_from_json", "classify_param", "meta_params",
            "LIMITS"]
 
@@ -227,6 +227,13 @@ def _alias_index() -> dict[str, str]:
     return index
 
 
+@functools.lru_cache(maxsize=1)
+def _variant_index() -> dict[str, str]:
+    """Fine-tuned variants a catalog entry lists (`variants`) whose names the variant words do
+    not reduce to the base's ("Mistral-Nemo-Instruct-2407" of "Mistral-Nemo-Base-2407")."""
+    return {normalize(v): name for name, e in _catalog_raw().items() for v in e.get("variants", [])}
+
+
 def model_names() -> list[str]:
     return list(_catalog_raw())
 
@@ -241,40 +248,45 @@ class _Catalog(dict):
 MODEL_CATALOG: dict[str, ModelConfig] = _Catalog()
 
 
+#: words in Hub names that mark a variant with the base model's shapes (chat/instruct tuning, a
+#: checkpoint format or a pre-quantised upload), dropped to find the catalog entry
+VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base", "sft", "dpo", "orpo", "kto", "rlhf",
+                           "bnb", "4bit", "8bit", "awq", "gptq", "gguf", "fp16", "bf16", "fp8", "int4",
+                           "int8", "unsloth", "turbo"})
+_QUANTISED = frozenset({"bnb", "4bit", "8bit", "awq", "gptq", "gguf", "fp8", "int4", "int8"})
+
+
+def _variant(query: str) -> tuple[str, list[str]]:
+    """(normalised name without variant words or a leading "meta", the words dropped)."""
+    last = str(query).strip().split("/")[-1]
+    words = [w for w in re.split(r"[-_\s]+", last.lower()) if w]
+    kept = [w for w in words if w not in VARIANT_WORDS]
+    if kept and kept[0] == "meta":
+        kept = kept[1:]
+    return normalize(" ".join(kept)), [w for w in words if w in VARIANT_WORDS]
+
+
 def get_model(query: str) -> ModelConfig:
-    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf").
-
-    A fine-tuned variant (an entry's `variants`, or a Hub id whose last part names an
-    Instruct / chat / it version of a catalog model: "meta-llama/Llama-3.1-8B-Instruct") has the
-    base model's shapes: it resolves to the base entry, with a note saying so."""
-    try:
-        return MODEL_CATALOG[resolve(query, _alias_index(), "model", model_names())]
-    except ValueError:
-        base = _variant_of(query)
-        if base is None:
-            raise
-    note = (f"{query} is a fine-tuned variant of {base}: same architecture and shapes, sized "
-            f"as {base}")
-    return replace(MODEL_CATALOG[base], notes=(*MODEL_CATALOG[base].notes, note))
-
-
-#: words that name a fine-tuned variant in a Hub id (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf,
-#: gemma-2-9b-it, Mistral-7B-Instruct-v0.3)
-_VARIANT_WORDS = ("instruct", "chat", "it")
-
-
-def _variant_of(query: str) -> str | None:
-    """The catalog entry a fine-tuned variant's name belongs to, or None."""
-    if not isinstance(query, str):
-        return None
-    explicit = {normalize(v): name for name, e in _catalog_raw().items() for v in e.get("variants", [])}
-    if normalize(query) in explicit:
-        return explicit[normalize(query)]
-    tail = query.split("/")[-1]
-    words = [w for w in re.split(r"[-_ ]", tail) if w.lower() not in _VARIANT_WORDS]
-    if len(words) == len(re.split(r"[-_ ]", tail)):
-        return None
-    return _alias_index().get(normalize("-".join(words).removesuffix("-hf")))
+    """A catalog model by forgiving name ("LLaMA 7B", "llama7b", "meta-llama/Llama-2-7b-hf"),
+    or a Hub variant of one ("Qwen/Qwen2.5-7B-Instruct", "unsloth/llama-3-8b-bnb-4bit"): an
+    instruct or chat model has its base model's shapes; the returned config's `notes` say which
+    catalog entry was used."""
+    index = _alias_index()
+    if normalize(query) in index:
+        return MODEL_CATALOG[index[normalize(query)]]
+    listed = _variant_index().get(normalize(query))
+    if listed:                               # a variant the catalog entry names (`variants`)
+        model = MODEL_CATALOG[listed]
+        return replace(model, notes=model.notes + (f"{query!r} is read as {model.name} (a "
+                                                   "fine-tuned variant with the same shapes)",))
+    key, dropped = _variant(query)
+    if dropped and key in index and not re.search(r"\s", str(query).strip()):   # one Hub-style name
+        model = MODEL_CATALOG[index[key]]
+        note = (f"{query!r} is read as {model.name} (its {'/'.join(dropped)} variant has the same shapes)")
+        if _QUANTISED & set(dropped):
+            note += "; memfit sizes the base model: a 4-bit base is --base-quant nf4 (qlora)"
+        return replace(model, notes=model.notes + (note,))
+    return MODEL_CATALOG[resolve(query, index, "model", model_names())]
 
 
 def load_config_file(path: str | Path) -> ModelConfig:

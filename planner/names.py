@@ -39,4 +39,9 @@ def resolve(query: str, index: Mapping[str, str], kind: str, names: Iterable[str
         return index[key]
     close = suggest(query, names)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown {kind} {query!r}{hint} (list them with `python -m planner {kind}s`)")
+    more = (" For a model outside the catalog, give its config.json (--config FILE, or the upload on "
+            "Fit check)." if kind == "model" else "")
+    names = list(names)
+    raise ValueError(f"unknown {kind} {query!r:.80}{hint} (memfit knows {len(names)} {kind}s: the "
+                     f"{kind.upper() if kind == 'gpu' else kind.capitalize()} menu of Fit check and "
+                     f"`python -m planner {kind}s` list them){more}")

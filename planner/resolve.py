@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 from dataclasses import dataclass, field, replace
 
 from .defaults import fill_defaults
@@ -110,12 +109,17 @@ def resolve_model(model: str) -> ModelConfig:
     """A catalog name or Hub id, or the path of a config.json (parsed once per file version)."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError("name a model: a catalog name such as llama-7b, a Hub id, or a config.json path")
-    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not model.endswith(".json")
-    if os.path.isfile(model) or (not hub_id and (model.endswith(".json") or os.path.sep in model)):
-        if not os.path.isfile(model):
-            raise ValueError(f"config file {model!r} does not exist")
+    if os.path.isfile(model):
         return _config_file(model, os.path.getmtime(model))
-    return get_model(model)        # a catalog name or a Hub id ("meta-llama/Llama-3.1-8B")
+    if model.endswith(".json") or os.path.isdir(model):
+        raise ValueError(f"config file {model!r} does not exist" if not os.path.isdir(model) else
+                         f"{model!r} is a folder; give the config.json inside it")
+    try:
+        return get_model(model)           # a catalog name or a Hub id ("meta-llama/Llama-2-7b-hf")
+    except ValueError as err:
+        if os.path.sep in model:
+            raise ValueError(f"{model!r} is neither a config.json file nor a catalog model: {err}") from None
+        raise
 
 
 def _choice(value, allowed: tuple, what: str):

@@ -242,8 +242,6 @@ def _unrun(r: Resolved) -> str | None:
         (s.grad_accum > 1, "the profiler's loop takes one micro-batch per step; drop --grad-accum"),
         (s.paged, "bitsandbytes' paged optimizers are planned only; drop --paged"),
         (s.activation_offload, "activation offloading is planned only; drop --activation-offload"),
-        (s.devices > 1 or s.sharding != "none", "multi-device runs go through the distributed "
-                                                 "profiler (--devices N --sharding ...)"),
         (s.attention == "flash", "FlashAttention-2 runs on CUDA only; use --attention sdpa here"),
     ]
     return next((why for bad, why in checks if bad), None)

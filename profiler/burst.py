@@ -136,7 +136,10 @@ def run_burst(spec: TrainingSpec, steps: int = 3, warmup: int = 1, device: str =
     space: a CPU stand-in for a smaller device). Raises ValueError for a spec the planner
     rejects, a bad device or time limit; everything that goes wrong while running is a result.
     """
-    resolve_spec(spec)
+    filled = resolve_spec(spec).spec
+    if filled.devices > 1 or filled.sharding != "none":
+        raise ValueError("a run on several devices goes through profiler.distributed.run_sharded "
+                         "(`python -m profiler run --devices N --sharding ...`)")
     device = normalize_device(device)
     for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -16,6 +16,11 @@ from planner.format import human_bytes, render
 __all__ = ["main", "build_parser"]
 
 
+def _spec(args):
+    """The planner's spec from the flags (the planner's own, --devices/--sharding included)."""
+    return spec_from_args(args)
+
+
 def _history_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", help="history file (default: $MEMFIT_HISTORY or the user data folder)")
     p.add_argument("--no-history", action="store_true", help="do not record this run")
@@ -71,14 +76,15 @@ _LAST: dict = {}
 
 def _progress(event: dict) -> None:
     """One line per step on a terminal (rewritten in place with the phase), else one per step."""
-    where = " ".join(str(event[k]) for k in ("method", "mode") if k in event)
+    where = " ".join([str(event[k]) for k in ("method", "mode") if k in event]
+                     + ([f"rank {event['rank']}"] if "rank" in event else []))
     step = f"step {event['step']} of {event['total']}" if event.get("step") else ""
     line = f"{where} {step}".strip()
     if sys.stderr.isatty():
         print(f"\r{line} {event.get('phase', '')}".ljust(60), end="", file=sys.stderr, flush=True)
-    elif _LAST.get("line") != line:
+    elif _LAST.get(event.get("rank")) != line:     # ranks report in turn: one line per rank and step
         print(line, file=sys.stderr, flush=True)
-    _LAST["line"] = line
+    _LAST[event.get("rank")] = line
 
 
 def _end_progress() -> None:
@@ -105,9 +111,45 @@ def _compared(spec, result, mode: str) -> list[dict]:
     return compare(estimate(spec), result.measurement, mode=mode).to_records() if result.ok else []
 
 
+def _sharded_rows(records: list[dict]) -> list[dict]:
+    return [{"rank": r["rank"], "component": r["component"], "predicted": human_bytes(r["predicted_bytes"]),
+             "measured": human_bytes(r["measured_bytes"]),
+             "error": "-" if r["relative_error"] is None else f"{100 * r['relative_error']:+.2f}%"} for r in records]
+
+
+def _run_sharded(args, spec) -> str:
+    from .distributed.burst import run_sharded
+    from .distributed.compare import compare_ranks
+    result = run_sharded(spec, args.steps, args.warmup, args.device, timeout=args.timeout,
+                         on_progress=_progress, history=_history_arg(args))
+    _end_progress()
+    try:
+        records, note = compare_ranks(result), None
+    except ValueError as err:       # the planner cannot size it: the measurement still stands
+        records, note = [], f"no prediction: {err}"
+        records_measured = [{"rank": m.rank, "component": c, "predicted_bytes": None, "measured_bytes": v,
+                             "relative_error": None} for m in result.ranks for c, v in
+                            {**m.components, **m.engine_buffers}.items()]
+    if args.format == "json":
+        return render([], "json", payload={**result.to_record(), "comparison": records, "note": note})
+    if args.format == "csv":
+        return render(records or [{"method": spec.method, "status": result.status, "message": result.message}], "csv")
+    head = [f"{spec.method} on {spec.devices} CPU ranks under {spec.sharding}: {result.status} ({result.message})"]
+    if result.ok:
+        head += [f"rank {m.rank}: losses {', '.join(f'{x:.3f}' for x in m.losses)}, peak {human_bytes(m.peak_bytes)}"
+                 for m in result.ranks]
+    if note:
+        return "\n".join(head + [note, "", render(_sharded_rows(records_measured), "table")])
+    return "\n".join(head + ["", render(_sharded_rows(records), "table")] if records else head)
+
+
 def _run(args) -> str:
     from .burst import run_burst
-    spec = spec_from_args(args)
+    spec = _spec(args)
+    if spec.sharding != "none":
+        return _run_sharded(args, spec)
+    if spec.devices != 1:
+        raise ValueError(f"--devices {spec.devices} needs --sharding (ddp, zero1, zero2, zero3, fsdp)")
     result = run_burst(spec, args.steps, args.warmup, args.device, timeout=args.timeout,
                        on_progress=_progress, history=_history_arg(args))
     _end_progress()
@@ -125,9 +167,41 @@ def _run(args) -> str:
     return "\n".join(head + ["", render(_comparison_rows(records), "table")] if records else head)
 
 
+def _trace_sharded(args, spec) -> str:
+    from planner.resolve import resolve_spec
+    from planner.sharding import device_memory
+
+    from .compare import ComponentError
+    from .distributed.fake import trace_sharded
+    result = trace_sharded(spec, history=_history_arg(args))
+    planned = device_memory(resolve_spec(spec), spec.sharding, spec.devices).ranks[0].memory
+    records = [ComponentError(c, getattr(planned, c), result.components[c]).to_record()
+               for c in ("weights", "gradients", "optimizer_states", "projection", "adapters")] if result.ok else []
+    payload = {**result.to_record(), "comparison": records}
+    if args.format == "json":
+        return render([], "json", payload=payload)
+    if args.format == "csv":
+        return render(records or [{"method": spec.method, "status": result.status}], "csv")
+    head = [f"{spec.method} on {spec.model}, rank 0 of {spec.devices} under FSDP2 (fake process group): "
+            f"{result.status} ({result.message}, {result.seconds:.1f} s)"]
+    if not result.ok:
+        return head[0]
+    rows = [{"component": r["component"], "planner": human_bytes(r["predicted_bytes"]),
+             "traced": human_bytes(r["measured_bytes"]),
+             "error": "-" if r["relative_error"] is None else f"{100 * r['relative_error']:+.2f}%"} for r in records]
+    from .distributed.fake import FSDP_CATEGORIES
+    shown = [k for k in FSDP_CATEGORIES.values() if any(c.get(k) for c in result.phase_categories.values())]
+    cats = [{"phase": p, **{k: human_bytes(c.get(k, 0)) for k in shown}} for p, c in result.phase_categories.items()]
+    return "\n".join(head + ["", render(rows, "table"), "",
+                             f"FSDPMemTracker at each phase's peak (peak: {result.peak_phase}, "
+                             f"{human_bytes(result.peak_bytes)}):", render(cats, "table")])
+
+
 def _trace(args) -> str:
     from .tracing import trace
-    spec = spec_from_args(args)
+    spec = _spec(args)
+    if spec.sharding != "none":
+        return _trace_sharded(args, spec)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))
     _warn(result.history_warning)
     records = _compared(spec, result, "trace")

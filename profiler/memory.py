@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
-__all__ = ["PROJECTION_KEYS", "ADAPTER_MARKERS", "CATEGORY_NAMES", "storage_key", "held_bytes",
+__all__ = ["PROJECTION_KEYS", "ADAPTER_MARKERS", "CATEGORY_NAMES", "StorageCounter", "local_tensor", "storage_key", "held_bytes",
            "gradient_tensors", "optimizer_tensors", "weight_extras", "PhaseTracker"]
 
 #: optimizer-state keys that hold a projection (docs/storage-contract.md); every other key is an
@@ -28,12 +28,18 @@ CATEGORY_NAMES = {_MemRefType.PARAM: "parameters", _MemRefType.BUFFER: "buffers"
                   _MemRefType.OTH: "other"}
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: a DTensor's local shard (FSDP2), else the tensor itself."""
+    return getattr(t, "_local_tensor", t)
+
+
 def storage_key(t: torch.Tensor) -> int:
-    """Identity of a tensor's storage (the C++ StorageImpl), valid for real and fake tensors."""
-    return t.untyped_storage()._cdata
+    """Identity of a tensor's storage (the C++ StorageImpl), valid for real and fake tensors and
+    for a DTensor's local shard."""
+    return local_tensor(t).untyped_storage()._cdata
 
 
-class _Counter:
+class StorageCounter:
     """Adds each distinct storage's bytes to the first component that claims it."""
 
     def __init__(self, names):
@@ -46,7 +52,7 @@ class _Counter:
         key = storage_key(t)
         if key not in self.seen:
             self.seen.add(key)
-            self.bytes[component] += t.untyped_storage().nbytes()
+            self.bytes[component] += local_tensor(t).untyped_storage().nbytes()
 
 
 def _quant_state_tensors(state, depth: int = 0) -> list[torch.Tensor]:
@@ -103,7 +109,7 @@ def held_bytes(model: torch.nn.Module, optimizer=None, gradients: bool = True) -
     buffers (rotary `inv_freq`); gradients: see `gradient_tensors`; optimizer_states and
     projection: see `optimizer_tensors`.
     """
-    c = _Counter(["weights", "adapters", "buffers", "gradients", "optimizer_states", "projection"])
+    c = StorageCounter(["weights", "adapters", "buffers", "gradients", "optimizer_states", "projection"])
     for name, p in model.named_parameters():
         c.add("adapters" if any(m in name for m in ADAPTER_MARKERS) else "weights", p)
     persistent, transient = _buffers(model)

@@ -123,6 +123,19 @@ def test_landing_says_what_would_make_the_named_method_fit():
     assert f"{first['description']} (peak {human_bytes(first['peak_bytes'])})" in row["to make it fit"]
 
 
+def test_landing_answer_shows_the_precision_and_the_trainer_figure():
+    """issue 9: pure bf16 is assumed for a full fine-tune; the verdict says so and gives the HF
+    Trainer (bf16 autocast) figure beside it."""
+    at = run(APP)
+    at.text_input(key="question").input("qwen2.5 7b full finetune on an A100 80GB")
+    rerun(at)
+    info = " ".join(read(i) for i in at.info)
+    assert "assumed bf16 precision" in info and "HF Trainer with bf16=True" in info
+    alt = next(r for r in ask("qwen2.5 7b full finetune on an A100 80GB")["results"]
+               if r["method"] == "adamw")["precision_alternative"]
+    assert human_bytes(alt["peak_bytes"]) in info
+
+
 def test_landing_table_puts_the_verdict_first_and_gives_the_advice_room():
     """Nothing fits llama-2-13b at batch 8 x 2048 on a 3090; the advice (up to 86 characters) sits
     right after the verdict, in a wide column whose rows are tall enough to wrap it (checked in
@@ -131,7 +144,8 @@ def test_landing_table_puts_the_verdict_first_and_gives_the_advice_room():
     at.text_input(key="question").input("llama-2-13b on a 3090 batch 8 seq 2048")
     rerun(at)
     frame = at.dataframe[0]
-    assert list(frame.value.columns) == ["method", "fits", "peak", "headroom", "to make it fit", "largest batch"]
+    assert list(frame.value.columns) == ["method", "fits", "peak", "headroom", "to make it fit", "largest batch",
+                                         "HF Trainer (amp)"]
     config = json.loads(frame.proto.columns)
     assert config["to make it fit"]["width"] == "large"
     longest = max(len(v) for v in frame.value["to make it fit"])
@@ -221,7 +235,8 @@ def test_fit_page_suggestions_are_the_planners():
     at = _fit_page(method="galore", gpu="rtx-4090")
     report = fit_report(TrainingSpec(model="llama-7b", method="galore", gpu="rtx-4090"))
     assert not report.fits and report.suggestions
-    hint = read(at.info[0])
+    hint = next(read(i) for i in at.info if "To make it fit" in read(i))
+    assert "in **bf16** precision (assumed)" in at.error[0].value
     for s in report.suggestions:
         assert f"{s.description} (peak {human_bytes(s.peak_bytes)})" in hint
 

@@ -6,9 +6,11 @@ import pytest
 
 CHECKS = {
     # module imported -> modules that must not be loaded afterwards
-    "planner, planner.cli, planner.estimate, planner.comparison, planner.methods": ["torch", "streamlit", "transformers", "pandas"],
+    "planner, planner.cli, planner.estimate, planner.comparison, planner.methods, planner.sharding": ["torch", "streamlit", "transformers", "pandas"],
     "lowrank": ["planner", "profiler", "streamlit"],
     "profiler": ["streamlit"],
+    # the parent of a sharded burst only launches torchrun and reads files
+    "profiler.distributed.burst, profiler.distributed.launch, profiler.distributed.compare": ["torch", "streamlit"],
 }
 
 

@@ -139,9 +139,12 @@ def fit_verdict(report) -> None:
     gpu = f"{md(b.gpu.name)} ({human_bytes(b.gpu.capacity_bytes)})"
     text = (f"{model_text(b)} with **{METHODS[report.method].name}** "
             f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak "
-            f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}.")
+            f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}, "
+            f"in **{md(b.spec.precision)}** precision"
+            f"{' (assumed)' if report.precision_note.startswith('assumed') else ''}.")
     (st.success if report.fits else st.error)(text)
     st.caption(activation_model_text(b))
+    _precision_line(report.precision_note, report.alternative)
     if not report.fits:
         hint = suggestion_text(report.suggestions)
         st.info(f"To make it fit: {md(hint)}." if hint else
@@ -157,6 +160,19 @@ def activation_model_text(b) -> str:
                 "transformers model was traced under FakeTensorMode (two layers, six batch and "
                 "sequence points, fitted and extrapolated; cached for later estimates).")
     return "Activations: **analytic**, from the model family's record (checked against MemTracker)."
+
+
+def _precision_line(note: str, alternative: dict | None) -> None:
+    """The precision the verdict assumed, and the usual HF Trainer figure beside a pure-bf16
+    full fine-tune (half the memory of the usual set-up: never to be missed)."""
+    if not note:
+        return
+    text = f"**Precision:** {md(note)}."
+    if alternative:
+        verdict = "fits" if alternative["fits"] else "does not fit"
+        text += (f" Under {md(alternative['why'])} the same run needs **{human_bytes(alternative['peak_bytes'])}** "
+                 f"and {verdict}.")
+    st.info(text)
 
 
 def fit_limits(report) -> None:
@@ -185,13 +201,21 @@ def answer(ans: Mapping) -> list[dict]:
     ok = [r for r in results if not r.get("error")]
     fitting = [r for r in ok if r["fits"]]
     rec = next((r for r in ok if r["method"] == ans.get("recommended")), None)
-    head = f"**{md(ans['model'])}** on **{md(ans['gpu'])}**: {len(fitting)} of {len(results)} methods fit."
+    precisions = sorted({r["spec"]["precision"] for r in ok})
+    assumed = any(r.get("precision_note", "").startswith("assumed") for r in ok)
+    head = (f"**{md(ans['model'])}** on **{md(ans['gpu'])}**: {len(fitting)} of {len(results)} methods fit "
+            f"in **{md(', '.join(precisions))}** precision{' (assumed)' if assumed else ''}.")
     if rec:
         st.success(f"{head} Recommended: **{METHODS[rec['method']].name}** ({rec['method']}) — peak "
                    f"{human_bytes(rec['peak_bytes'])}, headroom {human_bytes(rec['headroom_bytes'])}.")
     else:
         errors = {r["error"] for r in results if r.get("error")}
         st.error(f"{head} " + (md("; ".join(sorted(errors))) if not ok else "See below what would make one fit."))
+    if rec and ans.get("recommendation_reason"):
+        st.caption(f"Why {rec['method']}: {md(ans['recommendation_reason'])}.")
+    _precision_line(next((r.get("precision_note", "") for r in ok), ""),
+                    next((r["precision_alternative"] for r in ok if r.get("precision_alternative")
+                          and r["method"] == (ans.get("named_method") or "adamw")), None))
     named = next((r for r in ok if r.get("asked")), None)
     if named:
         verdict = "fits" if named["fits"] else "does not fit"
@@ -201,9 +225,12 @@ def answer(ans: Mapping) -> list[dict]:
     table = [{"method": r["method"], "fits": "✓" if r["fits"] else "✗",
               "peak": human_bytes(r["peak_bytes"]), "headroom": human_bytes(r["headroom_bytes"]),
               "to make it fit": "" if r["fits"] else (suggestion_text(r.get("suggestions", ())) or "no switch is enough"),
-              "largest batch": r.get("max_batch") or "-"}
+              "largest batch": r.get("max_batch") or "-",
+              "HF Trainer (amp)": _alternative_cell(r.get("precision_alternative"))}
              if not r.get("error") else {"method": r["method"], "to make it fit": r["error"]}
              for r in results]
+    if not any(r.get("HF Trainer (amp)") for r in table):     # only when a full-rank figure exists
+        table = [{k: v for k, v in r.items() if k != "HF Trainer (amp)"} for r in table]
     columns = list(dict.fromkeys(k for r in table for k in r))
     # the advice is the longest text: a wide column whose rows are as tall as its longest entry
     # needs (the grid wraps text in a tall row), so no advice is cut; the short columns size to
@@ -216,6 +243,10 @@ def answer(ans: Mapping) -> list[dict]:
                  key="answer_table")
     st.caption("Assumes: " + md("; ".join(ans.get("assumptions", []))))
     return [flat_row(r) for r in results]
+
+
+def _alternative_cell(alt: dict | None) -> str:
+    return "" if not alt else f"{human_bytes(alt['peak_bytes'])} {'✓' if alt['fits'] else '✗'}"
 
 
 def device_memory(b) -> None:

@@ -180,3 +180,14 @@ def test_cpu_kernels_size_dropout_like_a_cpu_run():
     assert cpu > gpu
     with pytest.raises(ValueError, match="kernels"):
         estimate(TrainingSpec(model="gpt2", seq=128), kernels="tpu")
+
+
+def test_a_gpu_without_bf16_defaults_to_fp16_autocast_and_refuses_bf16():
+    """issue 9: a T4 or V100 has no bf16: the default precision is fp16 mixed precision (autocast,
+    as HF Trainer runs fp16=True), said in the assumptions; bf16 asked for is an error."""
+    b = estimate(TrainingSpec(model="llama-350m", method="adamw", gpu="t4"))
+    assert b.spec.precision == "amp-fp16"
+    assert any("t4 has no bf16" in a for a in b.assumptions)
+    assert estimate(TrainingSpec(model="llama-350m", gpu="a100-40gb")).spec.precision == "bf16"
+    with pytest.raises(ValueError, match="no bf16 support"):
+        estimate(TrainingSpec(model="llama-350m", gpu="v100-32gb", precision="bf16"))

@@ -125,3 +125,32 @@ def test_known_family_config_needs_no_transformers(tmp_path):
     code = (f"import sys; from planner.models import load_config_file; m = load_config_file({str(path)!r});"
             "assert m.n_params > 0; assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_hub_ids_with_a_slash_are_catalog_models_not_paths():
+    """issue 9: a valid catalog alias such as a Hub id was taken for a missing file."""
+    from planner.resolve import resolve_model
+    assert resolve_model("meta-llama/Llama-2-7b-hf").name == "llama-2-7b"
+    with pytest.raises(ValueError, match="neither a config.json file nor a catalog model"):
+        resolve_model("some/where/nothing")
+
+
+def test_config_without_json_suffix_is_read(tmp_path):
+    from planner.resolve import resolve_model
+    path = tmp_path / "my_config"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 176,
+                                "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100}))
+    assert resolve_model(str(path)).n_params > 0
+    with pytest.raises(ValueError, match="is a folder"):
+        resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"model_type": "opt", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,'
+     ' "vocab_size": 10, "ffn_dim": 128, "word_embed_proj_dim": "wide"}', "transformers"),
+])
+def test_wrong_nested_types_for_a_meta_built_config_are_clear(tmp_path, text, message):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config_file(path)

@@ -43,8 +43,8 @@ def test_hub_ids_resolve(query, name):
 def test_instruct_variants_resolve_to_the_base_with_a_note(query, name):
     model = get_model(query)
     assert model.name == name
-    assert any("fine-tuned variant" in n and name in n for n in model.notes)
-    assert any("fine-tuned variant" in a for a in estimate(TrainingSpec(model=query)).assumptions)
+    assert any("same shapes" in n and name in n for n in model.notes)
+    assert any("same shapes" in a for a in estimate(TrainingSpec(model=query)).assumptions)
 
 
 def test_an_unknown_variant_still_fails_with_suggestions():
