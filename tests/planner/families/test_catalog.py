@@ -56,3 +56,19 @@ def test_llama_3_and_3_1_differ_only_in_context():
     a, b = get_model("llama-3-8b"), get_model("llama-3.1-8b")
     assert [p.shape for p in a.params] == [p.shape for p in b.params]
     assert (a.max_position, b.max_position) == (8192, 131072)
+
+
+@pytest.mark.parametrize("name", ["pythia-1b", "bert-base", "mistral-nemo-12b"])
+def test_a_record_family_config_needs_no_transformers(tmp_path, name):
+    """A config.json of these families is sized analytically: a cold estimate imports neither
+    transformers nor torch (the speed benchmark's under-2-s case)."""
+    import json
+    import subprocess
+    import sys
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(get_model(name).hf_config))
+    code = (f"import sys; from planner import TrainingSpec, estimate; "
+            f"b = estimate(TrainingSpec(model={str(path)!r})); assert b.n_params > 0; "
+            "assert b.activation_model == 'analytic'; "
+            "assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
