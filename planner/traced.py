@@ -8,16 +8,17 @@ dtype, attention, checkpointing and adapters, nothing allocated.
 
 Every byte count of a step is, at a fixed depth, a polynomial in batch b and sequence s:
 affine in b (every activation is per sample, or shared by the batch: rotary tables, position
-ids), of degree 2 in s (s·s scores and masks of eager attention, materialised masks) and affine
-in the depth L (identical layers: each adds what the traced second layer adds). So memfit
-traces a 2-layer cut of the model at six (b, s) points and fits
-`c0 + c1·s + c2·s² + b·(c3 + c4·s + c5·s²)` through them exactly (rational arithmetic on
-integer bytes) for every quantity, and for the bytes alive after every op of the backward (the
-worst op changes with the sizes, so the maximum is taken after the fit), and evaluates any
-(b, s, L) from the fit: fit's searches over batch and sequence need no new trace. The points lie in the requested sequence's regime (no
-`sliding_window`- or chunk-like threshold of the config between them and it: masks appear past
-those). The fit is cached on disk (`planner.cache`) by the config's fields, the activation
-settings and the library versions.
+ids), of degree 2 in s (s·s scores and masks of eager attention, materialised masks), affine in
+the depth L (identical layers: each adds what the traced second layer adds) and in an
+adapter's rank. So memfit traces a 2-layer cut of the model at six (b, s) points (and, with
+adapters, at two ranks), fits `c0 + c1·s + c2·s² + b·(c3 + c4·s + c5·s²)` through them
+exactly (rational arithmetic on integer bytes) for every quantity and for the bytes alive
+after every op of the backward (the worst op changes with the sizes, so the maximum is taken
+after the fit), and evaluates any (b, s, L, rank) from the fit: fit's searches over batch,
+sequence and rank need no new trace. The points lie in the requested sequence's regime (no
+`sliding_window`- or chunk-like threshold of the config between them and it: masks appear
+past those). The fit is cached on disk (`planner.cache`) by the config's fields, the
+activation settings and the library versions.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ _BASIS = (lambda b, s: 1, lambda b, s: s, lambda b, s: s * s,
           lambda b, s: b, lambda b, s: b * s, lambda b, s: b * s * s)
 #: config fields that are token thresholds past which attention changes (a mask appears)
 _THRESHOLD = re.compile(r"(?:^|_)(?:window|chunk)(?:_size)?$")
+#: adapters are traced at two ranks: every rank-sized tensor (A's output and its gradient) is
+#: affine in the rank, so any rank (a fit's rank search) is their interpolation
+RANKS = (8, 16)
 _fits: dict[str, dict] = {}      # in-process: a fit's searches read the disk once
 
 
@@ -60,16 +64,26 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     settings = {"dtype": canonical_dtype(dtype), "attention": attention,
                 "checkpointing": checkpointing, "kernels": kernels,
                 "lora": None if lora_rank is None else {
-                    "rank": lora_rank, "dropout": float(lora_dropout),
-                    "dtype": canonical_dtype(lora_dtype or dtype),
+                    "dropout": float(lora_dropout), "dtype": canonical_dtype(lora_dtype or dtype),
                     "targets": sorted(lora_targets) if lora_targets is not None else None}}
     points = fit_points(model, seq)
     key = {"config": model.hf_config, "settings": settings, "points": points,
-           "version": TRACE_VERSION,
+           "ranks": list(RANKS) if lora_rank is not None else None, "version": TRACE_VERSION,
            "libraries": cache.library_versions("torch", "transformers", "peft", "accelerate")}
-    traced, rows = _measured(model, settings, key)
-    at = evaluated(points, rows, batch, seq)
-    return _breakdown(_deeper(at, model.num_layers - traced), model.num_layers, checkpointing)
+    traced, by_rank = _measured(model, settings, key)
+    at = {r: evaluated(points, rows, batch, seq) for r, rows in by_rank.items()}
+    q = at[None] if lora_rank is None else _at_rank(at[RANKS[0]], at[RANKS[1]], lora_rank)
+    return _breakdown(_deeper(q, model.num_layers - traced), model.num_layers, checkpointing)
+
+
+def _at_rank(low: dict, high: dict, rank: int) -> dict:
+    """Every quantity (a series element by element) at `rank`, on the line through `RANKS`."""
+    (r0, r1) = RANKS
+
+    def line(a, b):
+        return round(a + Fraction(rank - r0, r1 - r0) * (b - a))
+    return {k: [line(a, b) for a, b in zip(v, high[k])] if isinstance(v, list) else line(v, high[k])
+            for k, v in low.items()}
 
 
 def evaluated(points: list[list[int]], rows: list[dict], batch: int, seq: int) -> dict:
@@ -150,31 +164,37 @@ def evaluate(w: list[Fraction], values: list[int]) -> int:
     return round(sum(wj * v for wj, v in zip(w, values)))
 
 
-def _measured(model: ModelConfig, settings: dict, key: dict) -> tuple[int, list[dict]]:
-    """(traced layers, one measurement per point): from memory, the disk cache, or new traces."""
+def _measured(model: ModelConfig, settings: dict, key: dict) -> tuple[int, dict]:
+    """(traced layers, {rank (None without adapters): one measurement per point}): from memory,
+    the disk cache, or new traces."""
     digest = cache.key_hash(key)
     if digest not in _fits:
         stored = cache.read("activations", key)
         if stored is None:
-            traced, rows = _trace(model, settings, key["points"])
-            stored = {"layers": traced, "measured": _aligned(rows)}
+            measured = {}
+            for rank in key["ranks"] or [None]:
+                traced, rows = _trace(model, settings, rank, key["points"])
+                measured[str(rank)] = rows
+            stored = {"layers": traced, "measured": _aligned(measured)}
             cache.write("activations", key, stored)
-        _fits[digest] = (stored["layers"], stored["measured"])
+        by_rank = {None if r == "None" else int(r): rows for r, rows in stored["measured"].items()}
+        _fits[digest] = (stored["layers"], by_rank)
     return _fits[digest]
 
 
-def _aligned(rows: list[dict]) -> list[dict]:
-    """Series have one value per op, the same ops at every point; where they do not (the sizes
-    changed the code path), only each series' maximum is fitted."""
-    out = [dict(row) for row in rows]
-    for q, first in rows[0].items():
-        if isinstance(first, list) and len({len(row[q]) for row in rows}) > 1:
-            for row in out:
+def _aligned(measured: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Series have one value per op, the same ops at every point and rank; where they do not
+    (the sizes changed the code path), only each series' maximum is fitted."""
+    out = {r: [dict(row) for row in rows] for r, rows in measured.items()}
+    every = [row for rows in out.values() for row in rows]
+    for q, first in every[0].items():
+        if isinstance(first, list) and len({len(row[q]) for row in every}) > 1:
+            for row in every:
                 row[q] = [max(row[q], default=0)]
     return out
 
 
-def _spec(model: ModelConfig, settings: dict):
+def _spec(model: ModelConfig, settings: dict, rank: int | None):
     """The TrainingSpec the profiler builds: the config (kept in the cache folder) with the
     activation settings; full fine-tuning or LoRA."""
     from .spec import TrainingSpec
@@ -189,15 +209,15 @@ def _spec(model: ModelConfig, settings: dict):
     if lora is None:
         return TrainingSpec(method="adamw", grads=d, states=d, **common)
     targets = lora["targets"] or sorted({p.module.rpartition(".")[2] for p in model.selected})
-    return TrainingSpec(method="lora", rank=lora["rank"], lora_dropout=lora["dropout"],
+    return TrainingSpec(method="lora", rank=rank, lora_dropout=lora["dropout"],
                         adapter_dtype=lora["dtype"], lora_targets=",".join(targets), **common)
 
 
-def _trace(model: ModelConfig, settings: dict, points) -> tuple[int, list[dict]]:
+def _trace(model: ModelConfig, settings: dict, rank: int | None, points) -> tuple[int, list[dict]]:
     from profiler.activation_trace import measure_activations    # imports torch
     from .resolve import resolve_spec
     try:
-        r = resolve_spec(_spec(model, settings))
+        r = resolve_spec(_spec(model, settings, rank))
     except ValueError as err:
         raise ValueError(f"{model.name}: memfit has no record for model_type "
                          f"{model.model_type!r}, so its activations are traced, but: {err}") from None

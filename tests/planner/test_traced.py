@@ -69,6 +69,18 @@ def test_interpolation_equals_direct_traces(opt_config, attention, method):
 
 
 @pytest.mark.slow
+def test_rank_interpolation_equals_a_direct_trace(opt_config):
+    """Traced at ranks 8 and 16, LoRA at rank 40 (a fit's rank search) equals its own trace."""
+    from planner.resolve import resolve_spec
+    from profiler.activation_trace import measure_activations
+    spec = lambda rank: TrainingSpec(model=opt_config, method="lora", rank=rank, precision="bf16")
+    r8, r16, r40 = (resolve_spec(spec(rank)) for rank in (8, 16, 40))
+    _, (low,), _, (high,), _, (direct,) = (x for r in (r8, r16, r40)
+                                          for x in measure_activations(r, [(2, 64)], "cuda"))
+    assert traced._at_rank(low, high, 40) == direct
+
+
+@pytest.mark.slow
 def test_estimate_is_traced_and_cached(opt_config, monkeypatch):
     """The first estimate traces and says so; a second (a fit search's next batch) reads the fit
     from the disk cache without tracing; the record names the activation model."""
@@ -86,6 +98,11 @@ def test_estimate_is_traced_and_cached(opt_config, monkeypatch):
     assert bigger.sizes.activations > first.sizes.activations
     with pytest.raises(ValueError, match="traced again"):      # another dtype: a new key, a trace
         estimate(TrainingSpec(model=opt_config, batch=2, seq=64, precision="fp32"))
+    monkeypatch.undo()
+    lora = [estimate(TrainingSpec(model=opt_config, method="lora", rank=rank)) for rank in (8, 64)]
+    monkeypatch.setattr("profiler.activation_trace.measure_activations", no_trace)
+    lora32 = estimate(TrainingSpec(model=opt_config, method="lora", rank=32))    # no new trace
+    assert lora[0].sizes.activations < lora32.sizes.activations < lora[1].sizes.activations
 
 
 def test_a_record_family_is_analytic():
