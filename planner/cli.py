@@ -155,17 +155,36 @@ def _compare(args) -> str:
     return render(shown, "table", cols)
 
 
+def _min_gpus(r: dict) -> str:
+    """'9 (fsdp)', '1', or '-' with the reason kept for the JSON."""
+    n = r.get("min_devices")
+    if n is None:
+        return "-"
+    return str(n) if r.get("min_devices_sharding") in (None, "none") else f"{n} ({r['min_devices_sharding']})"
+
+
 def _fit_rows(records: list[dict]) -> list[dict]:
     return [{"method": r["method"], "fits": r["fits"], "peak": human_bytes(r["peak_bytes"]),
              "headroom": human_bytes(r["headroom_bytes"]), "max_batch": r["max_batch"], "max_seq": r["max_seq"],
-             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-",
+             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-", "min_gpus": _min_gpus(r),
              "to fit": "; ".join(s["description"] for s in r["suggestions"][:1])} for r in records]
+
+
+def _per_device_head(records: list[dict]) -> list[str]:
+    """The line saying every figure is one device's, when the records are for several."""
+    ok = [r for r in records if not r.get("error")]
+    if not ok or ok[0].get("devices", 1) == 1 and ok[0].get("sharding", "none") == "none":
+        return []
+    kinds = sorted({r["sharding"] for r in ok})
+    return [f"per device: {ok[0]['devices']} GPU(s) under {', '.join(kinds)}; every figure below is one GPU's"]
 
 
 def _fit_table(records: list[dict]) -> str:
     ok = [r for r in records if not r["error"]]
     cannot = [f"{r['method']}: {r['error']}" for r in records if r["error"]]
-    return render(_fit_rows(ok), "table") + "".join(f"\n{line}" for line in cannot)
+    notes = sorted({f"{r['method']}: {r['min_devices_note']}" for r in ok if r.get("min_devices_note")})
+    head = "".join(f"{line}\n" for line in _per_device_head(records))
+    return head + render(_fit_rows(ok), "table") + "".join(f"\n{line}" for line in cannot + notes)
 
 
 def _fit(args) -> str:
@@ -187,8 +206,14 @@ def _ask(args) -> str:
     if args.format == "csv":
         return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
                        for r in answer["results"]], "csv")
-    head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}",
-            "assumes: " + "; ".join(answer["assumptions"]), ""]
+    head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}"]
+    if answer.get("how_many"):
+        named = answer.get("named_method")
+        counts = answer["min_devices"]
+        shown = [m for m in ([named] if named else []) + [m for m in counts if m != named] if counts.get(m)]
+        head.append("fewest GPUs: " + (", ".join(f"{m} {_min_gpus(next(r for r in answer['results'] if r['method'] == m))}"
+                                                  for m in shown) or "no method fits on any number of them"))
+    head += ["assumes: " + "; ".join(answer["assumptions"]), ""]
     return "\n".join(head) + _fit_table(answer["results"])
 
 

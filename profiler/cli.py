@@ -16,21 +16,6 @@ from planner.format import human_bytes, render
 __all__ = ["main", "build_parser"]
 
 
-def _sharding_flags(p: argparse.ArgumentParser) -> None:
-    from planner.sharding import ENGINE_IDS, OFFLOADS
-    p.add_argument("--devices", type=int, default=1, help="data-parallel ranks (devices)")
-    p.add_argument("--sharding", default="none", choices=["none", *ENGINE_IDS],
-                   help="ddp, DeepSpeed zero1/zero2/zero3, FSDP2 fsdp (full shard), hsdp")
-    p.add_argument("--shard-group", type=int, help="hsdp: devices per shard group")
-    p.add_argument("--offload", default="none", choices=list(OFFLOADS), help="ZeRO-Offload / FSDP CPU offload")
-
-
-def _spec(args):
-    """The planner's spec from the flags, with the device count and sharding."""
-    return spec_from_args(args).replace(devices=args.devices, sharding=args.sharding,
-                                        shard_group=args.shard_group, offload=args.offload)
-
-
 def _history_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", help="history file (default: $MEMFIT_HISTORY or the user data folder)")
     p.add_argument("--no-history", action="store_true", help="do not record this run")
@@ -48,12 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="a short real training burst, measured against the prediction")
     _add_spec_flags(run)
-    _sharding_flags(run)
     _run_flags(run)
     _history_flags(run)
     tr = sub.add_parser("trace", help="one full-size step traced under FakeTensorMode")
     _add_spec_flags(tr)
-    _sharding_flags(tr)
     tr.add_argument("--full", action="store_true", help="trace every layer instead of extrapolating")
     _history_flags(tr)
     val = sub.add_parser("validate", help="predicted vs measured for every method")
@@ -157,7 +140,7 @@ def _run_sharded(args, spec) -> str:
 
 def _run(args) -> str:
     from .burst import run_burst
-    spec = _spec(args)
+    spec = spec_from_args(args)
     if spec.sharding != "none":
         return _run_sharded(args, spec)
     if spec.devices != 1:
@@ -180,15 +163,10 @@ def _run(args) -> str:
 
 
 def _trace_sharded(args, spec) -> str:
-    from planner.resolve import resolve_spec
-    from planner.sharding import device_memory
-
-    from .compare import ComponentError
+    from .distributed.compare import compare_trace
     from .distributed.fake import trace_sharded
     result = trace_sharded(spec, history=_history_arg(args))
-    planned = device_memory(resolve_spec(spec), spec.sharding, spec.devices).ranks[0].memory
-    records = [ComponentError(c, getattr(planned, c), result.components[c]).to_record()
-               for c in ("weights", "gradients", "optimizer_states", "projection", "adapters")] if result.ok else []
+    records = compare_trace(result) if result.ok else []
     payload = {**result.to_record(), "comparison": records}
     if args.format == "json":
         return render([], "json", payload=payload)
@@ -211,7 +189,7 @@ def _trace_sharded(args, spec) -> str:
 
 def _trace(args) -> str:
     from .tracing import trace
-    spec = _spec(args)
+    spec = spec_from_args(args)
     if spec.sharding != "none":
         return _trace_sharded(args, spec)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))

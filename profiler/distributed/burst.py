@@ -82,6 +82,8 @@ def _unsupported(spec: TrainingSpec, device: str) -> str | None:
     if spec.sharding.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (pip install deepspeed)"
     r = resolve_spec(spec)
+    # each rank builds the one-device model and optimizer; the engine then shards them
+    r = replace(r, spec=r.spec.replace(devices=1, sharding="none", offload="none", shard_group=None))
     if r.master and spec.sharding != "ddp":
         # the engine keeps the fp32 master itself, and its optimizer steps fp32 tensors: FSDP2's
         # sharded fp32 parameters (accelerate's upcast), ZeRO's fp32 partitions
