@@ -148,6 +148,7 @@ class ShardedMemory:
     phase_extra: dict[str, dict[str, int]] = field(default_factory=dict)
     offload: str = "none"
     shard_devices: int = 1
+    host_buffers: dict[str, int] = field(default_factory=dict)
 
     @property
     def worst(self) -> RankMemory:
@@ -155,10 +156,11 @@ class ShardedMemory:
 
     @property
     def host(self) -> dict[str, int]:
-        """The worst rank's pinned host memory, per component (empty without offload)."""
+        """The worst rank's pinned host memory, per component, and the engine's host staging
+        buffers (empty without offload)."""
         h = self.worst.host
         return {k: v for k, v in zip(("weights", "gradients", "optimizer_states", "projection", "adapters"),
-                                     h.astuple()) if v}
+                                     h.astuple()) if v} | self.host_buffers
 
 
 def engine_options(engine: str, overrides: dict | None = None) -> dict:
@@ -509,6 +511,9 @@ def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list, of
     bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
     total = sum(t.param.numel for t in train)
     on_host = "optimizer_states" in e.moves.get(offload, ())
+    staging = {}
+    if on_host and e.layout == "flat":     # stage_1_and_2.py: temp_grad_buffer_for_gpu_offload
+        staging = {"offload_staging": tensor_bytes(max((t.param.numel for t in train), default=0), dtype)}
     if e.layout == "per_param":
         part = sum(zero3_partition(t.param.numel, n) for t in train)
         step = {} if on_host else {"fp32_gradient_partition": 4 * min(part, options["sub_group_size"])}
@@ -518,7 +523,18 @@ def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list, of
               "optimizer_step": {} if on_host else {"fp32_gradient_partition": 4 * part}}
     if e.id == "zero1":
         phases["backward"]["full_gradients"] = tensor_bytes(total, dtype)
-    return {}, phases
+    return staging, phases
+
+
+def _host_buffers(r: Resolved, e: Engine, n: int, offload: str) -> dict[str, int]:
+    """ZeRO-1/2's host staging under optimizer offload (stage_1_and_2.py `__init__`): a 16-bit
+    copy of the partition (`param_buffer_of_bit16_for_cpu_offload_groups`) and a gradient buffer of
+    the largest parameter (`temp_grad_buffer_for_cpu_offload`), both pinned."""
+    if e.layout != "flat" or "optimizer_states" not in e.moves.get(offload, ()):
+        return {}
+    dtype, train = _zero_dtype(r), [t.param.numel for t in _tensors(r) if t.trainable]
+    part = zero_flat(sum(train), n)[1]
+    return {"host_staging": tensor_bytes(part, dtype) + tensor_bytes(max(train, default=0), dtype)}
 
 
 def _offloaded(rank: RankMemory, e: Engine, offload: str, r: Resolved, n: int, opts: dict) -> RankMemory:
@@ -584,4 +600,4 @@ def device_memory(r: Resolved, engine: str, devices: int, options: dict | None =
             computed[key] = _offloaded(rank, e, offload, r, n, opts)
         out.append(replace(computed[key], rank=k))
     buffers, phases = _buffers(r, e, opts, n, offload)
-    return ShardedMemory(e, devices, opts, tuple(out), buffers, phases, offload, n)
+    return ShardedMemory(e, devices, opts, tuple(out), buffers, phases, offload, n, _host_buffers(r, e, n, offload))

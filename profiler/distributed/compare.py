@@ -13,7 +13,8 @@ __all__ = ["HELD", "predicted_ranks", "compare_ranks", "compare_trace", "predict
 HELD = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 #: engine buffers the planner predicts, under the names the measurement uses
 _BUFFERS = {"gradient_buckets": "gradient_buckets", "reduce_bucket": "reduce_bucket",
-            "full_gradients": "backward_param_grads"}
+            "full_gradients": "backward_param_grads", "offload_staging": "offload_staging",
+            "host_staging": "host_staging"}
 
 
 def prediction(result: ShardedBurstResult):
@@ -28,7 +29,8 @@ def predicted_ranks(result: ShardedBurstResult) -> list[dict[str, int]]:
     buffers."""
     b = prediction(result)
     plan = b.parallel.plan
-    extra = {**plan.buffers, **{k: v for phase in plan.phase_extra.values() for k, v in phase.items()}}
+    extra = {**plan.buffers, **plan.host_buffers,
+             **{k: v for phase in plan.phase_extra.values() for k, v in phase.items()}}
     return [{**{c: rank[f"{c}_bytes"] + rank.get(f"host_{c}_bytes", 0) for c in HELD},
              **{_BUFFERS[k]: v for k, v in extra.items() if k in _BUFFERS}} for rank in b.parallel.rank_totals]
 def compare_ranks(result: ShardedBurstResult) -> list[dict]:
