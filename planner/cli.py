@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .breakdown import COMPONENT_COLUMNS, COMPONENTS
+from .device_count import devices_text
 from .format import human_bytes, render
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    PRECISIONS, SHARDINGS, TrainingSpec)
@@ -155,18 +156,10 @@ def _compare(args) -> str:
     return render(shown, "table", cols)
 
 
-def _min_gpus(r: dict) -> str:
-    """'9 (fsdp)', '1', or '-' with the reason kept for the JSON."""
-    n = r.get("min_devices")
-    if n is None:
-        return "-"
-    return str(n) if r.get("min_devices_sharding") in (None, "none") else f"{n} ({r['min_devices_sharding']})"
-
-
 def _fit_rows(records: list[dict]) -> list[dict]:
     return [{"method": r["method"], "fits": r["fits"], "peak": human_bytes(r["peak_bytes"]),
              "headroom": human_bytes(r["headroom_bytes"]), "max_batch": r["max_batch"], "max_seq": r["max_seq"],
-             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-", "min_gpus": _min_gpus(r),
+             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-", "min_gpus": devices_text(r),
              "to fit": "; ".join(s["description"] for s in r["suggestions"][:1])} for r in records]
 
 
@@ -211,7 +204,7 @@ def _ask(args) -> str:
         named = answer.get("named_method")
         counts = answer["min_devices"]
         shown = [m for m in ([named] if named else []) + [m for m in counts if m != named] if counts.get(m)]
-        head.append("fewest GPUs: " + (", ".join(f"{m} {_min_gpus(next(r for r in answer['results'] if r['method'] == m))}"
+        head.append("fewest GPUs: " + (", ".join(f"{m} {devices_text(next(r for r in answer['results'] if r['method'] == m))}"
                                                   for m in shown) or "no method fits on any number of them"))
     head += ["assumes: " + "; ".join(answer["assumptions"]), ""]
     return "\n".join(head) + _fit_table(answer["results"])

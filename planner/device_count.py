@@ -16,7 +16,7 @@ from .estimate import estimate
 from .methods import get_method
 from .spec import TrainingSpec
 
-__all__ = ["DeviceCount", "MAX_DEVICES", "min_devices", "multi_device_sharding"]
+__all__ = ["DeviceCount", "MAX_DEVICES", "min_devices", "multi_device_sharding", "devices_text"]
 
 #: the largest data-parallel degree searched: a cluster's worth of GPUs; beyond it the floor
 #: (activations and engine buffers) decides, and the answer says so
@@ -96,3 +96,16 @@ def min_devices(spec: TrainingSpec, sharding: str | None = None, upper: int = MA
     while hi > 2 and fits(b := _at(spec, hi - 1, engine)):
         hi, b_hi = hi - 1, b
     return DeviceCount(hi, engine, b_hi.peak_bytes, upper)
+
+
+def devices_text(record) -> str:
+    """A fit record's fewest GPUs as a table shows it: '9 (fsdp)', '1', or 'none'.
+
+    >>> devices_text({"min_devices": 9, "min_devices_sharding": "fsdp"}), devices_text({"min_devices": None})
+    ('9 (fsdp)', 'none')
+    """
+    n = record.get("min_devices")
+    if n is None:
+        return "none"
+    sharding = record.get("min_devices_sharding")
+    return str(n) if sharding in (None, "none") else f"{n} ({sharding})"

@@ -60,7 +60,8 @@ class EngineStep:
     backward_rows: tuple[Row, ...] | None = None
     persistent_gradients: bool = False
     buffers: dict[str, int] = field(default_factory=dict)
-    _r: Resolved | None = field(default=None, repr=False, compare=False)
+    largest_gradient: int = 0          # ZeRO-2: the biggest parameter's gradient, before its bucket
+    spec: object = None                # the filled TrainingSpec (plain data: the step pickles)
 
     @property
     def host(self) -> dict[str, int]:
@@ -96,7 +97,7 @@ class EngineStep:
             if self.backward_rows is not None:        # ZeRO-1: the partition forms beside the full gradients
                 last["gradient partition"] = total
             else:                                     # ZeRO-2: one parameter's gradient before the bucket
-                last["gradient being bucketed"] = self._largest_gradient
+                last["gradient being bucketed"] = self.largest_gradient
             at = [{}, {}, {"reduce bucket": b}, last, last]
         else:
             at = [{}] * 5
@@ -125,15 +126,11 @@ class EngineStep:
         return tuple(p for p in out if p.bytes > 0)
 
     @cached_property
-    def _largest_gradient(self) -> int:
-        r = self._r
-        return max((tensor_bytes(t.param.numel, _zero_dtype(r)) for t in _tensors(r) if t.trainable), default=0)
-
-    @cached_property
     def rank_totals(self) -> tuple[dict, ...]:
         """Every rank's device and host bytes (computed when asked: JSON, the app's table)."""
-        r, s = self._r, self._r.spec
-        plan = device_memory(r, s.sharding, s.devices, self.plan.options, offload=s.offload,
+        from .resolve import resolve_spec
+        s = self.spec
+        plan = device_memory(resolve_spec(s), s.sharding, s.devices, self.plan.options, offload=s.offload,
                              shard_group=s.shard_group)
         names = ("weights", "gradients", "optimizer_states", "projection", "adapters")
         return tuple({"rank": m.rank, "held_bytes": m.total, "host_bytes": m.host.total,
@@ -231,4 +228,6 @@ def _engine_step(r: Resolved, options: dict | None) -> EngineStep:
     zero1 = plan.engine.id == "zero1"
     return EngineStep(plan, rows, _temporaries(r, plan),
                       _full_gradients(r) if zero1 else None, plan.engine.layout == "per_param",
-                      {k.replace("_", " "): v for k, v in plan.buffers.items()}, r)
+                      {k.replace("_", " "): v for k, v in plan.buffers.items()},
+                      max((tensor_bytes(t.param.numel, _zero_dtype(r)) for t in _tensors(r) if t.trainable), default=0),
+                      s)

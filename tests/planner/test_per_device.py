@@ -93,7 +93,7 @@ def test_the_gathered_window_follows_deepspeeds_policy():
 
 
 @pytest.mark.parametrize("sharding, offload, moved", [
-    ("zero2", "optimizer", {"optimizer_states", "gradients"}),
+    ("zero2", "optimizer", {"optimizer_states", "gradients", "host_staging"}),
     ("zero3", "optimizer", {"optimizer_states", "gradients"}),
     ("zero3", "params", {"optimizer_states", "gradients", "weights"}),
     ("fsdp", "params", {"optimizer_states", "gradients", "weights"}),
@@ -103,7 +103,7 @@ def test_offload_moves_components_to_pinned_host_memory(sharding, offload, moved
     b, kept = estimate(s), estimate(s.replace(offload="none"))
     host = b.parallel.host
     assert set(host) == moved and b.host_bytes == sum(host.values())
-    for c in moved:
+    for c in moved - {"host_staging"}:
         assert getattr(b.sizes, c) < getattr(kept.sizes, c) * 0.01
     assert b.peak_bytes < kept.peak_bytes
     if sharding == "zero2":       # the fp32 gradient partition lives on the host in place of the 16-bit one
@@ -114,7 +114,7 @@ def test_offload_moves_components_to_pinned_host_memory(sharding, offload, moved
 
 def test_zero3_parameter_offload_keeps_the_persistent_parameters_whole_on_the_device():
     b = estimate(spec(sharding="zero3", offload="params", precision="mixed"))
-    norms = sum(p.numel for p in b.parallel._r.model.params if p.numel <= int(1e5))
+    norms = sum(p.numel for p in resolve_spec(b.spec).model.params if p.numel <= int(1e5))
     assert b.sizes.weights == pytest.approx(2 * norms, rel=0.01)
 
 
