@@ -122,6 +122,12 @@ def _estimate(args) -> str:
         return render([b.to_row()], "csv")
     head = [f"{b.model} ({b.n_params:,} parameters), {b.spec.method}"
             + (f" on {b.gpu.name} ({human_bytes(b.gpu.capacity_bytes)})" if b.gpu else "")]
+    if b.parallel is not None:
+        engine = ", ".join(f"{k} {human_bytes(v)}" for k, v in b.engine_at_peak.items()) or "nothing"
+        host = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in b.parallel.host.items())
+        head.append(f"per GPU: {b.spec.devices} device(s) under {b.parallel.plan.engine.name}; the engine holds "
+                    f"{engine} at the peak" + (f"; pinned host memory {human_bytes(b.host_bytes)} ({host})"
+                                               if b.host_bytes else ""))
     comps = [{"component": k, "bytes": v, "size": human_bytes(v)} for k, v in b.components.as_dict().items()]
     comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
     verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")

@@ -86,11 +86,11 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda", engine_options: dict 
     r = resolve_spec(spec)
     gpu = get_gpu(spec.gpu) if spec.gpu else None
     engine = engine_step(r, engine_options)   # more than one device: one device's rows and engine
-    if engine:
-        rows = list(engine.rows)
+    if engine:                            # one device's rows, the method's shared tensors included
+        rows = list(engine.rows) + (r.method.shared(r, list(engine.rows)) if engine.layout != "replicated" else [])
     else:
         rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
-    rows += r.method.shared(r, rows)
+        rows += r.method.shared(r, rows)
     if r.spec.layerwise:
         rows = _layerwise(rows, r)
     sizes = _components(rows)

@@ -339,8 +339,11 @@ def _dim0(r: Resolved, n: int, rank: int) -> list[Row]:
 
 
 def _replicated(r: Resolved) -> list[Row]:
-    return _by_group(r, lambda t: _local_memory(t, t.param.shape, r, t.param.shape)
-                     if t.component == "adapters" or not t.trainable else param_memory(t.param, r))
+    """DDP: every rank holds what one device holds, row for row as `planner.estimate` sizes it
+    (the method's own rules: a quantised base, LoRA-Pro's full moments, shared tensors)."""
+    from .estimate import param_groups
+    rows = [Row(name, p.shape, p.role, layers, param_memory(p, r)) for name, p, layers in param_groups(r.model)]
+    return rows + r.method.shared(r, rows)
 
 
 def _zero_dtype(r: Resolved) -> str:

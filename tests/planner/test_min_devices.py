@@ -109,3 +109,16 @@ def test_ask_cli_says_the_fewest_gpus(capsys):
     out = capsys.readouterr().out
     n = min_devices(TrainingSpec(model="llama-2-70b", gpu="a100 80gb")).devices
     assert f"fewest GPUs: adamw {n} (fsdp)" in out
+
+
+def test_estimate_cli_says_every_figure_is_per_gpu_and_the_host_memory(capsys):
+    argv = ["estimate", "--model", "llama-2-7b", "--devices", "8", "--sharding", "zero2", "--offload", "optimizer"]
+    assert main(argv) == 0
+    head = capsys.readouterr().out.splitlines()[1]
+    b = estimate(TrainingSpec(model="llama-2-7b", devices=8, sharding="zero2", offload="optimizer"))
+    from planner.format import human_bytes
+    assert head.startswith("per GPU: 8 device(s) under DeepSpeed ZeRO-2")
+    assert f"pinned host memory {human_bytes(b.host_bytes)}" in head
+    assert main([*argv, "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["host_memory_bytes"] == b.host_bytes and len(record["ranks"]) == 8

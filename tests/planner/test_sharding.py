@@ -28,12 +28,16 @@ def test_zero_flat_pads_to_a_multiple_of_twice_n(total, n):
     assert zero3_partition(total, n) * n - total < n
 
 
-def test_ddp_per_device_is_the_single_gpu_model_state():
-    r = r_(precision="bf16")
+@pytest.mark.parametrize("method", ["adamw", "lora", "qlora", "lora-pro", "adamw-8bit", "galore-dct"])
+def test_ddp_per_device_is_the_single_gpu_model_state(method):
+    """Whatever the method stores (a 4-bit base, LoRA-Pro's full moments, shared DCT bases,
+    bitsandbytes' maps), DDP holds it on every device, plus one bucket copy of the gradients."""
+    r = r_(method=method, precision="bf16")
     one = estimate(r.spec).sizes
     plan = device_memory(r, "ddp", 8)
     m = plan.worst.memory
-    assert (m.weights, m.gradients, m.optimizer_states) == (one.weights, one.gradients, one.optimizer_states)
+    assert (m.weights, m.gradients, m.optimizer_states, m.projection, m.adapters) == \
+        (one.weights, one.gradients, one.optimizer_states, one.projection, one.adapters)
     assert plan.buffers["gradient_buckets"] == one.gradients
 
 
@@ -127,7 +131,7 @@ def test_every_engine_record_cites_its_source():
     assert all(e.source and e.defaults for e in ENGINES.values())
 
 
-@pytest.mark.parametrize("engine, method, precision", [("ddp", "adamw", "bf16"), ("fsdp", "lora", "bf16"),
+@pytest.mark.parametrize("engine, method, precision", [("fsdp", "lora", "bf16"),
                                                        ("zero1", "adamw", "mixed"), ("zero3", "lora", "mixed"),
                                                        ("fsdp", "galore", "bf16")])
 def test_rank_rows_cover_every_tensor_once_and_sum_to_the_rank(engine, method, precision):
