@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's
 from planner import TrainingSpec  # noqa: E402
 from planner.format import human_bytes, render  # noqa: E402
 
-CASES = {   # name: (model, method, precision, devices)
+CASES = {   # name: (model, method, precision, devices[, batch, seq])
     "7b-mixed": ("llama-2-7b", "adamw", "mixed", 8), "7b-bf16": ("llama-2-7b", "adamw", "bf16", 8),
     "70b-mixed": ("llama-2-70b", "adamw", "mixed", 8), "70b-bf16": ("llama-2-70b", "adamw", "bf16", 8),
-    "60m-bf16": ("llama-60m", "adamw", "bf16", 4),
+    "70b-bf16-b2s1024": ("llama-2-70b", "adamw", "bf16", 8, 2, 1024), "60m-bf16": ("llama-60m", "adamw", "bf16", 4),
     "7b-lora": ("llama-2-7b", "lora", "bf16", 8), "7b-galore": ("llama-2-7b", "galore", "bf16", 8),
 }
 
@@ -30,14 +30,16 @@ CASES = {   # name: (model, method, precision, devices)
 def compare_case(name: str) -> dict:
     from profiler.distributed.compare import compare_trace
     from profiler.distributed.fake import trace_sharded
-    model, method, precision, n = CASES[name]
-    result = trace_sharded(TrainingSpec(model=model, method=method, precision=precision, devices=n, sharding="fsdp"),
-                           history=False)
+    model, method, precision, n, *shape = CASES[name]
+    batch, seq = shape or (None, None)
+    result = trace_sharded(TrainingSpec(model=model, method=method, precision=precision, devices=n, sharding="fsdp",
+                                        batch=batch, seq=seq), history=False)
     if not result.ok:
         return {"case": name, "status": result.message}
     rows = {r["component"]: r for r in compare_trace(result)}
     held_off = sum(abs(r["abs_error"]) for c, r in rows.items() if c != "peak")
-    return {"case": name, "model": model, "method": method, "precision": precision, "devices": n,
+    return {"case": name, "model": model if not shape else f"{model} b{batch} s{seq}", "method": method,
+            "precision": precision, "devices": n,
             "traced_peak_bytes": result.peak_bytes, "traced_phase": result.peak_phase,
             "planner_peak_bytes": rows["peak"]["predicted_bytes"], "peak_error": rows["peak"]["relative_error"],
             "held_bytes_off": held_off, "seconds": round(result.seconds, 1), "status": "ok"}

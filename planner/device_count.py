@@ -10,6 +10,7 @@ offloads (offload needs the engine, as ZeRO-Offload on one GPU).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .estimate import estimate
@@ -58,6 +59,7 @@ def _at(spec: TrainingSpec, n: int, sharding: str):
         return None
 
 
+@functools.lru_cache(maxsize=256)       # fit asks again for its "more GPUs" switch: one search
 def min_devices(spec: TrainingSpec, sharding: str | None = None, upper: int = MAX_DEVICES) -> DeviceCount:
     """The smallest number of `spec.gpu`s the run fits on under `sharding` (default:
     `multi_device_sharding`). Raises ValueError for a spec that names no GPU."""

@@ -19,6 +19,7 @@ GIB = 1 << 30
 #: (FSDPMemTracker on a fake process group, torch 2.13.0, batch 1, sequence 512; the traces take
 #: 25-75 s each, so their figures are pinned here and re-measured by bench/sharded_traces.py)
 TRACED = [("llama-2-7b", "adamw", "mixed", 8, 16_846_044_814), ("llama-2-7b", "adamw", "bf16", 8, 9_675_738_772),
+          ("llama-2-70b", "adamw", "bf16", 8, 122_804_305_236),       # batch 2, sequence 1024: the backward's peak
           ("llama-2-70b", "adamw", "mixed", 8, 172_441_627_982), ("llama-60m", "adamw", "bf16", 4, 414_311_740),
           ("llama-2-7b", "lora", "bf16", 8, 5_527_687_168), ("llama-2-7b", "galore", "bf16", 8, 6_902_255_252)]
 
@@ -31,7 +32,8 @@ def spec(**kw):
 def test_the_per_device_peak_is_within_3_percent_of_the_full_size_trace(model, method, precision, n, traced):
     """The tolerance is the issue's: FSDP2's units are placed at the step's instants from these
     traces (planner.per_device), so a change in that placement shows here."""
-    b = estimate(TrainingSpec(model=model, method=method, precision=precision, devices=n, sharding="fsdp"),
+    shape = dict(batch=2, seq=1024) if precision == "bf16" and model == "llama-2-70b" else {}
+    b = estimate(TrainingSpec(model=model, method=method, precision=precision, devices=n, sharding="fsdp", **shape),
                  kernels="cpu")
     assert abs((b.peak_bytes - b.components.overhead) / traced - 1) < 0.03
 
