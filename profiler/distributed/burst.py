@@ -77,8 +77,11 @@ def _failure(out: LaunchOutcome) -> Failure:
 def _unsupported(spec: TrainingSpec, device: str) -> str | None:
     """Why this run cannot start here, or None (the planner has already accepted the combination)."""
     from ..build import unsupported_reason
+    from .engines import ENGINES
     if device != "cpu":
         return "sharded bursts run on CPU ranks with the gloo backend; use --device cpu"
+    if spec.sharding not in ENGINES:
+        return f"{spec.sharding} is planned (python -m planner estimate) but the profiler does not run it"
     if spec.sharding.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (pip install deepspeed)"
     r = resolve_spec(spec)
