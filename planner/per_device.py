@@ -39,8 +39,8 @@ from .breakdown import Row
 from .dtypes import tensor_bytes
 from .models import Param
 from .resolve import Resolved
-from .sharding import ShardedMemory, _tensors, _template, _zero_dtype, device_memory, fsdp_rows, zero3_partition, \
-    zero_flat
+from .shard_layouts import fsdp_rows, template, tensors, zero3_partition, zero_dtype, zero_flat
+from .sharding import ShardedMemory, device_memory
 from .storage import ParamMemory
 
 __all__ = ["EngineStep", "engine_step"]
@@ -168,10 +168,10 @@ def _local(r: Resolved, n: int) -> Resolved:
 def _full_gradients(r: Resolved) -> tuple[Row, ...]:
     """ZeRO-1's gradients in backward: every trainable parameter's, whole, in the training dtype."""
     groups: dict[tuple, list] = {}
-    for t in _tensors(r):
+    for t in tensors(r):
         if t.trainable:
             p = t.param
-            key = (_template(p), p.shape, p.role, tensor_bytes(p.numel, _zero_dtype(r)))
+            key = (template(p), p.shape, p.role, tensor_bytes(p.numel, zero_dtype(r)))
             groups.setdefault(key, []).extend([] if p.layer is None else [p.layer])
     return tuple(Row(name, shape, role, tuple(layers), ParamMemory(gradients=g))
                  for (name, shape, role, g), layers in groups.items())
@@ -185,11 +185,11 @@ def _temporaries(r: Resolved, plan: ShardedMemory) -> int:
         return r.method.temporaries(r)
     if e.layout == "dim0":
         return r.method.temporaries(_local(r, n))
-    trained = sum(t.param.numel for t in _tensors(r) if t.trainable)
+    trained = sum(t.param.numel for t in tensors(r) if t.trainable)
     if e.layout == "flat":
         part = zero_flat(trained, n)[1]
     else:
-        part = min(sum(zero3_partition(t.param.numel, n) for t in _tensors(r) if t.trainable),
+        part = min(sum(zero3_partition(t.param.numel, n) for t in tensors(r) if t.trainable),
                    plan.options["sub_group_size"])
     return r.method.sharding.partition_step(part, r)
 
@@ -229,5 +229,5 @@ def _engine_step(r: Resolved, options: dict | None) -> EngineStep:
     return EngineStep(plan, rows, _temporaries(r, plan),
                       _full_gradients(r) if zero1 else None, plan.engine.layout == "per_param",
                       {k.replace("_", " "): v for k, v in plan.buffers.items()},
-                      max((tensor_bytes(t.param.numel, _zero_dtype(r)) for t in _tensors(r) if t.trainable), default=0),
+                      max((tensor_bytes(t.param.numel, zero_dtype(r)) for t in tensors(r) if t.trainable), default=0),
                       s)

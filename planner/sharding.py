@@ -52,10 +52,10 @@ from dataclasses import dataclass, field, replace
 
 from .breakdown import Row
 from .dtypes import tensor_bytes
-from .models import Param
 from .resolve import Resolved
-from .rules import lora_pairs, param_memory
-from .storage import STEP_BYTES, ParamMemory, projection_side
+from .shard_layouts import (dim0_rows, flat_rows, flat_worst_rank, fsdp_rows, groups, per_param_rows,
+                            replicated_rows, tensors, trainable_numel, zero3_partition, zero_dtype, zero_flat)
+from .storage import ParamMemory
 from .zero3_window import Submodule, gathered_window
 
 __all__ = ["Engine", "ENGINES", "ENGINE_IDS", "OFFLOADS", "RankMemory", "ShardedMemory", "engine_options",
@@ -211,237 +211,12 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
     return e
 
 
-# ------------------------------------------------------------------ layouts, pure
-def fsdp_rows(d0: int, n: int, rank: int) -> tuple[int, int]:
-    """FSDP2 dim-0 sharding: (padded rows every rank stores, rows rank `rank` really owns).
-
-    >>> fsdp_rows(1001, 2, 0), fsdp_rows(1001, 2, 1), fsdp_rows(3, 4, 3)
-    ((501, 501), (501, 500), (1, 0))
-    """
-    chunk = math.ceil(d0 / n)
-    return chunk, max(0, min(chunk, d0 - rank * chunk))
-
-
-def zero_flat(total: int, n: int, alignment: int = 2) -> tuple[int, int]:
-    """ZeRO-1/2 flat group: (padded numel, partition size) — padded to a multiple of alignment·N.
-
-    >>> zero_flat(228672, 2), zero_flat(10, 4)
-    ((228672, 114336), (16, 4))
-    """
-    padded = math.ceil(total / (alignment * n)) * alignment * n
-    return padded, padded // n
-
-
-def zero3_partition(numel: int, n: int) -> int:
-    """ZeRO-3: elements of one parameter each rank holds (padded to a multiple of N)."""
-    return math.ceil(numel / n)
-
-
-# ------------------------------------------------------------------ tensors of the model
-@dataclass(frozen=True)
-class _Tensor:
-    """One parameter tensor as the engine sees it: trainable or not, which component it is."""
-    param: Param
-    trainable: bool
-    component: str          # "weights" or "adapters"
-    dtype: str
-
-
-def _expand(r: Resolved, p: Param) -> list[_Tensor]:
-    """The tensors the engine holds for parameter `p`: itself, and under an adapter method peft's
-    lora_A (r, in) and lora_B (out, r) when it is adapted (`rules.lora_pairs`)."""
-    if r.method.kind != "adapter":
-        return [_Tensor(p, p.name not in r.model.unused, "weights", r.weights)]
-    out = [_Tensor(p, False, "weights", r.frozen)]
-    if r.adapts(p):
-        a, b = lora_pairs(p, r)
-        stem = p.name.rsplit(".", 1)[0]
-        for name, shape in ((f"{stem}.lora_A.weight", (r.rank, a // r.rank)),
-                            (f"{stem}.lora_B.weight", (b // r.rank, r.rank))):
-            out.append(_Tensor(Param(name, shape, "adapter", p.layer), True, "adapters", r.adapter))
-    return out
-
-
-#: the tensor lists of recent (model, method, formats), reused across a search's estimates
-_LISTS: dict = {}
-
-
-def _cached(r: Resolved, what: str, make):
-    key = (what, id(r.model), r.method.id, r.weights, r.frozen, r.adapter, r.rank, r.lora_targets)
-    hit = _LISTS.get(key)
-    if hit is None or hit[0] is not r.model:
-        if len(_LISTS) > 128:
-            _LISTS.clear()
-        hit = _LISTS[key] = (r.model, make())
-    return hit[1]
-
-
-def _tensors(r: Resolved) -> list[_Tensor]:
-    """Every tensor the engine holds, in model order (the order ZeRO flattens them in)."""
-    return _cached(r, "tensors", lambda: [t for p in r.model.params for t in _expand(r, p)])
-
-
-def _groups(r: Resolved) -> list[tuple[_Tensor, str, tuple[int, ...]]]:
-    """(tensor, its name with `{i}`, the layers it stands for): `_tensors` grouped as
-    `planner.estimate.param_groups` groups the model's parameters (one group per parameter of
-    the same name, shape and role in every layer)."""
-    from .estimate import param_groups
-    return _cached(r, "groups", lambda: [(t, _template(t.param), layers) for _, p, layers in param_groups(r.model)
-                                         for t in _expand(r, p)])
-
-
-def _local_memory(t: _Tensor, shape: tuple[int, ...], r: Resolved, stored: tuple[int, ...]) -> ParamMemory:
-    """A rank's memory for its shard `shape` of `t` (weights and gradient storage of `stored`)."""
-    numel, kept = math.prod(shape), math.prod(stored)
-    if t.component == "adapters":
-        states = 2 * tensor_bytes(numel, r.states) + STEP_BYTES
-        return ParamMemory(gradients=tensor_bytes(kept, t.dtype), adapters=tensor_bytes(kept, t.dtype),
-                           optimizer_states=states if numel else STEP_BYTES)
-    if not t.trainable:
-        return ParamMemory(weights=tensor_bytes(kept, t.dtype))
-    fixed = r
-    if r.method.kind == "projected" and t.param.role == "block_linear":   # keep the full matrix's side
-        fixed = replace(r, proj_type=projection_side(t.param.shape, r.proj_type))
-    pm = param_memory(Param(t.param.name, shape, t.param.role, t.param.layer), fixed)
-    stored_pm = param_memory(Param(t.param.name, stored, t.param.role, t.param.layer), fixed)
-    weights = tensor_bytes(kept, "fp32") if r.master else stored_pm.weights
-    states = pm.optimizer_states - (4 * numel if r.master else 0)   # the fp32 shard is the master
-    grads = tensor_bytes(kept, "fp32") if r.master else stored_pm.gradients
-    return ParamMemory(weights, grads, states, pm.projection, 0)
-
-
-def _template(p: Param) -> str:
-    """The name with its layer index as `{i}` (as `planner.estimate.param_groups` names rows)."""
-    return p.name if p.layer is None else p.name.replace(f".{p.layer}.", ".{i}.", 1)
-
-
-def _grouped(pairs: list[tuple[_Tensor, ParamMemory]]) -> list[Row]:
-    """One Row per group of tensors with the same template, shape, role and bytes, in model order."""
-    groups: dict[tuple, list] = {}
-    for t, memory in pairs:
-        p = t.param
-        key = (_template(p), p.shape, p.role, memory)
-        groups.setdefault(key, []).extend([] if p.layer is None else [p.layer])
-    return [Row(name, shape, role, tuple(layers), memory) for (name, shape, role, memory), layers in groups.items()]
-
-
-def _by_group(r: Resolved, memory) -> list[Row]:
-    """One Row per tensor group, its bytes `memory(tensor)` (the same in every layer)."""
-    return [Row(name, t.param.shape, t.param.role, layers, memory(t)) for t, name, layers in _groups(r)]
-
-
-def _dim0(r: Resolved, n: int, rank: int) -> list[Row]:
-    def memory(t: _Tensor) -> ParamMemory:
-        d0, rest = t.param.shape[0], t.param.shape[1:]
-        chunk, own = fsdp_rows(d0, n, rank)
-        return _local_memory(t, (own, *rest), r, (chunk, *rest))
-    return _by_group(r, memory)
-
-
-def _replicated(r: Resolved) -> list[Row]:
-    """DDP: every rank holds what one device holds, row for row as `planner.estimate` sizes it
-    (the method's own rules: a quantised base, LoRA-Pro's full moments, shared tensors)."""
-    from .estimate import param_groups
-    rows = [Row(name, p.shape, p.role, layers, param_memory(p, r)) for name, p, layers in param_groups(r.model)]
-    return rows + r.method.shared(r, rows)
-
-
-def _zero_dtype(r: Resolved) -> str:
-    """The dtype DeepSpeed trains every parameter in: bf16 with `bf16.enabled` (memfit's mixed
-    precision; `DeepSpeedEngine._cast_module_mixed_precision` casts the module, LoRA adapters
-    included), else the model's fp32."""
-    return r.weights if r.master else "fp32"
-
-
-def _split(t: _Tensor, weights: int, grads: int = 0, states: int = 0) -> ParamMemory:
-    """Bytes of one tensor, its weights under the tensor's component (weights or adapters)."""
-    if t.component == "adapters":
-        return ParamMemory(0, grads, states, 0, weights)
-    return ParamMemory(weights, grads, states, 0, 0)
-
-
-#: ZeRO's fp32 master + two fp32 Adam moments, per partition element
-_ZERO_STATE_BYTES = 4 + 2 * 4
-
-
-def _trainable_numel(r: Resolved) -> int:
-    return sum(t.param.numel for t in _tensors(r) if t.trainable)
-
-
-def _flat(r: Resolved, n: int, rank: int) -> list[Row]:
-    """ZeRO-1/2 (see the module docstring): per parameter, its whole 16-bit copy in the flat group,
-    the master and moments of its elements inside this rank's partition, and its whole gradient
-    if it overlaps the partition; the group's alignment padding and `step` in a row of their own."""
-    dtype, pairs = _zero_dtype(r), []
-    total = _trainable_numel(r)
-    padded, part = zero_flat(total, n)
-    lo, hi, start = rank * part, (rank + 1) * part, 0
-    for t in _tensors(r):
-        numel = t.param.numel
-        if not t.trainable:
-            pairs.append((t, _split(t, tensor_bytes(numel, dtype))))
-            continue
-        end = start + numel
-        owned = max(0, min(end, hi) - max(start, lo))
-        pairs.append((t, _split(t, tensor_bytes(numel, dtype), tensor_bytes(numel, dtype) if owned else 0,
-                                _ZERO_STATE_BYTES * owned)))
-        start = end
-    pad = max(0, min(hi, padded) - max(lo, total))      # the alignment padding in this partition
-    group = ParamMemory(tensor_bytes(padded - total, dtype), tensor_bytes(pad, dtype),
-                        _ZERO_STATE_BYTES * pad + STEP_BYTES, 0, 0)
-    if r.method.kind == "adapter":
-        group = ParamMemory(0, group.gradients, group.optimizer_states, 0, group.weights)
-    return _grouped(pairs) + [Row("ZeRO flat group: alignment padding, step", (padded - total,), "engine", (), group)]
-
-
-def _flat_worst_rank(r: Resolved, n: int) -> int:
-    """The ZeRO-1/2 rank holding the most gradient bytes (states and weights are equal on every
-    rank): each rank's gradients are those of the parameters overlapping its partition."""
-    total = _trainable_numel(r)
-    part = zero_flat(total, n)[1]
-    grads = [0] * n
-    start = 0
-    for t in _tensors(r):
-        if not t.trainable:
-            continue
-        end = start + t.param.numel
-        for k in range(start // part, min(n - 1, (end - 1) // part) + 1):
-            grads[k] += t.param.numel
-        start = end
-    padded = part * n
-    pads = [max(0, min((k + 1) * part, padded) - max(k * part, total)) for k in range(n)]
-    return max(range(n), key=lambda k: (grads[k] + pads[k], -k))
-
-
-def _per_param(r: Resolved, n: int, options: dict) -> list[Row]:
-    """ZeRO-3: per-parameter partitions, persistent small parameters whole, fp32 master; one
-    `step` per optimizer sub-group in a row of its own."""
-    threshold, dtype = options["param_persistence_threshold"], _zero_dtype(r)
-
-    def memory(t: _Tensor) -> ParamMemory:
-        numel = t.param.numel
-        part = zero3_partition(numel, n)
-        kept = part + (part * n if numel <= threshold else 0)     # gathered into N partitions
-        if not t.trainable:
-            return _split(t, tensor_bytes(kept, dtype))
-        return _split(t, tensor_bytes(kept, dtype), tensor_bytes(part, dtype), _ZERO_STATE_BYTES * part)
-    groups = sub = 0
-    for t in _tensors(r):                               # stage3.py `_create_fp16_sub_groups`
-        if t.trainable:
-            sub += zero3_partition(t.param.numel, n)
-            if sub >= options["sub_group_size"]:
-                groups, sub = groups + 1, 0
-    groups += 1 if sub else 0
-    return _by_group(r, memory) + [Row(f"ZeRO-3 optimizer sub-groups: {groups} step(s)", (groups,), "engine", (),
-                                       ParamMemory(optimizer_states=STEP_BYTES * groups))]
-
-
 # ------------------------------------------------------------------ what the engine adds
 def _submodules(r: Resolved, options: dict) -> list[Submodule]:
     """ZeRO-3's fetch units: each module's direct parameters, in the order the forward runs them
     (model order), with the elements and bytes (in the training dtype) of those it releases."""
-    threshold, dtype, out = options["param_persistence_threshold"], _zero_dtype(r), {}
-    for t in _tensors(r):
+    threshold, dtype, out = options["param_persistence_threshold"], zero_dtype(r), {}
+    for t in tensors(r):
         owner = t.param.name.rpartition(".")[0]
         numel = t.param.numel
         free = numel if numel > threshold else 0
@@ -474,7 +249,7 @@ def _fsdp_units(r: Resolved, n: int) -> dict[str, int]:
     unsharded gradients (its trainable tensors; the reduce dtype is the compute dtype). Where they
     are alive in the step is `planner.per_device`'s (measured on fake-process-group traces)."""
     compute, units, grads = r.weights if r.method.kind != "adapter" else r.frozen, {}, {}
-    for t, _, layers in _groups(r):
+    for t, _, layers in groups(r):
         d0, rest = t.param.shape[0], math.prod(t.param.shape[1:])
         size = tensor_bytes(fsdp_rows(d0, n, 0)[0] * n * rest, t.dtype if t.component == "adapters" else compute)
         keys = [f"layer {i}" for i in layers] if layers else \
@@ -489,7 +264,7 @@ def _fsdp_units(r: Resolved, n: int) -> dict[str, int]:
 
 def _buffers(r: Resolved, e: Engine, options: dict, n: int, offload: str) -> tuple[dict, dict]:
     """(buffers every device keeps, per-phase transient additions) of the engine."""
-    train = [t for t in _tensors(r) if t.trainable]
+    train = [t for t in tensors(r) if t.trainable]
     if e.layout == "replicated":
         grads = sum(tensor_bytes(t.param.numel, t.dtype if t.component == "adapters" else r.grads) for t in train)
         return ({} if options["gradient_as_bucket_view"] else {"gradient_buckets": grads}), {}
@@ -509,7 +284,7 @@ def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list, of
     the fp32 gradient partition the step makes (ZeRO-1/2 `step`: `flat_grad_partition.to(fp32)`;
     ZeRO-3: per sub-group, `_prepare_fp32_grad_for_sub_group`; on the host with optimizer
     offload) and ZeRO-3's gathered parameters."""
-    dtype = _zero_dtype(r)
+    dtype = zero_dtype(r)
     copies = 2 if (options["overlap_comm"] and e.layout == "flat") else 1
     bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
     total = sum(t.param.numel for t in train)
@@ -535,7 +310,7 @@ def _host_buffers(r: Resolved, e: Engine, n: int, offload: str) -> dict[str, int
     the largest parameter (`temp_grad_buffer_for_cpu_offload`), both pinned."""
     if e.layout != "flat" or "optimizer_states" not in e.moves.get(offload, ()):
         return {}
-    dtype, train = _zero_dtype(r), [t.param.numel for t in _tensors(r) if t.trainable]
+    dtype, train = zero_dtype(r), [t.param.numel for t in tensors(r) if t.trainable]
     part = zero_flat(sum(train), n)[1]
     return {"host_staging": tensor_bytes(part, dtype) + tensor_bytes(max(train, default=0), dtype)}
 
@@ -555,7 +330,7 @@ def _offloaded(rank: RankMemory, e: Engine, offload: str, r: Resolved, n: int, o
         numel = math.prod(row.shape)
         if e.layout == "per_param" and "weights" in moved and row.role != "engine" \
                 and numel <= opts["param_persistence_threshold"]:
-            whole = tensor_bytes(zero3_partition(numel, n) * n, _zero_dtype(r))
+            whole = tensor_bytes(zero3_partition(numel, n) * n, zero_dtype(r))
             m = replace(m, **{"adapters" if row.memory.adapters else "weights": whole})
         return m
 
@@ -563,25 +338,25 @@ def _offloaded(rank: RankMemory, e: Engine, offload: str, r: Resolved, n: int, o
     device = sum((row.memory.scaled(row.count) for row in rows), ParamMemory())
     host = rank.memory + device.scaled(-1)
     if e.layout == "flat":          # the fp32 gradient partition replaces the 16-bit gradients
-        host = replace(host, gradients=4 * zero_flat(_trainable_numel(r), n)[1])
+        host = replace(host, gradients=4 * zero_flat(trainable_numel(r), n)[1])
     return RankMemory(rank.rank, device, rows, host)
 
 
 def _rows(r: Resolved, e: Engine, opts: dict, n: int, rank: int) -> list[Row]:
     if e.layout == "replicated":
-        return _replicated(r)
+        return replicated_rows(r)
     if e.layout == "dim0":
-        return _dim0(r, n, rank % n)
+        return dim0_rows(r, n, rank % n)
     if e.layout == "flat":
-        return _flat(r, n, rank)
-    return _per_param(r, n, opts)
+        return flat_rows(r, n, rank)
+    return per_param_rows(r, n, opts)
 
 
 def _worst_rank(r: Resolved, e: Engine, n: int) -> int:
     """The rank holding the most: any under DDP and ZeRO-3 (every rank holds the same), rank 0
     under FSDP2 (every rank stores padded chunks; rank 0 owns a whole chunk, so the most states),
     the one with the most overlapping gradients under ZeRO-1/2."""
-    return _flat_worst_rank(r, n) if e.layout == "flat" else 0
+    return flat_worst_rank(r, n) if e.layout == "flat" else 0
 
 
 def device_memory(r: Resolved, engine: str, devices: int, options: dict | None = None, *,
