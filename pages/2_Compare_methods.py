@@ -3,7 +3,7 @@ import streamlit as st
 
 from planner import GPU_CATALOG, METHODS
 from planner.spec import PRECISIONS
-from ui import analysis, cached, charts, inputs, views
+from ui import analysis, cached, charts, devices, inputs, views
 from ui.text import md
 
 st.set_page_config(page_title="memfit · Compare methods", layout="wide")
@@ -17,7 +17,8 @@ with st.sidebar:
 if spec is None:
     st.stop()
 
-table, sweeps, gpus = st.tabs(["Every method", "Sweeps", "Every GPU"], key="cmp_view", on_change="rerun")
+table, sweeps, gpus, counts = st.tabs(["Every method", "Sweeps", "Every GPU", "How many GPUs"], key="cmp_view",
+                                      on_change="rerun")
 if table.open:
     with table:
         rows = cached.compare(spec, tuple(precisions))
@@ -61,3 +62,7 @@ if gpus.open:
                 st.plotly_chart(charts.fit_heatmap(rows, title=f"{cached.model_label(spec.model)}: which method "
                                                    "fits on which GPU"), key="cmp_heatmap")
                 views.downloads(rows, "memfit-gpus", "cmp_gpus")
+
+if counts.open:
+    with counts:
+        devices.how_many_view(spec)

@@ -52,6 +52,10 @@ _WORD_COUNTS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "s
                 "eight": 8, "sixteen": 16, "dual": 2, "quad": 4}
 _SHARDING = [("zero3", r"zero[- ]?(?:stage[- ]?)?3|deepspeed zero[- ]?3"), ("zero2", r"zero[- ]?(?:stage[- ]?)?2"),
              ("zero1", r"zero[- ]?(?:stage[- ]?)?1"), ("fsdp", r"\bfsdp2?\b"), ("ddp", r"\bddp\b")]
+#: "how many A100s do I need", "how many GPUs": answered with the fewest devices per method
+_HOW_MANY = r"\bhow many\b|\bnumber of (?:gpus|devices|cards)\b|\bminimum (?:number of )?(?:gpus|devices)\b"
+#: "8xH100", "4×A100": a count glued to a GPU name
+_GLUED_COUNT = re.compile(r"\b(\d+)\s*[x×]\s*(?=[A-Za-z])")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Parsed:
     spec: TrainingSpec
     named_method: str | None
     assumptions: tuple[str, ...]
+    how_many: bool = False          # the question asks for a device count
 
 
 def _tokens(text: str) -> list[str]:
@@ -207,7 +212,8 @@ def parse_question(question: str, default_gpu: str | None = None) -> Parsed:
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f"that question is {len(question):,} characters; ask in at most "
                          f"{MAX_QUESTION_CHARS:,} (a model, a GPU, and optionally a method and sizes)")
-    text, low = question.strip(), question.strip().lower()
+    text = _GLUED_COUNT.sub(r"\1x ", question.strip())
+    low = text.lower()
     model, notes = _model(text)
     gpu, devices = _gpu(text, default_gpu)
     named = _method(text, low)
@@ -227,9 +233,15 @@ def parse_question(question: str, default_gpu: str | None = None) -> Parsed:
     if not values["seq"]:
         assumed.append("sequence length 512 (not named)")
     if devices and devices > 1 and not sharding:
-        assumed.append(f"{devices} GPUs: the answer is per GPU, for the sharding memfit assumes (see the "
-                       "assumptions of each result)")
-    return Parsed(spec, named, tuple(assumed))
+        assumed.append(f"{devices} GPUs and no sharding named: every figure is per GPU, under FSDP2 for the "
+                       "methods it runs, DDP for the others (each result's sharding and assumptions say which)")
+    elif devices and devices > 1:
+        assumed.append(f"{devices} GPUs under {sharding}: every figure is per GPU")
+    how_many = bool(re.search(_HOW_MANY, low))
+    if how_many:
+        assumed.append("how many GPUs: the fewest of this GPU each method fits on (min_devices), searched over the "
+                       "device count under " + (sharding or "FSDP2 where the method runs under it, else DDP"))
+    return Parsed(spec, named, tuple(assumed), how_many)
 
 
 def _recommendation(results: list[dict], capacity: int | None) -> tuple[str | None, str]:
@@ -253,8 +265,9 @@ def _recommendation(results: list[dict], capacity: int | None) -> tuple[str | No
 def ask(question: str, default_gpu: str | None = None) -> dict:
     """Answer for every method, best first; the method named in the question is flagged `asked`.
 
-    JSON: {question, model, gpu, devices, assumptions, named_method, recommended,
-    recommendation_reason, results: [one fit record per method, with `asked`]}."""
+    JSON: {question, model, gpu, devices, sharding, how_many, assumptions, named_method,
+    recommended, recommendation_reason, min_devices: {method: fewest GPUs or None}, results: [one
+    fit record per method, with `asked`]}. Every byte is per GPU."""
     parsed = parse_question(question, default_gpu)
     spec = parsed.spec
     resolve_spec(spec.replace(method="adamw", rank=None))   # a bad model/batch/seq fails once, clearly
@@ -262,5 +275,8 @@ def ask(question: str, default_gpu: str | None = None) -> dict:
     capacity = next((r["gpu_memory_bytes"] for r in results if r.get("gpu_memory_bytes")), None)
     recommended, reason = _recommendation(results, capacity)
     return {"question": question, "model": spec.model, "gpu": spec.gpu, "devices": spec.devices,
+            "sharding": spec.sharding, "how_many": parsed.how_many,
             "assumptions": list(parsed.assumptions), "named_method": parsed.named_method,
-            "recommended": recommended, "recommendation_reason": reason, "results": results}
+            "recommended": recommended, "recommendation_reason": reason,
+            "min_devices": {r["method"]: r.get("min_devices") for r in results if not r.get("error")},
+            "results": results}

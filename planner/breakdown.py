@@ -13,7 +13,7 @@ from .storage import ParamMemory
 __all__ = ["COMPONENTS", "COMPONENT_COLUMNS", "Components", "Row", "MemoryBreakdown"]
 
 COMPONENTS = ("weights", "gradients", "optimizer_states", "projection", "adapters",
-              "activations", "overhead", "temporaries")
+              "activations", "overhead", "temporaries", "engine_buffers")
 #: flat-row (CSV) column of each component: the spec has fields named `weights` and `projection`
 #: too (their formats), so byte counts carry a suffix.
 COMPONENT_COLUMNS = {c: f"{c}_bytes" for c in COMPONENTS}
@@ -21,7 +21,10 @@ COMPONENT_COLUMNS = {c: f"{c}_bytes" for c in COMPONENTS}
 
 @dataclass(frozen=True)
 class Components:
-    """Bytes per component, resident at the peak; they sum to `total`."""
+    """Bytes per component, resident at the peak; they sum to `total`. `engine_buffers`: what a
+    data-parallel engine holds beyond the device's own weights, gradients and states (DDP's
+    gradient buckets, ZeRO's reduce bucket and fp32 gradient partition, FSDP2's and ZeRO-3's
+    all-gathered parameters); 0 on one device."""
     weights: int = 0
     gradients: int = 0
     optimizer_states: int = 0
@@ -30,6 +33,7 @@ class Components:
     activations: int = 0
     overhead: int = 0
     temporaries: int = 0
+    engine_buffers: int = 0
 
     @property
     def total(self) -> int:
@@ -86,6 +90,17 @@ class MemoryBreakdown:
     activation_detail: ActivationBreakdown | None = None
     layer_activations: tuple[int, ...] = ()
     outside_activations: int = 0
+    parallel: object | None = None       # planner.per_device.EngineStep for more than one device
+    engine_at_peak: dict = field(default_factory=dict)   # the engine's bytes at the peak, by name
+
+    @property
+    def devices(self) -> int:
+        return self.spec.devices
+
+    @property
+    def host_bytes(self) -> int:
+        """Pinned host memory per device that offload needs (0 without offload)."""
+        return sum(self.parallel.host.values()) if self.parallel else 0
 
     @property
     def peak_bytes(self) -> int:
@@ -145,7 +160,21 @@ class MemoryBreakdown:
                 "gpu": self.gpu.name if self.gpu else None,
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
                 "fits": self.fits, "headroom_bytes": self.headroom_bytes,
+                **self._parallel_record(),
                 "assumptions": list(self.assumptions)}
+
+    def _parallel_record(self) -> dict:
+        """devices, sharding, offload: the spec's; `per_device`: every byte above is one device's;
+        engine_buffers_at_peak: the engine's bytes at the peak by name; host_memory_bytes and
+        host: pinned host memory per device (offload); ranks: each rank's held bytes."""
+        s, p = self.spec, self.parallel
+        out = {"devices": s.devices, "sharding": s.sharding, "offload": s.offload, "per_device": True,
+               "host_memory_bytes": self.host_bytes}
+        if p is None:
+            return out
+        return {**out, "engine": p.plan.engine.name, "engine_options": dict(p.plan.options),
+                "engine_buffers_at_peak": dict(self.engine_at_peak), "host": dict(p.host),
+                "ranks": list(p.rank_totals)}
 
     def _device_record(self) -> dict:
         """peak_allocated_bytes: torch.cuda.max_memory_allocated (tensors, cuBLAS workspace, block
@@ -166,7 +195,8 @@ class MemoryBreakdown:
         return {**self.spec.as_dict(), **comps, "peak_bytes": self.peak_bytes,
                 "peak_phase": self.peak_phase, **{f"phase_{k}": v for k, v in self.phases.items()},
                 "gpu_memory_bytes": self.gpu.capacity_bytes if self.gpu else None,
-                "fits": self.fits, "headroom_bytes": self.headroom_bytes, "n_params": self.n_params}
+                "fits": self.fits, "headroom_bytes": self.headroom_bytes, "n_params": self.n_params,
+                "host_memory_bytes": self.host_bytes}
 
     def rows_table(self) -> list[dict]:
         return [{"name": r.name, "count": r.count, "shape": "x".join(map(str, r.shape)), "role": r.role,

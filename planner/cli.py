@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .breakdown import COMPONENT_COLUMNS, COMPONENTS
+from .device_count import devices_text
 from .format import human_bytes, render
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    PRECISIONS, SHARDINGS, TrainingSpec)
@@ -121,6 +122,12 @@ def _estimate(args) -> str:
         return render([b.to_row()], "csv")
     head = [f"{b.model} ({b.n_params:,} parameters), {b.spec.method}"
             + (f" on {b.gpu.name} ({human_bytes(b.gpu.capacity_bytes)})" if b.gpu else "")]
+    if b.parallel is not None:
+        engine = ", ".join(f"{k} {human_bytes(v)}" for k, v in b.engine_at_peak.items()) or "nothing"
+        host = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in b.parallel.host.items())
+        head.append(f"per GPU: {b.spec.devices} device(s) under {b.parallel.plan.engine.name}; the engine holds "
+                    f"{engine} at the peak" + (f"; pinned host memory {human_bytes(b.host_bytes)} ({host})"
+                                               if b.host_bytes else ""))
     comps = [{"component": k, "bytes": v, "size": human_bytes(v)} for k, v in b.components.as_dict().items()]
     comps.append({"component": "peak", "bytes": b.peak_bytes, "size": human_bytes(b.peak_bytes)})
     verdict = [] if b.gpu is None else [("fits" if b.fits else "does NOT fit")
@@ -158,14 +165,25 @@ def _compare(args) -> str:
 def _fit_rows(records: list[dict]) -> list[dict]:
     return [{"method": r["method"], "fits": r["fits"], "peak": human_bytes(r["peak_bytes"]),
              "headroom": human_bytes(r["headroom_bytes"]), "max_batch": r["max_batch"], "max_seq": r["max_seq"],
-             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-",
+             "max_rank": r["max_rank"] if r["max_rank"] is not None else "-", "min_gpus": devices_text(r),
              "to fit": "; ".join(s["description"] for s in r["suggestions"][:1])} for r in records]
+
+
+def _per_device_head(records: list[dict]) -> list[str]:
+    """The line saying every figure is one device's, when the records are for several."""
+    ok = [r for r in records if not r.get("error")]
+    if not ok or ok[0].get("devices", 1) == 1 and ok[0].get("sharding", "none") == "none":
+        return []
+    kinds = sorted({r["sharding"] for r in ok})
+    return [f"per device: {ok[0]['devices']} GPU(s) under {', '.join(kinds)}; every figure below is one GPU's"]
 
 
 def _fit_table(records: list[dict]) -> str:
     ok = [r for r in records if not r["error"]]
     cannot = [f"{r['method']}: {r['error']}" for r in records if r["error"]]
-    return render(_fit_rows(ok), "table") + "".join(f"\n{line}" for line in cannot)
+    notes = sorted({f"{r['method']}: {r['min_devices_note']}" for r in ok if r.get("min_devices_note")})
+    head = "".join(f"{line}\n" for line in _per_device_head(records))
+    return head + render(_fit_rows(ok), "table") + "".join(f"\n{line}" for line in cannot + notes)
 
 
 def _fit(args) -> str:
@@ -187,8 +205,14 @@ def _ask(args) -> str:
     if args.format == "csv":
         return render([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
                        for r in answer["results"]], "csv")
-    head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}",
-            "assumes: " + "; ".join(answer["assumptions"]), ""]
+    head = [f"{answer['model']} on {answer['gpu']}: recommended {answer['recommended'] or 'nothing fits'}"]
+    if answer.get("how_many"):
+        named = answer.get("named_method")
+        counts = answer["min_devices"]
+        shown = [m for m in ([named] if named else []) + [m for m in counts if m != named] if counts.get(m)]
+        head.append("fewest GPUs: " + (", ".join(f"{m} {devices_text(next(r for r in answer['results'] if r['method'] == m))}"
+                                                  for m in shown) or "no method fits on any number of them"))
+    head += ["assumes: " + "; ".join(answer["assumptions"]), ""]
     return "\n".join(head) + _fit_table(answer["results"])
 
 

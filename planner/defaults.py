@@ -45,14 +45,33 @@ def _stack_defaults(spec: TrainingSpec, method: Method) -> list[tuple[str, objec
                           batch=spec.batch, seq=spec.seq)
 
 
+def _sharding_default(values: dict, method: Method) -> str | None:
+    """The sharding for more than one device when none is named (the spec's "none" cannot run on
+    several devices): FSDP2 where the method runs under it, the engine that shards weights,
+    gradients and states with the least besides (no reduce bucket, no second fp32 master;
+    PyTorch's own), else DDP, where every optimizer runs unchanged. None: the method runs on one
+    device only (resolve then says why)."""
+    if values.get("devices", 1) <= 1 or values.get("sharding") != "none":
+        return None
+    layouts = method.sharding.layouts
+    return "fsdp" if "dim0" in layouts else ("ddp" if "replicated" in layouts else None)
+
+
 def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple[str, Callable, str]]:
     """(field, value from the spec so far, reason): derived defaults, applied in this order."""
     adapters = method.kind == "adapter"
     kbit = lambda s: adapters and s["base_quant"] not in (None, "none")
     bf16 = getattr(gpu, "bf16", True) if gpu is not None else True
     peft_targets = family.lora_default_targets if family else None
+    zero = lambda s: str(s.get("sharding")).startswith("zero")
     return [
         ("base_quant", lambda s: "none" if adapters else None, ""),
+        ("precision", lambda s: "mixed" if zero(s) and bf16 else None,
+         "DeepSpeed's bf16.enabled: bf16 weights and gradients, an fp32 master and fp32 states; DeepSpeed "
+         "has no pure-bf16 mode"),
+        ("precision", lambda s: "fp32" if zero(s) else None,
+         f"DeepSpeed on {getattr(gpu, 'name', 'a GPU')} without bf16: fp32 (memfit does not model "
+         "DeepSpeed's fp16 mode)"),
         ("precision", lambda s: None if bf16 else "amp-fp16",
          f"{getattr(gpu, 'name', 'this GPU')} has no bf16: fp16 mixed precision (autocast), "
          "as HF Trainer runs fp16=True"),
@@ -95,6 +114,13 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
         choose(name, value, source)
     for name, value in method.defaults.items():
         choose(name, value, f"{method.id}'s default")
+    sharding = _sharding_default(values, method)
+    if sharding:
+        values["sharding"] = sharding
+        assumed.append(f"sharding {sharding} ({values['devices']} devices and none named: "
+                       + ("FSDP2 full shard, which shards weights, gradients and states and needs the least "
+                          "memory per device of the engines this method runs under" if sharding == "fsdp" else
+                          f"DDP, replicated; {method.id}: {method.sharding.note}") + ")")
     for name, rule, reason in _rules(values, method, family, gpu):
         choose(name, rule(values), reason)
     return Filled(TrainingSpec(**values), tuple(assumed))

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 from .allocator import AllocatorPeak, AllocatorSettings, Piece, TensorClass, Workload, reserved_peak
 from .dtypes import tensor_bytes
 
-__all__ = ["DeviceMemory", "training_workload", "device_memory"]
+__all__ = ["DeviceMemory", "EngineLoad", "training_workload", "device_memory"]
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """A data-parallel engine's own blocks (`planner.per_device`): `kept` for the whole step (DDP's
+    buckets, ZeRO-3's reduce bucket), and per phase the rest (all-gathered units, reduce
+    buckets, the fp32 gradient partition), a class of their own: the engine reuses its blocks
+    step after step."""
+    kept: tuple[Piece, ...]
+    phases: dict[str, tuple[Piece, ...]]
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,10 @@ def _loading(r, rows) -> tuple[Piece, ...]:
 
 
 def training_workload(r, rows, act, phases: dict[str, tuple[int, int, int]], worst: str,
-                      workspace: int) -> Workload:
+                      workspace: int, engine: EngineLoad | None = None) -> Workload:
     """One training step of `r` for the allocator. `phases` maps each phase to its (activation,
-    gradient, temporary) bytes as `planner.peak` computed them; `worst` is the allocated peak's."""
+    gradient, temporary) bytes as `planner.peak` computed them; `worst` is the allocated peak's;
+    `engine` a data-parallel engine's blocks."""
     spec, m = r.spec, r.model
     hidden = max(tensor_bytes(1, r.activations) * spec.batch * spec.seq * m.hidden_size, 1)
     a, g, t = phases[worst]
@@ -108,18 +119,22 @@ def training_workload(r, rows, act, phases: dict[str, tuple[int, int, int]], wor
         TensorClass("activation-sized", (Piece(max(act.peak, a), hidden),), (Piece(a, hidden),) if a else ()),
         TensorClass("loading", _loading(r, rows)),
     )
+    if engine is not None:
+        persistent += engine.kept
+        high = max(engine.phases.values(), key=lambda ps: sum(p.bytes for p in ps), default=())
+        classes += (TensorClass("engine", high, engine.phases.get(worst, ())),)
     working = act.per_layer + act.lora // max(m.num_layers, 1)
     return Workload(tuple(persistent), classes, working)
 
 
 def device_memory(r, rows, act, phases: dict[str, tuple[int, int, int]], worst: str, overhead,
-                  settings: AllocatorSettings | None = None) -> DeviceMemory:
+                  settings: AllocatorSettings | None = None, engine: EngineLoad | None = None) -> DeviceMemory:
     """The step's device memory around the planner's allocated peak (`phases[worst]` on top of
     the persistent rows): the planner's tensor bytes, plus what the allocator holds on top of
     them, block rounding and the cuBLAS workspace (in `allocated`) and cached segments
     (`reserved` - `allocated`)."""
     settings = settings or AllocatorSettings.parse(getattr(r.spec, "alloc_conf", None))
-    workload = training_workload(r, rows, act, phases, worst, overhead.workspace_bytes)
+    workload = training_workload(r, rows, act, phases, worst, overhead.workspace_bytes, engine)
     peak: AllocatorPeak = reserved_peak(workload, settings, overhead.working_set)
     return DeviceMemory(peak.allocated, peak.reserved, peak.required, overhead.context_bytes,
                         overhead.workspace_bytes)

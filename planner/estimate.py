@@ -10,6 +10,7 @@ from .dtypes import tensor_bytes
 from .gpus import get_gpu
 from .overhead import overhead_for
 from .peak import phase_peaks
+from .per_device import engine_step
 from .models import ModelConfig, Param
 from .resolve import Resolved, resolve_spec
 from .rules import param_memory
@@ -68,25 +69,33 @@ def _filled_spec(r: Resolved, gpu) -> TrainingSpec:
                           adapter_dtype=r.adapter if adapters else None)
 
 
-def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
-    """Memory of one training configuration, component by component and matrix by matrix.
+def estimate(spec: TrainingSpec, *, kernels: str = "cuda", engine_options: dict | None = None) -> MemoryBreakdown:
+    """Memory of one training configuration, component by component and matrix by matrix; with
+    more than one device (`spec.devices`, `spec.sharding`), of one device: its share under the
+    engine and what the engine adds (`planner.per_device`).
 
     `kernels="cpu"` sizes activations as PyTorch's CPU kernels save them (dropout noise and
     LayerNorm statistics in the activation dtype, SDPA's math fallback under dropout), so a CPU
-    measurement compares like with like; the default is the GPU's.
+    measurement compares like with like; the default is the GPU's. `engine_options`: the
+    sharding engine's settings over its defaults (DeepSpeed's bucket sizes, ZeRO-3's thresholds:
+    `planner.sharding.ENGINES[...].defaults`).
 
     Raises ValueError, with a message saying what to change, for anything the method or model
     does not support.
     """
     r = resolve_spec(spec)
     gpu = get_gpu(spec.gpu) if spec.gpu else None
-    rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
-    rows += r.method.shared(r, rows)
+    engine = engine_step(r, engine_options)   # more than one device: one device's rows and engine
+    if engine:                            # one device's rows, the method's shared tensors included
+        rows = list(engine.rows) + (r.method.shared(r, list(engine.rows)) if engine.layout != "replicated" else [])
+    else:
+        rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
+        rows += r.method.shared(r, rows)
     if r.spec.layerwise:
         rows = _layerwise(rows, r)
     sizes = _components(rows)
     overhead = overhead_for(gpu)
-    peak = phase_peaks(r, rows, sizes, overhead, kernels)
+    peak = phase_peaks(r, rows, sizes, overhead, kernels, engine)
     return MemoryBreakdown(spec=_filled_spec(r, gpu), model=r.model.name, n_params=r.model.n_params,
                            components=peak.components, rows=tuple(rows), gpu=gpu,
                            assumptions=r.assumptions + overhead.problems, phases=peak.phases,
@@ -94,4 +103,5 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda") -> MemoryBreakdown:
                            sizes=replace(sizes, activations=peak.activations), overhead=overhead,
                            device=peak.device, activation_detail=peak.detail,
                            layer_activations=peak.layer_activations,
-                           outside_activations=peak.outside_activations)
+                           outside_activations=peak.outside_activations, parallel=engine,
+                           engine_at_peak=peak.engine)

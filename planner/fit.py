@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from .breakdown import MemoryBreakdown
+from .device_count import DeviceCount, min_devices, multi_device_sharding
 from .estimate import estimate
 from .gpus import get_gpu
 from .methods import METHOD_IDS
@@ -36,10 +37,15 @@ class FitReport:
     breakdown: MemoryBreakdown
     precision_note: str = ""              # the precision assumed, said so that nobody misses it
     alternative: dict | None = None       # the usual HF Trainer precision's figure, for full-rank methods
+    device_count: DeviceCount | None = None   # the fewest GPUs of this kind that fit (`planner.device_count`)
+
+    @property
+    def min_devices(self) -> int | None:
+        return self.device_count.devices if self.device_count else None
 
     def to_record(self) -> dict:
         return {**self.breakdown.to_record(), "max_batch": self.max_batch, "max_seq": self.max_seq,
-                "max_rank": self.max_rank,
+                "max_rank": self.max_rank, **(self.device_count.to_record() if self.device_count else {}),
                 "suggestions": [{"changes": s.changes, "description": s.description,
                                  "peak_bytes": s.peak_bytes} for s in self.suggestions],
                 "precision_note": self.precision_note, "precision_alternative": self.alternative}
@@ -112,12 +118,16 @@ def _switches(spec: TrainingSpec) -> list[tuple[str, dict]]:
     if method.variant_8bit:
         out.append((f"8-bit states ({method.variant_8bit})",
                     {"method": method.variant_8bit, "states": None}))
-    if not r.spec.layerwise and method.layerwise:
+    if not r.spec.layerwise and method.layerwise and r.spec.sharding == "none":
         out.append(("layer-wise updates", {"layerwise": True}))
     if r.spec.batch > 1:
         out.append(("a smaller micro-batch", {"batch": None}))
     if r.rank and r.rank > 1 and "rank" in method.options:     # the typed rank or the method's default
         out.append(("a lower rank", {"rank": None}))
+    engine = multi_device_sharding(spec)
+    from .sharding import ENGINES
+    if engine and ENGINES[engine].shards and engine != "hsdp":   # only sharding lowers per-device memory
+        out.append(("{devices} GPUs with " + engine, {"devices": None}))
     return out
 
 
@@ -132,6 +142,12 @@ def _apply(spec: TrainingSpec, changes: dict) -> tuple[TrainingSpec, dict] | Non
             if best is None:
                 return None
             candidate, fixed = candidate.replace(**{field: best}), {**fixed, field: best}
+    if "devices" in changes:              # the fewest devices that fit, given the other switches
+        count = min_devices(candidate)
+        if count.devices is None or count.devices <= max(r.spec.devices, 1):
+            return None
+        candidate = candidate.replace(devices=count.devices)
+        fixed = {**fixed, "devices": count.devices}
     return (candidate, fixed) if _fits(candidate) else None
 
 
@@ -144,9 +160,10 @@ def suggestions(spec: TrainingSpec, limit: int = 3) -> tuple[Suggestion, ...]:
             changes = {k: v for _, c in combo for k, v in c.items()}
             hit = _apply(spec, changes)
             if hit:
-                found.append(Suggestion(hit[1], " + ".join(d for d, _ in combo), estimate(hit[0]).peak_bytes))
-        if found:
-            return tuple(sorted(found, key=lambda s: s.peak_bytes)[:limit])
+                words = " + ".join(d.format(**hit[1]) for d, _ in combo)
+                found.append(Suggestion(hit[1], words, estimate(hit[0]).peak_bytes))
+        if found:        # on the GPUs the user has first: buying more is the bigger change
+            return tuple(sorted(found, key=lambda s: ("devices" in s.changes, s.peak_bytes))[:limit])
     return ()
 
 
@@ -169,15 +186,21 @@ def _precision_note(spec: TrainingSpec, b: MemoryBreakdown) -> tuple[str, dict |
         return f"{precision.id} precision (as asked): {precision.summary}", None
     note = f"assumed {precision.id} precision: {precision.summary}"
     other = TRAINER_PRECISION.get(precision.compute) if r.method.kind == "full" and not precision.autocast else None
+    if other and r.spec.sharding in ("fsdp", "hsdp"):
+        other = "mixed"       # accelerate runs bf16=True under FSDP2 as fp32 shards, bf16 compute
+    if r.spec.sharding.startswith("zero"):
+        other = None          # DeepSpeed's bf16.enabled is the mixed precision assumed
     if other is None:
         return note, None
     try:
         alt = estimate(spec.replace(precision=other))
     except ValueError:
         return note, None
+    how = (f"HF Trainer with {precision.compute}=True under FSDP2 (accelerate: fp32 shards, {precision.compute} "
+           f"compute, {other})" if other == "mixed" else
+           f"HF Trainer with {precision.compute}=True on an fp32 model ({other})")
     return note, {"precision": other, "peak_bytes": alt.peak_bytes, "fits": alt.fits,
-                  "headroom_bytes": alt.headroom_bytes,
-                  "why": f"HF Trainer with {precision.compute}=True on an fp32 model ({other})"}
+                  "headroom_bytes": alt.headroom_bytes, "why": how}
 
 
 def fit_report(spec: TrainingSpec) -> FitReport:
@@ -187,12 +210,16 @@ def fit_report(spec: TrainingSpec) -> FitReport:
     model = resolve_spec(spec).model
     rank_limit = _rank_limit(spec)
     note, alternative = _precision_note(spec, b)
+    if b.fits and spec.devices == 1:      # one device fits: no search needed
+        count = DeviceCount(1, spec.sharding if spec.offload != "none" else "none", b.peak_bytes, 1)
+    else:
+        count = min_devices(spec)
     return FitReport(
         method=b.spec.method, fits=bool(b.fits), peak_bytes=b.peak_bytes, headroom_bytes=b.headroom_bytes,
         max_batch=largest(spec, "batch", 1 << 16), max_seq=largest(spec, "seq", model.max_position),
         max_rank=largest(spec, "rank", rank_limit) if rank_limit else None,
         suggestions=() if b.fits else suggestions(spec), breakdown=b, precision_note=note,
-        alternative=alternative)
+        alternative=alternative, device_count=count)
 
 
 def _each_method(spec: TrainingSpec, methods: Iterable[str] | None):

@@ -15,9 +15,44 @@ from .rules import (Adapter, FullRank, Projected, adafactor_states, adam8_states
                     gradnorm_reference_extra, int4_projection, int8_trained_weight,
                     lora_pro_states, no_shared, qgalore_extra, seeded_projection, sgd_states)
 
-__all__ = ["Method", "METHODS", "METHOD_IDS", "RECOMMENDATION_ORDER", "get_method", "PROJ_TYPES"]
+__all__ = ["Method", "MethodSharding", "METHODS", "METHOD_IDS", "RECOMMENDATION_ORDER", "get_method",
+           "PROJ_TYPES", "LAYOUTS"]
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+#: how data-parallel engines lay parameters out (`planner.sharding`): DDP replicates them, FSDP2
+#: and HSDP split each along dim 0, ZeRO-1/2 flatten them into one 1-D group, ZeRO-3 partitions
+#: each parameter into 1-D pieces
+LAYOUTS = ("replicated", "dim0", "flat", "per_param")
+
+
+@dataclass(frozen=True)
+class MethodSharding:
+    """What a method's optimizer can do under the data-parallel engines (`planner.sharding`).
+
+    layouts: the layouts (`LAYOUTS`) it runs under; DDP ("replicated") hands every rank whole
+    parameters and averaged gradients, so every optimizer runs there unchanged, unless `note`
+    says otherwise. ZeRO hands the optimizer 1-D fp32 partitions, which only an element-wise
+    optimizer can step. Each layout listed here has been run and checked on the real engines
+    (tests/profiler/test_distributed.py, tests/lowrank/test_sharded.py).
+    gathers_gradient: its basis refresh needs a whole gradient matrix, all-gathered from the
+    row shards (GaLore's SVD: `lowrank.sharded`); APOLLO regenerates its basis from a seed.
+    partition_step: bytes the optimizer allocates stepping one flat partition of n elements
+    (ZeRO), as `transients.partition_foreach_adamw`; None where no ZeRO layout is listed.
+    note: why the layouts not listed are refused (the error says it).
+    """
+    layouts: tuple[str, ...] = ("replicated",)
+    gathers_gradient: bool = False
+    partition_step: Callable | None = None
+    note: str = "memfit has not run it sharded, so it plans it under DDP only"
+
+
+_SHARDS_ANYWHERE = MethodSharding(LAYOUTS, partition_step=t.partition_foreach_adamw)
+_SHARDS_ROWS = MethodSharding(("replicated", "dim0"), gathers_gradient=True,
+                              note="ZeRO hands the optimizer 1-D partitions, and its projection needs whole "
+                                   "2-D gradient matrices")
+_SHARDS_ROWS_SEEDED = MethodSharding(("replicated", "dim0"), note=_SHARDS_ROWS.note)
+_ONE_DEVICE = MethodSharding((), note="its INT8 weights are frozen parameters whose gradients arrive through "
+                                      "hooks, outside what DDP, FSDP2 or ZeRO reduce across devices")
 
 
 @dataclass(frozen=True)
@@ -81,6 +116,7 @@ class Method:
     states_follow_params: bool = False   # torch's optimizer: states are zeros_like(param)
     reference: str = ""            # how the authors' code stores differently
     fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
+    sharding: MethodSharding = MethodSharding()   # what it can do under DDP, FSDP2 and ZeRO
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -120,7 +156,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Full-rank training: two moments per parameter. Pure fp32, pure bf16 (as the GaLore code "
            "trains its baselines) or mixed precision (bf16 weights and gradients, fp32 master copy and states).",
            "mn·b_w + mn·b_g + 2mn·b_s (+ 4mn master in mixed precision)", *_ADAMW,
-           storage=FullRank(adam_states), temporaries=t.foreach_adamw, optimizer="adamw", recommend=0, states_follow_params=True, variant_8bit="adamw-8bit", reference_int_step=False),
+           storage=FullRank(adam_states), temporaries=t.foreach_adamw, optimizer="adamw", recommend=0, states_follow_params=True, variant_8bit="adamw-8bit", reference_int_step=False, sharding=_SHARDS_ANYWHERE),
     Method("adamw-8bit", "8-bit AdamW (bitsandbytes)", "full",
            "Both moments stored block-wise in 8 bits with one fp32 absmax per 256-element block; "
            "tensors under 4096 elements keep fp32 moments (bitsandbytes 0.50's rule).",
@@ -149,7 +185,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
            "fp32, as peft keeps them by default on a 16-bit base.",
            "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters"),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters", sharding=_SHARDS_ANYWHERE),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
@@ -175,7 +211,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn·b_w + mn·b_g + 2rm·b_s + rn·b_p", *_GALORE, **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
            reference="the reference keeps moments and projection in the gradient's dtype and the "
            "step as a Python int.",
-           storage=Projected(), temporaries=t.projected_step, refresh=t.svd_workspace, optimizer="galore", recommend=4, variant_8bit="galore-8bit", groups="projected"),
+           storage=Projected(), temporaries=t.projected_step, refresh=t.svd_workspace, optimizer="galore", recommend=4, variant_8bit="galore-8bit", groups="projected", sharding=_SHARDS_ROWS),
     Method("galore-8bit", "8-bit GaLore", "projected",
            "GaLore with the projected moments (and the plain parameters' moments) stored block-wise "
            "in 8 bits; with layer-wise updates this is the paper's 7B-on-24GB setup.",
@@ -193,7 +229,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "(Zhang et al., 2024)", "https://arxiv.org/abs/2407.08296", "https://github.com/VITA-Group/Q-GaLore",
            **_LOWRANK_OPTS, proj_types=("std",), eight_bit=True,
            reference="the reference stores each INT4 projection code in a whole byte (twice memfit's).",
-           storage=Projected(extra=qgalore_extra, projection=int4_projection, weight=int8_trained_weight, plain=adam8_states), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="q-galore", recommend=10, groups="projected", wrapper="int8-linears", quantized_weights="int8", projection_fixed="int4", reference_layerwise_keeps_plain_grads=True, shared=bnb_qmaps),
+           storage=Projected(extra=qgalore_extra, projection=int4_projection, weight=int8_trained_weight, plain=adam8_states), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="q-galore", recommend=10, groups="projected", wrapper="int8-linears", quantized_weights="int8", projection_fixed="int4", reference_layerwise_keeps_plain_grads=True, shared=bnb_qmaps, sharding=_ONE_DEVICE),
     Method("fira", "Fira", "projected",
            "GaLore's states plus one scalar per matrix (the norm-growth limiter's previous residual "
            "norm); the residual outside the subspace is applied full-rank, scaled by the low-rank "
@@ -202,7 +238,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (Chen et al., 2024)",
            "https://arxiv.org/abs/2410.01623", "https://github.com/xichen-fy/Fira", **_LOWRANK_OPTS,
            proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype.",
-           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=3, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected"),
+           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=3, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected", sharding=_SHARDS_ROWS),
     Method("gradnormlorp", "GradNormLoRP", "projected",
            "Weight-normalised GaLore: W = g·v/‖v‖ with the direction's gradient projected; memfit "
            "keeps a per-row ratio ‖v‖/g instead of the reference code's full copy of v.",
@@ -241,7 +277,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            rank=256, update_proj_gap=200, scale=1.0, proj_types=("std",),
            reference="the reference stores the random projection matrix (rn per matrix) although the "
            "paper says it need not.",
-           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo", recommend=3, groups="projected"),
+           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo", recommend=3, groups="projected", sharding=_SHARDS_ROWS_SEEDED),
     Method("apollo-mini", "APOLLO-Mini", "projected",
            "APOLLO at rank 1 with a tensor-wise scale (scale 128): SGD-like memory.",
            "mn·b_w + mn·b_g + 2m·b_s + 12",
@@ -249,7 +285,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://arxiv.org/abs/2412.05270", "https://github.com/zhuhanqing/APOLLO",
            rank=1, update_proj_gap=200, scale=128.0, proj_types=("std",), fixed=("rank",),
            reference="the reference stores the rank-1 random projection (n per matrix).",
-           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo-mini", recommend=9, groups="projected"),
+           storage=Projected(extra=apollo_extra, projection=seeded_projection), temporaries=t.projected_step, refresh=t.random_workspace, optimizer="apollo-mini", recommend=9, groups="projected", sharding=_SHARDS_ROWS_SEEDED),
 ]}
 METHOD_IDS = tuple(METHODS)
 

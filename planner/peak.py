@@ -18,7 +18,7 @@ step and added to every phase, so the peak is the device memory the step needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .activations import ActivationBreakdown, activation_memory
 from .breakdown import Components, Row
@@ -42,6 +42,7 @@ class PhasePeak:
     detail: ActivationBreakdown | None = None
     layer_activations: tuple[int, ...] = ()    # of `activations`, held by each decoder layer
     outside_activations: int = 0               # of `activations`, held outside the stack
+    engine: dict[str, int] = field(default_factory=dict)   # a data-parallel engine's bytes at the peak
 
 
 def _activations(r: Resolved, kernels: str):
@@ -97,33 +98,48 @@ def _tied_transient(rows: list[Row], r: Resolved) -> int:
     return 2 * word.memory.gradients if word else 0
 
 
-def _backward_instants(act, grads: tuple[int, int, int], layers: int,
-                       tied: int = 0) -> list[tuple[int, int, int]]:
-    """(activation, gradient, temporary bytes) alive at the start, top and end of backward (a
-    traced model's activations at those moments are measured: `act.instants`); `tied`: the
-    tied embedding's extra gradients at the end (`_tied_transient`)."""
+def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
+    """(activation bytes, gradient bytes) alive at the start, top and end of backward (a traced
+    model's activations at those moments are measured: `act.instants`)."""
     total, layer, head = grads
     if act.instants is not None:
         start, top, end = act.instants
-        return [(start, 0, 0), (top, head + layer, 0), (end, total, tied)]
+        return [(start, 0), (top, head + layer), (end, total)]
     stored_one = act.layers // max(layers, 1)
     held = act.total - act.logits - act.head          # the stack and embeddings, head done
-    return [(act.peak_backward, 0, 0),                # the loss's backward: no gradient formed yet
-            (held + act.recompute, head + layer, 0),
-            (act.embeddings + stored_one + act.recompute, total, tied)]
+    return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet
+            (held + act.recompute, head + layer),
+            (act.embeddings + stored_one + act.recompute, total)]
+
+
+def _timed(r: Resolved, act, grads, engine) -> list[tuple[int, int, dict[str, int]]]:
+    """(activations, gradients, engine bytes by name) at each instant of forward and backward:
+    the three backward instants, plus what a data-parallel engine holds at each
+    (`planner.per_device`, which adds the forward's end)."""
+    tied = r.model.tie_word_embeddings
+    bwd = _gradient_split(engine.backward_rows, tied) if engine and engine.backward_rows else grads
+    instants = _backward_instants(act, bwd, r.model.num_layers)
+    return engine.instants(r, act, instants, grads[0]) if engine else [(a, g, {}) for a, g in instants]
 
 
 def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
-                kernels: str = "cuda") -> PhasePeak:
-    """Every phase's total and the components resident at the worst one."""
+                kernels: str = "cuda", engine=None) -> PhasePeak:
+    """Every phase's total and the components resident at the worst one. `engine`: the
+    data-parallel engine's part of the step (`planner.per_device.EngineStep`), `rows` then being
+    one device's."""
     act = _activations(r, kernels)
     grads = _gradient_split(rows, r.model.tie_word_embeddings)
-    temps = r.method.temporaries(r)
+    temps = engine.temporaries if engine else r.method.temporaries(r)
     refresh = r.method.refresh(r) if r.method.refresh else 0
-    instants = _backward_instants(act, grads, r.model.num_layers, _tied_transient(rows, r))
-    fb = max(instants, key=sum)
+    timed = _timed(r, act, grads, engine)
+    # the end of backward (the last instant) also holds a tied embedding's transient gradients
+    transient = [0] * (len(timed) - 1) + [_tied_transient(rows, r)]
+    worst_at = max(range(len(timed)), key=lambda i: sum(timed[i][:2]) + sum(timed[i][2].values())
+                   + transient[i])
+    at = timed[worst_at]
+    instants, fb = [(a, g) for a, g, _ in timed], (*at[:2], transient[worst_at])
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
-        with_grad = [i for i in instants if i[1]] or [(0, 0, 0)]
+        with_grad = [i for i in instants if i[1]] or [(0, 0)]
         step_at = max(with_grad, key=lambda i: i[0] + i[1])
         candidates = {"forward_backward": fb,
                       "optimizer_step": (step_at[0], step_at[1], temps),
@@ -134,14 +150,26 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
                       "projection_refresh": (0, grads[0], refresh)}
     if r.method.refresh is None:
         del candidates["projection_refresh"]
-    base = persistent.weights + persistent.optimizer_states + persistent.projection + persistent.adapters
-    allocated = {name: base + a + g + t for name, (a, g, t) in candidates.items()}
+    named = {"forward_backward": at[2]} | ({p: engine.phase(p) for p in candidates if p != "forward_backward"}
+                                           if engine else {})
+    kept = sum(engine.buffers.values()) if engine else 0
+    base = persistent.weights + persistent.optimizer_states + persistent.projection + persistent.adapters + kept
+    allocated = {name: base + a + g + t + sum(named.get(name, {}).values()) for name, (a, g, t) in candidates.items()}
     worst = max(allocated, key=allocated.get)
-    device = device_memory(r, rows, act, candidates, worst, overhead)
+    load = _engine_load(engine, named) if engine else None
+    device = device_memory(r, rows, act, candidates, worst, overhead, engine=load)
     extra = device.needed - allocated[worst]          # what the step needs beyond its tensors
     a, g, t = candidates[worst]
-    comps = Components(persistent.weights, g, persistent.optimizer_states, persistent.projection,
-                       persistent.adapters, a, extra, t)
+    at_peak = {**(engine.buffers if engine else {}), **named.get(worst, {})}
+    comps = Components(weights=persistent.weights, gradients=g, optimizer_states=persistent.optimizer_states,
+                       projection=persistent.projection, adapters=persistent.adapters, activations=a,
+                       overhead=extra, temporaries=t, engine_buffers=sum(at_peak.values()))
     per_layer, outside = layer_activations(act, r)
     return PhasePeak({name: value + extra for name, value in allocated.items()}, worst, comps,
-                     act.total, device, act, per_layer, outside)
+                     act.total, device, act, per_layer, outside, at_peak)
+
+
+def _engine_load(engine, named: dict[str, dict[str, int]]):
+    """The engine's blocks for the allocator model: its kept buffers, and per phase the rest."""
+    from .device_memory import EngineLoad
+    return EngineLoad(engine.pieces(engine.buffers), {p: engine.pieces(v) for p, v in named.items()})

@@ -233,6 +233,13 @@ def read_deepspeed(r: Reading, key: str) -> None:
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{src}: zero_optimization.stage must be 0-3, got {stage!r}")
     r.set("sharding", "ddp" if stage == 0 else f"zero{stage}", f"{src} zero_optimization.stage {stage}")
+    bf16 = (value.get("bf16") or {}).get("enabled")
+    if stage and (bf16 is True or (bf16 == "auto" and r.fields.get("precision") in ("amp-bf16", "bf16"))):
+        # DeepSpeed's bf16 engine casts the module to bf16 and keeps an fp32 master: memfit's
+        # mixed, whatever the trainer's own bf16 flag would mean without it
+        r.fields["precision"] = "mixed"
+        r.sources["precision"] = (f"{src} bf16.enabled {bf16}: DeepSpeed trains bf16 weights with an fp32 "
+                                  "master and fp32 states (runtime/engine.py _cast_module_mixed_precision)")
     offload = [what for what, name in (("params", "offload_param"), ("optimizer", "offload_optimizer"))
                if str((zero.get(name) or {}).get("device", "none")).lower() in ("cpu", "nvme")]
     if offload:

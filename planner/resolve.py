@@ -332,6 +332,15 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
                  precision.master, rank, _option(spec, method, "update_proj_gap"),
                  _option(spec, method, "scale"), _proj_type(spec, method), (), requested,
                  targets, saved)
+    if spec.sharding != "none":           # more than one device: the engine must run this
+        from .sharding import check_sharding
+        check_sharding(r, spec.sharding, spec.devices, spec.offload, spec.shard_group)
+    elif spec.devices > 1:                # never a multi-device question answered for one device
+        raise ValueError(f"{method.id} runs on one device only ({method.sharding.note}): plan it with "
+                         "--devices 1")
+    elif spec.offload != "none" or spec.shard_group:
+        raise ValueError("--offload and --shard-group belong to a sharding engine: add --sharding "
+                         "(zero1, zero2, zero3, fsdp, hsdp)")
     return replace(r, assumptions=tuple(assumptions) + _assumptions(r))
 
 
@@ -340,6 +349,19 @@ def _probability(value, what: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"{what} must be a probability in [0, 1), got {value!r:.40}")
+
+
+def _per_device_line(s: TrainingSpec) -> str:
+    """Every figure is one device's: say so, with the engine and what leaves the GPU."""
+    from .sharding import ENGINES, engine_options
+    e = ENGINES[s.sharding]
+    group = f", shard groups of {s.shard_group}" if s.shard_group else ""
+    moved = ", ".join(e.moves.get(s.offload, ())).replace("_", " ")
+    where = f"; offload {s.offload}: {moved} in pinned host memory" if s.offload != "none" else ""
+    opts = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
+                     for k, v in engine_options(s.sharding).items())
+    return (f"per device: {s.devices} device(s) under {e.name}{group}, the worst-loaded rank, micro-batch "
+            f"per device ({opts}{where})")
 
 
 def _assumptions(r: Resolved) -> tuple[str, ...]:
@@ -361,6 +383,8 @@ def _assumptions(r: Resolved) -> tuple[str, ...]:
                f"attention {s.attention}, checkpointing {s.checkpointing}")
     if s.impl == "reference":
         out.append("storage of the authors' reference code")
+    if s.sharding != "none":
+        out.append(_per_device_line(s))
     if r.method.kind == "adapter" and (s.rslora or s.lora_init != "default"):
         out.append("rsLoRA and the adapter initialisation change no memory")
     out += list(r.model.notes)

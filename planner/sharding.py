@@ -31,33 +31,46 @@ local shard) into per-rank bytes. The layouts, as the engines implement them:
   reuse an fp32 model's partitions as the master but compares a torch.device with a device-name
   string (never equal), so an fp32 model gets its own master too (measured).
 
-Every size was checked against the real engines on CPU (`tests/profiler/test_distributed.py`):
+Offload moves whole components to pinned host memory, as the engines allocate them:
+ZeRO-Offload's optimizer offload (`offload_optimizer`) keeps the fp32 master, the moments and an
+fp32 gradient partition on the host (ZeRO-1/2: `single_partition_of_fp32_groups` and its
+`.grad`, pinned, stage_1_and_2.py `initialize_optimizer_states`; the gradients go straight to it
+in `copy_grads_in_partition`; ZeRO-3: `self.device` is the CPU for the fp32 partitions and
+`grad_partitions_flat_buffer`); its parameter offload (ZeRO-3 `offload_param`, with the
+optimizer's) also keeps each parameter's partition (`ds_tensor`) there. FSDP2's
+`CPUOffloadPolicy` keeps the sharded parameters, the sharded gradients and so the optimizer
+states on the host (torch/distributed/fsdp/_fully_shard/_fsdp_param.py, `offload_to_cpu`).
+
+Every held size was checked against the real engines on CPU (`tests/profiler/test_distributed.py`):
 the per-rank weights, gradients and optimizer states are equal to the byte.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
 from .breakdown import Row
 from .dtypes import tensor_bytes
-from .models import Param
 from .resolve import Resolved
-from .rules import param_memory
-from .storage import STEP_BYTES, ParamMemory, projection_side
+from .shard_layouts import (dim0_rows, flat_rows, flat_worst_rank, fsdp_rows, groups, per_param_rows,
+                            replicated_rows, tensors, trainable_numel, zero3_partition, zero_dtype, zero_flat)
+from .storage import ParamMemory
+from .zero3_window import Submodule, gathered_window
 
-__all__ = ["Engine", "ENGINES", "ENGINE_IDS", "OFFLOADS", "MethodSharding", "METHOD_SHARDING", "RankMemory", "ShardedMemory",
-           "engine_options", "check_sharding", "device_memory", "fsdp_rows", "zero_flat", "zero3_partition"]
+__all__ = ["Engine", "ENGINES", "ENGINE_IDS", "OFFLOADS", "RankMemory", "ShardedMemory", "engine_options",
+           "check_sharding", "device_memory", "fsdp_rows", "zero_flat", "zero3_partition", "shard_count"]
 
-MiB = 1 << 20
 OFFLOADS = ("none", "optimizer", "params")
 
 
 @dataclass(frozen=True)
 class Engine:
     """What a data-parallel engine shards and keeps. `shards` names the planner components split
-    across devices; `layout` how parameters are split (see the module docstring); `defaults` the
-    engine's own settings, `source` where they and the layout come from."""
+    across devices; `layout` how parameters are split (see the module docstring; the method
+    records say which layouts each method runs under); `defaults` the engine's own settings,
+    `source` where they and the layout come from; `offloads` what it can move to the host and
+    `moves` which components each offload moves there."""
     id: str
     name: str
     shards: frozenset[str]
@@ -65,66 +78,56 @@ class Engine:
     defaults: dict
     source: str
     offloads: tuple[str, ...] = ("none",)
-    precisions: tuple[str, ...] = ("bf16", "fp32", "mixed")
+    precisions: tuple[str, ...] = ("bf16", "fp32", "mixed", "amp-bf16", "amp-fp16")
+    moves: dict = field(default_factory=dict)
 
 
 _ZERO_DEFAULTS = {"reduce_bucket_size": int(5e8), "allgather_bucket_size": int(5e8), "overlap_comm": False,
                   "contiguous_gradients": True}
 _ZERO_SOURCE = "deepspeed/runtime/zero/config.py (DeepSpeedZeroConfig defaults), 0.19.8"
+_OPTIMIZER_OFFLOAD = {"optimizer": ("optimizer_states", "gradients")}
+_FSDP_OFFLOAD = {"params": ("weights", "gradients", "optimizer_states")}
 ENGINES: dict[str, Engine] = {e.id: e for e in (
     Engine("ddp", "PyTorch DDP", frozenset(), "replicated",
            {"bucket_cap_mb": 25, "gradient_as_bucket_view": False},
            "torch/nn/parallel/distributed.py (DistributedDataParallel.__init__ defaults)"),
     Engine("zero1", "DeepSpeed ZeRO-1", frozenset({"optimizer_states"}), "flat", dict(_ZERO_DEFAULTS),
-           _ZERO_SOURCE, ("none", "optimizer"), ("fp32", "mixed")),
+           _ZERO_SOURCE, ("none", "optimizer"), ("fp32", "mixed"), _OPTIMIZER_OFFLOAD),
     Engine("zero2", "DeepSpeed ZeRO-2", frozenset({"optimizer_states", "gradients"}), "flat", dict(_ZERO_DEFAULTS),
-           _ZERO_SOURCE, ("none", "optimizer"), ("fp32", "mixed")),
+           _ZERO_SOURCE, ("none", "optimizer"), ("fp32", "mixed"), _OPTIMIZER_OFFLOAD),
     Engine("zero3", "DeepSpeed ZeRO-3", frozenset({"optimizer_states", "gradients", "weights"}), "per_param",
            {**_ZERO_DEFAULTS, "overlap_comm": True, "prefetch_bucket_size": int(5e7),
-            "param_persistence_threshold": int(1e5), "max_live_parameters": int(1e9), "sub_group_size": int(1e9)},
-           _ZERO_SOURCE, ("none", "optimizer", "params"), ("fp32", "mixed")),
+            "param_persistence_threshold": int(1e5), "max_live_parameters": int(1e9),
+            "max_reuse_distance": int(1e9), "sub_group_size": int(1e9)},
+           _ZERO_SOURCE, ("none", "optimizer", "params"), ("fp32", "mixed"),
+           {**_OPTIMIZER_OFFLOAD, "params": ("optimizer_states", "gradients", "weights")}),
     Engine("fsdp", "PyTorch FSDP2 (fully_shard)", frozenset({"optimizer_states", "gradients", "weights"}), "dim0",
            {"reshard_after_forward": True},
            "torch/distributed/fsdp/_fully_shard/_fsdp_param.py; units as accelerate 1.15 fsdp2_prepare_model",
-           ("none", "params")),
+           ("none", "params"), moves=_FSDP_OFFLOAD),
     Engine("hsdp", "PyTorch FSDP2, hybrid (shard within a group, replicate across groups)",
            frozenset({"optimizer_states", "gradients", "weights"}), "dim0", {"reshard_after_forward": True},
-           "torch/distributed/fsdp/_fully_shard/_fully_shard.py (2-D mesh: replicate x shard)", ("none", "params")),
+           "torch/distributed/fsdp/_fully_shard/_fully_shard.py (2-D mesh: replicate x shard)", ("none", "params"),
+           moves=_FSDP_OFFLOAD),
 )}
 ENGINE_IDS = tuple(ENGINES)
-
-@dataclass(frozen=True)
-class MethodSharding:
-    """How a method's optimizer runs sharded (to move into the method records with the planner
-    refactor). `layouts` it has been run under; `gathers_gradient`: its basis refresh needs the
-    whole gradient matrix (GaLore's SVD: `lowrank.sharded` all-gathers it for the refresh), where
-    APOLLO's random basis is regenerated from a seed on every rank."""
-    layouts: tuple[str, ...]
-    gathers_gradient: bool = False
-
-
-#: methods run under an engine and checked (tests/profiler/test_distributed.py,
-#: tests/lowrank/test_sharded.py); ZeRO hands the optimizer 1-D partitions, which a projected
-#: method cannot project. Methods not listed have not been run sharded.
-METHOD_SHARDING: dict[str, MethodSharding] = {
-    "adamw": MethodSharding(("replicated", "flat", "per_param", "dim0")),
-    "lora": MethodSharding(("replicated", "flat", "per_param", "dim0")),
-    "galore": MethodSharding(("replicated", "dim0"), gathers_gradient=True),
-    "fira": MethodSharding(("replicated", "dim0"), gathers_gradient=True),
-    "apollo": MethodSharding(("replicated", "dim0")),
-    "apollo-mini": MethodSharding(("replicated", "dim0")),
-}
+#: GaLore's README: per-layer weight updates support single-GPU training only
+_LAYERWISE = ("layer-wise updates step each parameter in its gradient hook, before the engine has averaged "
+              "the gradient across devices (GaLore's README: per-layer updates are single-GPU only): drop "
+              "--layerwise, or plan one device")
 
 
 @dataclass(frozen=True)
 class RankMemory:
-    """Bytes one rank holds, per planner component (`gradients`: those held when the optimizer
-    step starts), and the same per parameter (`rows`, one `planner.breakdown.Row` per tensor in
-    model order, LoRA's A and B on their own, plus the engine's own rows: ZeRO's padding and
-    steps); `memory` is the rows' sum."""
+    """Bytes one rank holds on its device, per planner component (`gradients`: those held when
+    the optimizer step starts), and the same per parameter (`rows`: `planner.breakdown.Row`s, one
+    per group of equal tensors, their names with `{i}` for the layers they stand for, LoRA's A
+    and B on their own, plus the engine's own rows: ZeRO's padding and steps); `memory` is the
+    rows' sum. `host`: what offload keeps in pinned host memory instead."""
     rank: int
     memory: ParamMemory
     rows: tuple[Row, ...] = ()
+    host: ParamMemory = ParamMemory()
 
     @property
     def total(self) -> int:
@@ -133,21 +136,31 @@ class RankMemory:
 
 @dataclass(frozen=True)
 class ShardedMemory:
-    """Per-device memory of one engine: every rank's held bytes, the engine's own buffers kept on
-    every device, what each phase adds transiently (phase -> name -> bytes) and what lives in host
-    memory per device instead (offload)."""
+    """Per-device memory of one engine: the ranks computed (all, or the worst only), the engine's
+    own buffers kept on every device, what each phase adds transiently (phase -> name -> bytes,
+    `units`: FSDP2's all-gather units, `gathered`: ZeRO-3's window of whole parameters) and the
+    host memory per device (offload)."""
     engine: Engine
     devices: int
     options: dict
     ranks: tuple[RankMemory, ...]
     buffers: dict[str, int] = field(default_factory=dict)
     phase_extra: dict[str, dict[str, int]] = field(default_factory=dict)
-    host: dict[str, int] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
+    offload: str = "none"
+    shard_devices: int = 1
+    host_buffers: dict[str, int] = field(default_factory=dict)
 
     @property
     def worst(self) -> RankMemory:
         return max(self.ranks, key=lambda m: m.total)
+
+    @property
+    def host(self) -> dict[str, int]:
+        """The worst rank's pinned host memory, per component, and the engine's host staging
+        buffers (empty without offload)."""
+        h = self.worst.host
+        return {k: v for k, v in zip(("weights", "gradients", "optimizer_states", "projection", "adapters"),
+                                     h.astuple()) if v} | self.host_buffers
 
 
 def engine_options(engine: str, overrides: dict | None = None) -> dict:
@@ -161,6 +174,11 @@ def engine_options(engine: str, overrides: dict | None = None) -> dict:
     return out
 
 
+def shard_count(engine: str, devices: int, shard_group: int | None) -> int:
+    """Devices one parameter is split over: the shard group under HSDP, every device otherwise."""
+    return shard_group if engine == "hsdp" else devices
+
+
 def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none",
                    shard_group: int | None = None) -> Engine:
     """The engine record, or a ValueError saying why this combination cannot run."""
@@ -171,266 +189,193 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
         raise ValueError(f"devices must be a positive whole number, got {devices!r}")
     if offload not in e.offloads:
         raise ValueError(f"{e.name} cannot offload {offload!r}: it offers {', '.join(e.offloads)}")
-    if engine == "hsdp":
-        if not shard_group or devices % shard_group:
-            raise ValueError(f"hsdp needs --shard-group dividing --devices {devices}, got {shard_group}")
-    layouts = METHOD_SHARDING[r.method.id].layouts if r.method.id in METHOD_SHARDING else ()
-    if e.layout not in layouts:
-        how = {"flat": "ZeRO-1/2 flattens the parameters into 1-D fp32 partitions",
-               "per_param": "ZeRO-3 hands the optimizer 1-D partitions of every parameter"}.get(e.layout, "")
-        ok = [i for i, x in ENGINES.items() if x.layout in layouts]
-        raise ValueError(f"{r.method.id} does not run under {e.name}" + (f": {how}, and its optimizer needs "
-                         "whole 2-D matrices" if how and r.method.kind == "projected" else "")
-                         + (f"; it runs with {', '.join(ok)}" if ok else "; it runs on one device or with ddp"))
+    if engine == "hsdp" and (not shard_group or devices % shard_group):
+        raise ValueError(f"hsdp needs --shard-group dividing --devices {devices}, got {shard_group}")
+    if engine != "hsdp" and shard_group:
+        raise ValueError("--shard-group is for hsdp; drop it or use --sharding hsdp")
+    ms = r.method.sharding
+    if e.layout not in ms.layouts:
+        ok = [i for i, x in ENGINES.items() if x.layout in ms.layouts]
+        raise ValueError(f"{r.method.id} does not run under {e.name}: {ms.note}"
+                         + (f"; it runs with {', '.join(ok)}" if ok else "; plan it on one device"))
     if r.spec.precision not in e.precisions:
-        raise ValueError(f"{e.name} keeps fp32 master weights and fp32 Adam states (bf16 runs are mixed "
-                         f"precision in DeepSpeed): use --precision mixed or fp32, not {r.spec.precision}")
-    if r.spec.layerwise and e.layout != "replicated":
-        raise ValueError("layer-wise updates step each parameter inside backward, which the sharded "
-                         "engines do not support: use ddp or drop --layerwise")
+        raise ValueError(f"{e.name} keeps fp32 master weights and fp32 Adam states (its bf16.enabled is memfit's "
+                         f"mixed precision; its fp16 mode is not modelled): use --precision mixed or fp32, not "
+                         f"{r.spec.precision}")
+    if r.spec.layerwise:
+        raise ValueError(_LAYERWISE)
+    if e.layout != "replicated" and r.method.kind == "adapter" and (r.spec.base_quant != "none" or r.modules_to_save):
+        raise ValueError(f"{e.name} with a quantised base or modules_to_save is not planned (FSDP-QLoRA needs "
+                         "bitsandbytes' quant_storage, not run here): use ddp, or a 16-bit base without "
+                         "modules_to_save")
     return e
 
 
-# ------------------------------------------------------------------ layouts, pure
-def fsdp_rows(d0: int, n: int, rank: int) -> tuple[int, int]:
-    """FSDP2 dim-0 sharding: (padded rows every rank stores, rows rank `rank` really owns).
-
-    >>> fsdp_rows(1001, 2, 0), fsdp_rows(1001, 2, 1), fsdp_rows(3, 4, 3)
-    ((501, 501), (501, 500), (1, 0))
-    """
-    chunk = math.ceil(d0 / n)
-    return chunk, max(0, min(chunk, d0 - rank * chunk))
-
-
-def zero_flat(total: int, n: int, alignment: int = 2) -> tuple[int, int]:
-    """ZeRO-1/2 flat group: (padded numel, partition size) — padded to a multiple of alignment·N.
-
-    >>> zero_flat(228672, 2), zero_flat(10, 4)
-    ((228672, 114336), (16, 4))
-    """
-    padded = math.ceil(total / (alignment * n)) * alignment * n
-    return padded, padded // n
+# ------------------------------------------------------------------ what the engine adds
+def _submodules(r: Resolved, options: dict) -> list[Submodule]:
+    """ZeRO-3's fetch units: each module's direct parameters, in the order the forward runs them
+    (model order), with the elements and bytes (in the training dtype) of those it releases."""
+    threshold, dtype, out = options["param_persistence_threshold"], zero_dtype(r), {}
+    for t in tensors(r):
+        owner = t.param.name.rpartition(".")[0]
+        numel = t.param.numel
+        free = numel if numel > threshold else 0
+        name, total, rel, size = out.get(owner, (owner, 0, 0, 0))
+        out[owner] = (name, total + numel, rel + free, size + tensor_bytes(free, dtype))
+    return [Submodule(*v) for v in out.values()]
 
 
-def zero3_partition(numel: int, n: int) -> int:
-    """ZeRO-3: elements of one parameter each rank holds (padded to a multiple of N)."""
-    return math.ceil(numel / n)
+@functools.lru_cache(maxsize=64)
+def _window(modules: tuple[Submodule, ...], prefetch: int, max_live: int, reuse: int) -> tuple[int, int]:
+    return gathered_window(list(modules), prefetch, max_live, reuse)
 
 
-# ------------------------------------------------------------------ tensors of the model
-@dataclass(frozen=True)
-class _Tensor:
-    """One parameter tensor as the engine sees it: trainable or not, which component it is."""
-    param: Param
-    trainable: bool
-    component: str          # "weights" or "adapters"
-    dtype: str
+def _zero3_window(r: Resolved, options: dict) -> dict[str, int]:
+    """ZeRO-3's whole parameters alive at once (`planner.zero3_window`), forward and backward,
+    and the largest submodule's full gradient, formed in backward before it goes to the reduce
+    bucket. Independent of the device count (gathered parameters are whole)."""
+    mods = tuple(_submodules(r, options))
+    fwd, bwd = _window(mods, options["prefetch_bucket_size"], options["max_live_parameters"],
+                       options["max_reuse_distance"])
+    largest = max((m.bytes for m in mods), default=0)
+    return {"forward": fwd, "backward": bwd, "module_gradient": largest}
 
 
-def _tensors(r: Resolved) -> list[_Tensor]:
-    """Every parameter tensor in model order; adapters split into peft's lora_A (r, in) and lora_B
-    (out, r) beside their frozen base (the shapes `rules._adapter` sizes)."""
-    out = []
-    for p in r.model.params:
-        if r.method.kind == "adapter":
-            out.append(_Tensor(p, False, "weights", r.frozen))
-            if r.adapts(p):                      # the spec's LoRA targets only
-                m, n = p.shape
-                stem = p.name.rsplit(".", 1)[0]
-                for name, shape in ((f"{stem}.lora_A.weight", (r.rank, n)), (f"{stem}.lora_B.weight", (m, r.rank))):
-                    out.append(_Tensor(Param(name, shape, "adapter", p.layer), True, "adapters", r.adapter))
-        else:
-            out.append(_Tensor(p, True, "weights", r.weights))
-    return out
-
-
-def _dense_states(t: _Tensor, numel: int, r: Resolved) -> int:
-    """AdamW moments of `numel` elements of an adapter (its state dtype) plus its `step`."""
-    return 2 * tensor_bytes(numel, r.states) + STEP_BYTES
-
-
-def _local_memory(t: _Tensor, shape: tuple[int, ...], r: Resolved, stored: tuple[int, ...]) -> ParamMemory:
-    """A rank's memory for its shard `shape` of `t` (weights and gradient storage of `stored`)."""
-    numel, kept = math.prod(shape), math.prod(stored)
-    if t.component == "adapters":
-        return ParamMemory(gradients=tensor_bytes(kept, t.dtype), adapters=tensor_bytes(kept, t.dtype),
-                           optimizer_states=_dense_states(t, numel, r) if numel else STEP_BYTES)
-    if not t.trainable:
-        return ParamMemory(weights=tensor_bytes(kept, t.dtype))
-    fixed = r
-    if r.method.kind == "projected" and t.param.role == "block_linear":   # keep the full matrix's side
-        fixed = replace(r, proj_type=projection_side(t.param.shape, r.proj_type))
-    pm = param_memory(Param(t.param.name, shape, t.param.role, t.param.layer), fixed)
-    stored_pm = param_memory(Param(t.param.name, stored, t.param.role, t.param.layer), fixed)
-    weights = tensor_bytes(kept, "fp32") if r.master else stored_pm.weights
-    states = pm.optimizer_states - (4 * numel if r.master else 0)   # the fp32 shard is the master
-    grads = tensor_bytes(kept, "fp32") if r.master else stored_pm.gradients
-    return ParamMemory(weights, grads, states, pm.projection, 0)
-
-
-def _row(t: _Tensor, memory: ParamMemory) -> Row:
-    p = t.param
-    return Row(p.name, p.shape, p.role, () if p.layer is None else (p.layer,), memory)
-
-
-def _dim0(r: Resolved, n: int, rank: int) -> list[Row]:
-    rows = []
-    for t in _tensors(r):
-        d0, rest = t.param.shape[0], t.param.shape[1:]
-        chunk, own = fsdp_rows(d0, n, rank)
-        rows.append(_row(t, _local_memory(t, (own, *rest), r, (chunk, *rest))))
-    return rows
-
-
-def _replicated(r: Resolved) -> list[Row]:
-    return [_row(t, _local_memory(t, t.param.shape, r, t.param.shape) if t.component == "adapters" or not t.trainable
-                 else param_memory(t.param, r)) for t in _tensors(r)]
-
-
-def _elements(t: _Tensor) -> int:
-    return t.param.numel
-
-
-def _zero_dtype(r: Resolved) -> str:
-    """The dtype DeepSpeed trains every parameter in: bf16 with `bf16.enabled` (memfit's mixed
-    precision; `DeepSpeedEngine._cast_module_mixed_precision` casts the module, LoRA adapters
-    included), else the model's fp32."""
-    return r.weights if r.master else "fp32"
-
-
-def _split(t: _Tensor, weights: int, grads: int = 0, states: int = 0) -> ParamMemory:
-    """Bytes of one tensor, its weights under the tensor's component (weights or adapters)."""
-    if t.component == "adapters":
-        return ParamMemory(0, grads, states, 0, weights)
-    return ParamMemory(weights, grads, states, 0, 0)
-
-
-#: ZeRO's fp32 master + two fp32 Adam moments, per partition element
-_ZERO_STATE_BYTES = 4 + 2 * 4
-
-
-def _flat(r: Resolved, n: int, rank: int) -> list[Row]:
-    """ZeRO-1/2 (see the module docstring): per parameter, its whole 16-bit copy in the flat group,
-    the master and moments of its elements inside this rank's partition, and its whole gradient
-    if it overlaps the partition; the group's alignment padding and `step` in a row of their own."""
-    dtype, rows = _zero_dtype(r), []
-    train = [t for t in _tensors(r) if t.trainable]
-    total = sum(map(_elements, train))
-    padded, part = zero_flat(total, n)
-    lo, hi, start = rank * part, (rank + 1) * part, 0
-    for t in _tensors(r):
-        if not t.trainable:
-            rows.append(_row(t, _split(t, tensor_bytes(_elements(t), dtype))))
-            continue
-        end = start + _elements(t)
-        owned = max(0, min(end, hi) - max(start, lo))
-        rows.append(_row(t, _split(t, tensor_bytes(_elements(t), dtype),
-                                   tensor_bytes(_elements(t), dtype) if owned else 0, _ZERO_STATE_BYTES * owned)))
-        start = end
-    pad = max(0, min(hi, padded) - max(lo, total))      # the alignment padding in this partition
-    group = ParamMemory(tensor_bytes(padded - total, dtype), tensor_bytes(pad, dtype),
-                        _ZERO_STATE_BYTES * pad + STEP_BYTES, 0, 0)
-    if r.method.kind == "adapter":
-        group = ParamMemory(0, group.gradients, group.optimizer_states, 0, group.weights)
-    return rows + [Row("ZeRO flat group: alignment padding, step", (padded - total,), "engine", (), group)]
-
-
-def _per_param(r: Resolved, n: int, options: dict) -> list[Row]:
-    """ZeRO-3: per-parameter partitions, persistent small parameters whole, fp32 master; one
-    `step` per optimizer sub-group in a row of its own."""
-    threshold, dtype, rows, groups, sub = options["param_persistence_threshold"], _zero_dtype(r), [], 0, 0
-    for t in _tensors(r):
-        part = zero3_partition(_elements(t), n)
-        kept = part + (part * n if _elements(t) <= threshold else 0)     # gathered into N partitions
-        if not t.trainable:
-            rows.append(_row(t, _split(t, tensor_bytes(kept, dtype))))
-            continue
-        rows.append(_row(t, _split(t, tensor_bytes(kept, dtype), tensor_bytes(part, dtype),
-                                   _ZERO_STATE_BYTES * part)))
-        sub += part
-        if sub >= options["sub_group_size"]:            # stage3.py `_create_fp16_sub_groups`
-            groups, sub = groups + 1, 0
-    groups += 1 if sub else 0
-    return rows + [Row(f"ZeRO-3 optimizer sub-groups: {groups} step(s)", (groups,), "engine", (),
-                       ParamMemory(optimizer_states=STEP_BYTES * groups))]
-
-
-def _buffers(r: Resolved, e: Engine, options: dict, n: int) -> tuple[dict, dict]:
-    """(buffers every device keeps, per-phase transient additions) of the engine."""
-    train = [t for t in _tensors(r) if t.trainable]
-    if e.layout == "replicated":
-        grads = sum(tensor_bytes(_elements(t), t.dtype if t.component == "adapters" else r.grads) for t in train)
-        return ({} if options["gradient_as_bucket_view"] else {"gradient_buckets": grads}), {}
-    if e.layout in ("flat", "per_param"):
-        return _zero_buffers(r, e, options, n, train)
-    return {}, _fsdp_phases(r, n, train)
-
-
-def _fsdp_phases(r: Resolved, n: int, train: list) -> dict:
-    """FSDP2's transient all-gather units (the unit's parameters unsharded, each padded to N
-    chunks, in the compute dtype: bf16 under mixed precision), by unit: the largest decoder layer,
-    the input embedding and the tail [final norm, lm_head] (kept gathered from its forward to its
-    backward: `reshard_after_forward=False`, accelerate's layout), under phase "units". Which of
-    them are alive at each instant of the step depends on the depth and on which unit is largest;
-    measured on fake-process-group traces (llama-7b, llama-2-70b on 8 ranks): two layers at the
-    forward peak (the one computed, the next prefetched), three in backward (computed, prefetched,
-    the reduce-scatter input of the one just finished); llama-60m on 4 ranks, whose 32000-row
-    embedding and lm_head outweigh a layer: the tail unit twice at both peaks. Placing them at
-    the planner's instants is for the peak (planner/peak.py)."""
-    compute, units = r.weights, {}
-    for t in _tensors(r):
+def _fsdp_units(r: Resolved, n: int) -> dict[str, int]:
+    """FSDP2's all-gather units (the unit's parameters unsharded, each padded to N chunks, in the
+    compute dtype: bf16 under mixed precision) by unit, as accelerate wraps them: the largest
+    decoder layer, the input embedding and the tail [final norm, lm_head] (kept gathered from its
+    forward to its backward: `reshard_after_forward=False`); `layer_gradients`: that layer's
+    unsharded gradients (its trainable tensors; the reduce dtype is the compute dtype). Where they
+    are alive in the step is `planner.per_device`'s (measured on fake-process-group traces)."""
+    compute, units, grads = r.weights if r.method.kind != "adapter" else r.frozen, {}, {}
+    for t, _, layers in groups(r):
         d0, rest = t.param.shape[0], math.prod(t.param.shape[1:])
         size = tensor_bytes(fsdp_rows(d0, n, 0)[0] * n * rest, t.dtype if t.component == "adapters" else compute)
-        key = (f"layer {t.param.layer}" if t.param.layer is not None else
-               "embedding" if t.param.role == "embedding" and not r.model.tie_word_embeddings else "tail")
-        units[key] = units.get(key, 0) + size
-    layers = [v for k, v in units.items() if k.startswith("layer")]
-    phases = {"units": {"layer": max(layers, default=0), "embedding": units.get("embedding", 0),
-                        "tail": units.get("tail", 0)}}
-    if METHOD_SHARDING[r.method.id].gathers_gradient:   # lowrank.sharded: one whole gradient per refresh
+        keys = [f"layer {i}" for i in layers] if layers else \
+            ["embedding" if t.param.role == "embedding" and not r.model.tie_word_embeddings else "tail"]
+        for key in keys:
+            units[key] = units.get(key, 0) + size
+            grads[key] = grads.get(key, 0) + (size if t.trainable else 0)
+    layer = max((k for k in units if k.startswith("layer")), key=units.get, default=None)
+    return {"layer": units.get(layer, 0), "layer_gradients": grads.get(layer, 0),
+            "embedding": units.get("embedding", 0), "tail": units.get("tail", 0)}
+
+
+def _buffers(r: Resolved, e: Engine, options: dict, n: int, offload: str) -> tuple[dict, dict]:
+    """(buffers every device keeps, per-phase transient additions) of the engine."""
+    train = [t for t in tensors(r) if t.trainable]
+    if e.layout == "replicated":
+        grads = sum(tensor_bytes(t.param.numel, t.dtype if t.component == "adapters" else r.grads) for t in train)
+        return ({} if options["gradient_as_bucket_view"] else {"gradient_buckets": grads}), {}
+    if e.layout in ("flat", "per_param"):
+        return _zero_buffers(r, e, options, n, train, offload)
+    phases = {"units": _fsdp_units(r, n)}
+    if r.method.sharding.gathers_gradient:   # lowrank.sharded: one whole gradient per refresh
         largest = max((t.param.numel for t in train if t.param.role == "block_linear"), default=0)
         phases["projection_refresh"] = {"gathered_gradient": tensor_bytes(largest, r.grads)}
-    return phases
-
-
-def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list) -> tuple[dict, dict]:
-    """DeepSpeed's reduce bucket(s) of `reduce_bucket_size` elements in the model dtype (one, two
-    with `overlap_comm` in ZeRO-1/2: `setup_buckets`; ZeRO-3 allocates one in
-    `_setup_for_real_optimizer` and keeps it), ZeRO-1's full gradients until backward ends, and the
-    fp32 gradient partition the step makes (ZeRO-1/2 `step`: `flat_grad_partition.to(fp32)`;
-    ZeRO-3: per sub-group, `_prepare_fp32_grad_for_sub_group`)."""
-    dtype = _zero_dtype(r)
-    copies = 2 if (options["overlap_comm"] and e.layout == "flat") else 1
-    bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
-    total = sum(map(_elements, train))
-    if e.layout == "per_param":
-        part = sum(zero3_partition(_elements(t), n) for t in train)
-        return {"reduce_bucket": bucket}, {"optimizer_step": {"fp32_gradient_partition":
-                                                              4 * min(part, options["sub_group_size"])}}
-    part = zero_flat(total, n)[1]
-    phases = {"backward": {"reduce_bucket": bucket}, "optimizer_step": {"fp32_gradient_partition": 4 * part}}
-    if e.id == "zero1":
-        phases["backward"]["full_gradients"] = tensor_bytes(total, dtype)
     return {}, phases
 
 
-def device_memory(r: Resolved, engine: str, devices: int, options: dict | None = None, *,
-                  offload: str = "none", shard_group: int | None = None) -> ShardedMemory:
-    """Per-rank bytes of `r`'s run on `devices` devices under `engine` (see the module docstring)."""
-    e = check_sharding(r, engine, devices, offload, shard_group)
-    if offload != "none":     # a clear refusal, not a guess: what moves to the host is not sized yet
-        raise ValueError(f"{e.name} with --offload {offload}: the per-device plan does not size offload yet "
-                         "(the profiler can run it: python -m profiler run --offload ...)")
-    opts = engine_options(engine, options)
-    n = shard_group if engine == "hsdp" else devices
+def _zero_buffers(r: Resolved, e: Engine, options: dict, n: int, train: list, offload: str) -> tuple[dict, dict]:
+    """DeepSpeed's reduce bucket(s) of `reduce_bucket_size` elements in the model dtype (one, two
+    with `overlap_comm` in ZeRO-1/2: `setup_buckets`, freed when backward ends; ZeRO-3 allocates
+    one in `_setup_for_real_optimizer` and keeps it), ZeRO-1's full gradients until backward ends,
+    the fp32 gradient partition the step makes (ZeRO-1/2 `step`: `flat_grad_partition.to(fp32)`;
+    ZeRO-3: per sub-group, `_prepare_fp32_grad_for_sub_group`; on the host with optimizer
+    offload) and ZeRO-3's gathered parameters."""
+    dtype = zero_dtype(r)
+    copies = 2 if (options["overlap_comm"] and e.layout == "flat") else 1
+    bucket = copies * tensor_bytes(options["reduce_bucket_size"], dtype)
+    total = sum(t.param.numel for t in train)
+    on_host = "optimizer_states" in e.moves.get(offload, ())
+    staging = {}
+    if on_host and e.layout == "flat":     # stage_1_and_2.py: temp_grad_buffer_for_gpu_offload
+        staging = {"offload_staging": tensor_bytes(max((t.param.numel for t in train), default=0), dtype)}
+    if e.layout == "per_param":
+        part = sum(zero3_partition(t.param.numel, n) for t in train)
+        step = {} if on_host else {"fp32_gradient_partition": 4 * min(part, options["sub_group_size"])}
+        return {"reduce_bucket": bucket}, {"optimizer_step": step, "gathered": _zero3_window(r, options)}
+    part = zero_flat(total, n)[1]
+    phases = {"backward": {"reduce_bucket": bucket},
+              "optimizer_step": {} if on_host else {"fp32_gradient_partition": 4 * part}}
+    if e.id == "zero1":
+        phases["backward"]["full_gradients"] = tensor_bytes(total, dtype)
+    return staging, phases
+
+
+def _host_buffers(r: Resolved, e: Engine, n: int, offload: str) -> dict[str, int]:
+    """ZeRO-1/2's host staging under optimizer offload (stage_1_and_2.py `__init__`): a 16-bit
+    copy of the partition (`param_buffer_of_bit16_for_cpu_offload_groups`) and a gradient buffer of
+    the largest parameter (`temp_grad_buffer_for_cpu_offload`), both pinned."""
+    if e.layout != "flat" or "optimizer_states" not in e.moves.get(offload, ()):
+        return {}
+    dtype, train = zero_dtype(r), [t.param.numel for t in tensors(r) if t.trainable]
+    part = zero_flat(sum(train), n)[1]
+    return {"host_staging": tensor_bytes(part, dtype) + tensor_bytes(max(train, default=0), dtype)}
+
+
+def _offloaded(rank: RankMemory, e: Engine, offload: str, r: Resolved, n: int, opts: dict) -> RankMemory:
+    """The rank with what `offload` moves kept in host memory (see the module docstring): ZeRO's
+    optimizer offload holds an fp32 gradient partition on the host in place of the device's
+    16-bit gradients; ZeRO-3's parameter offload moves the partitions, while the persistent small
+    parameters stay whole on the device."""
+    moved = e.moves.get(offload, ())
+    if not moved:
+        return rank
+    names = ("weights", "gradients", "optimizer_states", "projection", "adapters")
+
+    def keep(row: Row) -> ParamMemory:
+        m = ParamMemory(*(0 if k in moved else v for k, v in zip(names, row.memory.astuple())))
+        numel = math.prod(row.shape)
+        if e.layout == "per_param" and "weights" in moved and row.role != "engine" \
+                and numel <= opts["param_persistence_threshold"]:
+            whole = tensor_bytes(zero3_partition(numel, n) * n, zero_dtype(r))
+            m = replace(m, **{"adapters" if row.memory.adapters else "weights": whole})
+        return m
+
+    rows = tuple(replace(row, memory=keep(row)) for row in rank.rows)
+    device = sum((row.memory.scaled(row.count) for row in rows), ParamMemory())
+    host = rank.memory + device.scaled(-1)
+    if e.layout == "flat":          # the fp32 gradient partition replaces the 16-bit gradients
+        host = replace(host, gradients=4 * zero_flat(trainable_numel(r), n)[1])
+    return RankMemory(rank.rank, device, rows, host)
+
+
+def _rows(r: Resolved, e: Engine, opts: dict, n: int, rank: int) -> list[Row]:
     if e.layout == "replicated":
-        rows = [_replicated(r)] * devices
-    elif e.layout == "dim0":
-        rows = [_dim0(r, n, k % n) for k in range(devices)]
-    elif e.layout == "flat":
-        rows = [_flat(r, n, k) for k in range(devices)]
-    else:
-        rows = [_per_param(r, n, opts)] * devices
-    buffers, phases = _buffers(r, e, opts, n)
-    ranks = tuple(RankMemory(k, sum((row.memory for row in rs), ParamMemory()), tuple(rs)) for k, rs in enumerate(rows))
-    return ShardedMemory(e, devices, opts, ranks, buffers, phases)
+        return replicated_rows(r)
+    if e.layout == "dim0":
+        return dim0_rows(r, n, rank % n)
+    if e.layout == "flat":
+        return flat_rows(r, n, rank)
+    return per_param_rows(r, n, opts)
+
+
+def _worst_rank(r: Resolved, e: Engine, n: int) -> int:
+    """The rank holding the most: any under DDP and ZeRO-3 (every rank holds the same), rank 0
+    under FSDP2 (every rank stores padded chunks; rank 0 owns a whole chunk, so the most states),
+    the one with the most overlapping gradients under ZeRO-1/2."""
+    return flat_worst_rank(r, n) if e.layout == "flat" else 0
+
+
+def device_memory(r: Resolved, engine: str, devices: int, options: dict | None = None, *,
+                  offload: str = "none", shard_group: int | None = None, ranks: str = "all") -> ShardedMemory:
+    """Per-rank bytes of `r`'s run on `devices` devices under `engine` (see the module
+    docstring); `ranks="worst"` computes only the rank that holds the most (what decides a fit)."""
+    e = check_sharding(r, engine, devices, offload, shard_group)
+    opts = engine_options(engine, options)
+    n = shard_count(engine, devices, shard_group)
+    which = range(devices) if ranks == "all" else [_worst_rank(r, e, n)]
+    same = e.layout in ("replicated", "per_param")
+    computed: dict[int, RankMemory] = {}
+    out = []
+    for k in which:
+        key = 0 if same else (k % n if e.layout == "dim0" else k)
+        if key not in computed:
+            rows = tuple(_rows(r, e, opts, n, k))
+            rank = RankMemory(k, sum((row.memory.scaled(row.count) for row in rows), ParamMemory()), rows)
+            computed[key] = _offloaded(rank, e, offload, r, n, opts)
+        out.append(replace(computed[key], rank=k))
+    buffers, phases = _buffers(r, e, opts, n, offload)
+    return ShardedMemory(e, devices, opts, tuple(out), buffers, phases, offload, n, _host_buffers(r, e, n, offload))

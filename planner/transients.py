@@ -13,7 +13,7 @@ from .dtypes import tensor_bytes
 if TYPE_CHECKING:
     from .resolve import Resolved
 
-__all__ = ["FOREACH_BUCKET_NUMEL", "in_place", "foreach_adamw", "adapter_foreach_adamw",
+__all__ = ["FOREACH_BUCKET_NUMEL", "in_place", "foreach_adamw", "adapter_foreach_adamw", "partition_foreach_adamw",
            "projected_step", "per_parameter_copies", "svd_workspace", "dct_workspace",
            "random_workspace"]
 
@@ -41,6 +41,13 @@ def adapter_foreach_adamw(r: Resolved) -> int:
     of their size; layer-wise, the largest single tensor's."""
     sizes = [a + b for a, b in r.adapter_pairs] + [p.numel for p in r.saved_modules]
     return tensor_bytes(max(sizes) if r.spec.layerwise else sum(sizes), r.states)
+
+
+def partition_foreach_adamw(numel: int, r: Resolved) -> int:
+    """torch AdamW stepping one of ZeRO's flat fp32 partitions of `numel` elements (DeepSpeed
+    hands the client optimizer its partition as one fp32 parameter, stage_1_and_2.py /
+    stage3.py `_optimizer_step`): foreach's sqrt(exp_avg_sq), one fp32 tensor of the partition."""
+    return tensor_bytes(numel, "fp32")
 
 
 def _largest_bucket(numels: list[int], layerwise: bool) -> int:

@@ -16,11 +16,6 @@ from planner.format import human_bytes, render
 __all__ = ["main", "build_parser"]
 
 
-def _spec(args):
-    """The planner's spec from the flags (the planner's own, --devices/--sharding included)."""
-    return spec_from_args(args)
-
-
 def _history_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", help="history file (default: $MEMFIT_HISTORY or the user data folder)")
     p.add_argument("--no-history", action="store_true", help="do not record this run")
@@ -145,7 +140,7 @@ def _run_sharded(args, spec) -> str:
 
 def _run(args) -> str:
     from .burst import run_burst
-    spec = _spec(args)
+    spec = spec_from_args(args)
     if spec.sharding != "none":
         return _run_sharded(args, spec)
     if spec.devices != 1:
@@ -168,15 +163,10 @@ def _run(args) -> str:
 
 
 def _trace_sharded(args, spec) -> str:
-    from planner.resolve import resolve_spec
-    from planner.sharding import device_memory
-
-    from .compare import ComponentError
+    from .distributed.compare import compare_trace
     from .distributed.fake import trace_sharded
     result = trace_sharded(spec, history=_history_arg(args))
-    planned = device_memory(resolve_spec(spec), spec.sharding, spec.devices).ranks[0].memory
-    records = [ComponentError(c, getattr(planned, c), result.components[c]).to_record()
-               for c in ("weights", "gradients", "optimizer_states", "projection", "adapters")] if result.ok else []
+    records = compare_trace(result) if result.ok else []
     payload = {**result.to_record(), "comparison": records}
     if args.format == "json":
         return render([], "json", payload=payload)
@@ -199,7 +189,7 @@ def _trace_sharded(args, spec) -> str:
 
 def _trace(args) -> str:
     from .tracing import trace
-    spec = _spec(args)
+    spec = spec_from_args(args)
     if spec.sharding != "none":
         return _trace_sharded(args, spec)
     result = trace(spec, extrapolated=not args.full, history=_history_arg(args))

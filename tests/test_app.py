@@ -145,7 +145,7 @@ def test_landing_table_puts_the_verdict_first_and_gives_the_advice_room():
     rerun(at)
     frame = at.dataframe[0]
     assert list(frame.value.columns) == ["method", "fits", "peak", "headroom", "to make it fit", "largest batch",
-                                         "HF Trainer (amp)"]
+                                         "fewest GPUs", "HF Trainer (amp)"]
     config = json.loads(frame.proto.columns)
     assert config["to make it fit"]["width"] == "large"
     longest = max(len(v) for v in frame.value["to make it fit"])

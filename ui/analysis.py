@@ -7,7 +7,10 @@ from collections.abc import Iterable, Sequence
 from planner import METHODS, TrainingSpec
 from planner.comparison import compare_records
 
-__all__ = ["SWEEPS", "sweep", "methods_with"]
+__all__ = ["SWEEPS", "DEVICE_COUNTS", "sweep", "methods_with", "device_grid", "fewest_devices"]
+
+#: the device counts the "how many GPUs" view visits by default (a node is 8)
+DEVICE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 #: the values each sweep visits (powers of two, as people choose them)
 SWEEPS: dict[str, tuple[int, ...]] = {
@@ -38,3 +41,31 @@ def sweep(base: TrainingSpec, field: str, values: Sequence[int] | None = None,
         for row in compare_records(base.replace(**{field: value}), chosen):
             rows.append({**row, "sweep": field, "sweep_value": value})
     return rows
+
+
+def device_grid(base: TrainingSpec, counts: Sequence[int] = DEVICE_COUNTS, sharding: str = "none",
+                methods: Iterable[str] | None = None) -> list[dict]:
+    """One `compare_records` row per method x device count (`devices` in the row), every byte per
+    GPU; one device is one GPU without an engine unless the spec offloads. `sharding` "none"
+    leaves each method its default for several devices (FSDP2, or DDP)."""
+    rows = []
+    for n in counts:
+        single = n == 1 and base.offload == "none"
+        spec = base.replace(devices=n, sharding="none" if single else sharding,
+                            shard_group=None if single else base.shard_group)
+        rows += compare_records(spec, methods)
+    return rows
+
+
+def fewest_devices(base: TrainingSpec, sharding: str = "none", methods: Iterable[str] | None = None) -> list[dict]:
+    """Per method, the fewest GPUs of `base.gpu` it fits on (`planner.device_count.min_devices`),
+    or why no count does."""
+    from planner.comparison import method_specs
+    from planner.device_count import min_devices
+    out = []
+    for spec in method_specs(base.replace(devices=1, sharding=sharding), methods):
+        try:
+            out.append({"method": spec.method, **min_devices(spec).to_record(), "error": ""})
+        except ValueError as err:
+            out.append({"method": spec.method, "min_devices": None, "error": str(err)})
+    return out

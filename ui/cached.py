@@ -12,7 +12,7 @@ from planner.comparison import compare_records
 
 from . import analysis, gpu_info
 
-__all__ = ["fit", "ask", "compare", "sweep", "local_gpu", "model_label"]
+__all__ = ["fit", "ask", "compare", "sweep", "device_grid", "fewest_devices", "local_gpu", "model_label"]
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -38,6 +38,16 @@ def compare(spec: TrainingSpec, precisions: tuple[str, ...] | None = None) -> li
 @st.cache_data(show_spinner=False, max_entries=128)
 def sweep(spec: TrainingSpec, field: str, methods: tuple[str, ...] | None = None) -> list[dict]:
     return analysis.sweep(spec, field, methods=methods)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def device_grid(spec: TrainingSpec, counts: tuple[int, ...], sharding: str) -> list[dict]:
+    return analysis.device_grid(spec, counts, sharding)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def fewest_devices(spec: TrainingSpec, sharding: str) -> list[dict]:
+    return analysis.fewest_devices(spec, sharding)
 
 
 @st.cache_data(show_spinner=False, ttl=60)

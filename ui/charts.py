@@ -17,7 +17,7 @@ from planner.format import human_bytes
 
 from .text import html_text
 
-__all__ = ["components_bar", "per_layer_bar", "phases_bar", "grouped_peaks", "sweep_lines",
+__all__ = ["components_bar", "per_layer_bar", "phases_bar", "grouped_peaks", "sweep_lines", "devices_lines",
            "fit_heatmap", "predicted_vs_measured", "component_color", "COMPONENT_COLORS", "GIB"]
 
 GIB = float(1 << 30)
@@ -25,7 +25,7 @@ GIB = float(1 << 30)
 #: per component the planner names today
 _FIXED = {"weights": "#0072B2", "gradients": "#E69F00", "optimizer_states": "#009E73",
           "projection": "#CC79A7", "adapters": "#56B4E9", "activations": "#D55E00",
-          "overhead": "#999999", "temporaries": "#F0E442"}
+          "overhead": "#999999", "temporaries": "#F0E442", "engine_buffers": "#000000"}
 #: for a component without a fixed colour (one the planner adds later, or a profiler-only one
 #: such as `buffers`): chosen by a stable hash of its name, so it is the same in every chart and
 #: every process, and never one of the fixed colours
@@ -124,6 +124,24 @@ def sweep_lines(rows: Sequence[Mapping], field: str, capacity_bytes: int | None 
                         hovertext=[human_bytes(r["peak_bytes"]) for r in sel], hoverinfo="name+x+text")
     heading = f"Peak memory against {field}" + (f": {title}" if title else "")
     fig.update_layout(title=html_text(heading), xaxis_title=field, xaxis_type="log", **_LAYOUT)
+    fig.update_xaxes(dtick=0.30102999566)    # one tick per power of two
+    return _capacity(fig, capacity_bytes, gpu)
+
+
+def devices_lines(rows: Sequence[Mapping], capacity_bytes: int | None = None, gpu: str | None = None,
+                  title: str = "Peak memory per GPU against the number of GPUs") -> go.Figure:
+    """Per-GPU peak against the device count, one line per method (rows from
+    `ui.analysis.device_grid`), with the GPU's capacity: where a line crosses it is the fewest
+    GPUs that method fits on."""
+    rows = _ok(rows)
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == method]
+        fig.add_scatter(name=method, mode="lines+markers", x=[r["devices"] for r in sel],
+                        y=[r["peak_bytes"] / GIB for r in sel],
+                        hovertext=[f"{r['devices']} GPU(s), {r['sharding']}: {human_bytes(r['peak_bytes'])} per GPU"
+                                   for r in sel], hoverinfo="name+text")
+    fig.update_layout(title=html_text(title), xaxis_title="GPUs", xaxis_type="log", **_LAYOUT)
     fig.update_xaxes(dtick=0.30102999566)    # one tick per power of two
     return _capacity(fig, capacity_bytes, gpu)
 

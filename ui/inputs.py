@@ -10,14 +10,14 @@ import streamlit as st
 from planner import GPU_CATALOG, METHODS, TrainingSpec, model_names
 from planner.dtypes import DTYPES
 from planner.methods import PROJ_TYPES
-from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, PRECISIONS
+from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, OFFLOADS, PRECISIONS, SHARDINGS
 
 from . import cached
 from .uploads import MAX_CONFIG_BYTES, UPLOAD_DIR, check_size, save_upload
 from .views import show_error
 
-__all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs",
-           "save_upload", "capacity_text", "DEFAULT_GPU", "UPLOAD_DIR", "MAX_CUSTOM_GIB"]
+__all__ = ["model_input", "method_select", "gpu_select", "gpu_options", "spec_inputs", "multi_gpu_inputs",
+           "save_upload", "capacity_text", "DEFAULT_GPU", "UPLOAD_DIR", "MAX_CUSTOM_GIB", "SHARDING_LABELS"]
 
 DEFAULT_GPU = "rtx-4090"
 CUSTOM = "custom capacity"
@@ -81,6 +81,29 @@ def capacity_text(gib: float) -> str:
     return f"{min(gib, MAX_CUSTOM_GIB):.3f}".rstrip("0").rstrip(".") + "GB"
 
 
+#: what each sharding choice means, as the select box shows it
+SHARDING_LABELS = {"none": "default: one GPU, or on several FSDP2 (DDP where a method does not shard)",
+                   "ddp": "DDP (replicated)", "zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2",
+                   "zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP2 full shard", "hsdp": "HSDP (FSDP2 hybrid)"}
+
+
+def multi_gpu_inputs(key: str) -> dict:
+    """Devices, sharding, offload and HSDP's shard group in a "Multi-GPU" expander: the spec
+    fields (devices 1 and no sharding: one GPU). Every figure is then per GPU."""
+    with st.expander("Multi-GPU"):
+        devices = st.number_input("GPUs (data parallel)", min_value=1, max_value=1 << 16, value=1, step=1,
+                                  key=f"{key}_devices", help="Every figure is per GPU, for the GPU holding the most.")
+        sharding = st.selectbox("Sharding", list(SHARDINGS), key=f"{key}_sharding",
+                                format_func=SHARDING_LABELS.get)
+        offload = st.selectbox("Offload to CPU", list(OFFLOADS), key=f"{key}_offload",
+                               help="ZeRO-Offload (optimizer; params with ZeRO-3) or FSDP2's CPU offload (params): "
+                                    "what moves to pinned host memory is shown beside the verdict.")
+        group = st.number_input("HSDP shard group (GPUs)", min_value=1, value=None, step=1, key=f"{key}_shard_group",
+                                disabled=sharding != "hsdp")
+    return {"devices": int(devices), "sharding": sharding, "offload": offload,
+            "shard_group": int(group) if group and sharding == "hsdp" else None}
+
+
 def _default_or(value: str) -> str | None:
     """A select box's "default" choice is the spec's None: the planner then picks (and says so)."""
     return None if value == DEFAULT_FORMAT else value
@@ -123,6 +146,7 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                                          help="default: sdpa, transformers' default"))
     layerwise = st.checkbox("Layer-wise updates", key=f"{key}_layerwise",
                             help="Update each weight in its gradient hook: one gradient alive at a time.")
+    parallel = multi_gpu_inputs(key)
     with st.expander("Projection options"):
         gap = st.number_input("update_proj_gap (blank: default)", min_value=0, value=None,
                               key=f"{key}_gap", disabled="update_proj_gap" not in takes)
@@ -141,4 +165,4 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                         scale=keep("scale", scale),
                         proj_type=keep("proj_type", None if proj_type == DEFAULT_FORMAT else proj_type),
                         precision=precision, checkpointing=checkpointing, attention=attention,
-                        layerwise=layerwise, impl=impl, **formats)
+                        layerwise=layerwise, impl=impl, **formats, **parallel)

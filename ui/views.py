@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from planner import COMPONENT_COLUMNS, COMPONENTS, GPU_CATALOG, METHODS, TrainingSpec
+from planner.device_count import devices_text
 from planner.format import human_bytes
 
 from .reports import flat_row, to_csv, to_json
@@ -134,17 +135,21 @@ def suggestion_text(suggestions: Sequence) -> str:
 
 
 def fit_verdict(report) -> None:
-    """The one-line verdict of a `FitReport`, and what would make it fit when it does not."""
+    """The one-line verdict of a `FitReport`, and what would make it fit when it does not; on
+    several GPUs every figure is one GPU's, under the engine named."""
     b = report.breakdown
     gpu = f"{md(b.gpu.name)} ({human_bytes(b.gpu.capacity_bytes)})"
+    if b.parallel is not None:
+        gpu = f"each of {b.spec.devices} × {gpu}** under **{md(b.parallel.plan.engine.name)}"
     text = (f"{model_text(b)} with **{METHODS[report.method].name}** "
-            f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak "
+            f"{'fits' if report.fits else 'does not fit'} on **{gpu}**: peak{' per GPU' if b.parallel else ''} "
             f"{human_bytes(report.peak_bytes)} ({b.peak_phase}), headroom {human_bytes(report.headroom_bytes)}, "
             f"in **{md(b.spec.precision)}** precision"
             f"{' (assumed)' if report.precision_note.startswith('assumed') else ''}.")
     (st.success if report.fits else st.error)(text)
     st.caption(activation_model_text(b))
     _precision_line(report.precision_note, report.alternative)
+    _per_device_line(b)
     if not report.fits:
         hint = suggestion_text(report.suggestions)
         st.info(f"To make it fit: {md(hint)}." if hint else
@@ -160,6 +165,18 @@ def activation_model_text(b) -> str:
                 "transformers model was traced under FakeTensorMode (two layers, six batch and "
                 "sequence points, fitted and extrapolated; cached for later estimates).")
     return "Activations: **analytic**, from the model family's record (checked against MemTracker)."
+
+
+def _per_device_line(b) -> None:
+    """What the engine holds at the peak, and offload's pinned host memory, for a sharded run."""
+    if b.parallel is None:
+        return
+    held = ", ".join(f"{md(k)} {human_bytes(v)}" for k, v in b.engine_at_peak.items()) or "nothing at this peak"
+    host = (f" Pinned host memory per GPU (offload {md(b.spec.offload)}): **{human_bytes(b.host_bytes)}** ("
+            + ", ".join(f"{md(k.replace('_', ' '))} {human_bytes(v)}" for k, v in b.parallel.host.items()) + ")."
+            if b.host_bytes else "")
+    st.info(f"**Per GPU:** the rank that holds the most, under {md(b.parallel.plan.engine.name)}; the engine "
+            f"adds {held}.{host}")
 
 
 def _precision_line(note: str, alternative: dict | None) -> None:
@@ -178,10 +195,15 @@ def _precision_line(note: str, alternative: dict | None) -> None:
 def fit_limits(report) -> None:
     """The largest batch, sequence length and rank that still fit (from the planner's search)."""
     show = lambda v: "none fits" if v is None else f"{v:,}"
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("Largest micro-batch", show(report.max_batch))
     c2.metric("Largest sequence length", show(report.max_seq))
     c3.metric("Largest rank", "no rank" if "rank" not in METHODS[report.method].options else show(report.max_rank))
+    count = report.device_count
+    fewest = "-" if count is None else show(count.devices) + ("" if count.sharding == "none" or count.devices is None
+                                                               else f" ({count.sharding})")
+    c4.metric("Fewest GPUs", fewest, help=count.note if count and count.note else
+              "searched over the device count under the sharding shown (planner.device_count)")
 
 
 _LINE_CHARS = 52      # characters of advice per line in a "large" column (Streamlit's 400 px)
@@ -203,7 +225,9 @@ def answer(ans: Mapping) -> list[dict]:
     rec = next((r for r in ok if r["method"] == ans.get("recommended")), None)
     precisions = sorted({r["spec"]["precision"] for r in ok})
     assumed = any(r.get("precision_note", "").startswith("assumed") for r in ok)
-    head = (f"**{md(ans['model'])}** on **{md(ans['gpu'])}**: {len(fitting)} of {len(results)} methods fit "
+    where = f"{ans['devices']} × {md(ans['gpu'])}" if ans.get("devices", 1) > 1 else md(ans["gpu"])
+    head = (f"**{md(ans['model'])}** on **{where}**{' (every figure per GPU)' if ans.get('devices', 1) > 1 else ''}: "
+            f"{len(fitting)} of {len(results)} methods fit "
             f"in **{md(', '.join(precisions))}** precision{' (assumed)' if assumed else ''}.")
     if rec:
         st.success(f"{head} Recommended: **{METHODS[rec['method']].name}** ({rec['method']}) — peak "
@@ -225,7 +249,7 @@ def answer(ans: Mapping) -> list[dict]:
     table = [{"method": r["method"], "fits": "✓" if r["fits"] else "✗",
               "peak": human_bytes(r["peak_bytes"]), "headroom": human_bytes(r["headroom_bytes"]),
               "to make it fit": "" if r["fits"] else (suggestion_text(r.get("suggestions", ())) or "no switch is enough"),
-              "largest batch": r.get("max_batch") or "-",
+              "largest batch": r.get("max_batch") or "-", "fewest GPUs": devices_text(r),
               "HF Trainer (amp)": _alternative_cell(r.get("precision_alternative"))}
              if not r.get("error") else {"method": r["method"], "to make it fit": r["error"]}
              for r in results]

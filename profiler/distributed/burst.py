@@ -77,11 +77,16 @@ def _failure(out: LaunchOutcome) -> Failure:
 def _unsupported(spec: TrainingSpec, device: str) -> str | None:
     """Why this run cannot start here, or None (the planner has already accepted the combination)."""
     from ..build import unsupported_reason
+    from .engines import ENGINES
     if device != "cpu":
         return "sharded bursts run on CPU ranks with the gloo backend; use --device cpu"
+    if spec.sharding not in ENGINES:
+        return f"{spec.sharding} is planned (python -m planner estimate) but the profiler does not run it"
     if spec.sharding.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (pip install deepspeed)"
     r = resolve_spec(spec)
+    # each rank builds the one-device model and optimizer; the engine then shards them
+    r = replace(r, spec=r.spec.replace(devices=1, sharding="none", offload="none", shard_group=None))
     if r.master and spec.sharding != "ddp":
         # the engine keeps the fp32 master itself, and its optimizer steps fp32 tensors: FSDP2's
         # sharded fp32 parameters (accelerate's upcast), ZeRO's fp32 partitions

@@ -144,7 +144,9 @@ def deepspeed_config(r: Resolved, stage: int, options: dict) -> dict:
                       ("overlap_comm", "overlap_comm"), ("contiguous_gradients", "contiguous_gradients"),
                       ("prefetch_bucket_size", "stage3_prefetch_bucket_size"),
                       ("param_persistence_threshold", "stage3_param_persistence_threshold"),
-                      ("max_live_parameters", "stage3_max_live_parameters")):
+                      ("max_live_parameters", "stage3_max_live_parameters"),
+                      ("max_reuse_distance", "stage3_max_reuse_distance"),
+                      ("sub_group_size", "sub_group_size")):
         if options.get(key) is not None:
             zero[name] = options[key]
     cfg = {"train_micro_batch_size_per_gpu": r.spec.batch, "gradient_accumulation_steps": 1,

@@ -10,8 +10,11 @@ object and sorted by attribute name, following what each attribute is in DeepSpe
 
 ZeRO-1/2: `bit16_groups_flat` the flat 16-bit (or fp32) trainable parameters, padded to a multiple
 of 2·N; `single_partition_of_fp32_groups` this rank's fp32 master partition;
-`averaged_gradients` / `grads_in_partition` its gradients; `ipg_buckets` the reduce buckets
-(backward only).
+`averaged_gradients` / `grads_in_partition` its gradients (with optimizer offload
+`offload_gradient_dict`, views of the host fp32 gradient partition); `ipg_buckets` the reduce
+buckets (backward only); with optimizer offload, `temp_grad_buffer_for_gpu_offload` (on the
+device) and `temp_grad_buffer_for_cpu_offload` / `param_buffer_of_bit16_for_cpu_offload_groups`
+(pinned host staging).
 ZeRO-3: `fp16_partitioned_groups_flat` (= `lp_param_buffer`) the trainable partitions,
 `fp32_partitioned_groups_flat` the master partitions (the same storage when the model is fp32),
 `grad_partitions_flat_buffer` the gradient partitions, `ipg_buckets` the reduce bucket (kept);
@@ -33,7 +36,11 @@ COMPONENTS = ("weights", "adapters", "buffers", "gradients", "optimizer_states",
 #: when only adapters train (LoRA: DeepSpeed flattens the trainable parameters only)
 ZERO12_ATTRIBUTES = (("bit16_groups_flat", "trainable"), ("single_partition_of_fp32_groups", "optimizer_states"),
                      ("optimizer.state", "optimizer_states"), ("averaged_gradients", "gradients"),
-                     ("grads_in_partition", "gradients"), ("ipg_buckets", "engine:reduce_bucket"))
+                     ("grads_in_partition", "gradients"), ("offload_gradient_dict", "gradients"),
+                     ("ipg_buckets", "engine:reduce_bucket"),
+                     ("temp_grad_buffer_for_gpu_offload", "engine:offload_staging"),
+                     ("temp_grad_buffer_for_cpu_offload", "engine:host_staging"),
+                     ("param_buffer_of_bit16_for_cpu_offload_groups", "engine:host_staging"))
 ZERO3_ATTRIBUTES = (("fp16_partitioned_groups_flat", "trainable"), ("lp_param_buffer", "trainable"),
                     ("fp32_partitioned_groups_flat", "optimizer_states"), ("optimizer.state", "optimizer_states"),
                     ("grad_partitions_flat_buffer", "gradients"), ("ipg_buckets", "engine:reduce_bucket"))

@@ -211,3 +211,35 @@ def test_every_page_renders_without_an_exception(page, app_url, shots, path):
     _wait_idle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
     _shot(page, shots / f"{path.lower()}.png")
+
+
+def test_fit_check_on_several_gpus_and_how_many_gpus(page, app_url, shots):
+    """The Multi-GPU expander turns the verdict into a per-GPU one under the chosen engine; the
+    Compare page's "How many GPUs" view draws per-GPU peaks against the device count."""
+    _open(page, f"{app_url}/Fit_check", PAGES["Fit_check"])
+    page.locator(".js-plotly-plot").first.wait_for()
+    _select(page, "Method", "GaLore (galore)")
+    _wait_idle(page)
+    page.get_by_text("Multi-GPU").click()
+    gpus = page.get_by_role("spinbutton", name="GPUs (data parallel)")
+    gpus.fill("4")
+    gpus.press("Enter")
+    _wait_idle(page)
+    _select(page, "Sharding", "FSDP2 full shard")
+    report = fit_report(TrainingSpec(model="llama-7b", method="galore", gpu="rtx-4090", devices=4, sharding="fsdp"))
+    alert = page.locator('[data-testid="stAlertContentError"], [data-testid="stAlertContentSuccess"]')
+    alert.filter(has_text="each of 4 × rtx-4090").first.wait_for()
+    verdict = alert.filter(has_text="each of 4 × rtx-4090").first.inner_text()
+    assert "PyTorch FSDP2" in verdict and human_bytes(report.peak_bytes) in verdict
+    page.get_by_text("Per GPU:").first.wait_for()
+    _shot(page, shots / "fit_four_gpus_fsdp.png")
+
+    _open(page, f"{app_url}/Compare_methods", PAGES["Compare_methods"])
+    page.get_by_role("tab", name="How many GPUs").click()
+    page.get_by_role("button", name="Count GPUs").click()
+    chart = page.locator(".js-plotly-plot").filter(has_text="peak per GPU")
+    chart.wait_for(timeout=60_000)
+    legend = chart.locator(".legendtext").all_text_contents()
+    assert "adamw" in legend and "lora" in legend
+    assert chart.locator(".annotation-text").first.text_content().startswith("rtx-4090: ")
+    _shot(page, shots / "compare_how_many_gpus.png")

@@ -63,11 +63,12 @@ def test_axolotl_qlora():
 
 def test_deepspeed_config_sets_sharding_offload_and_devices():
     r = recipe("axolotl_fft_zero3.yaml")
-    # zero3_offload.json: stage 3, optimizer offloaded to CPU, 64 = 1 x 8 x 8 GPUs
+    # zero3_offload.json: stage 3, optimizer offloaded to CPU, 64 = 1 x 8 x 8 GPUs; its bf16.enabled
+    # engine keeps an fp32 master whatever the model was loaded in: memfit's mixed precision
     assert fields(r, "model", "method", "sharding", "offload", "devices", "precision", "seq") == {
         "model": "qwen2.5-7b", "method": "adamw", "sharding": "zero3", "offload": "optimizer", "devices": 8,
-        "precision": "bf16", "seq": 4096}
-    assert "train_batch_size" in r.sources["devices"]
+        "precision": "mixed", "seq": 4096}
+    assert "train_batch_size" in r.sources["devices"] and "bf16.enabled" in r.sources["precision"]
 
 
 def test_llamafactory_lora_and_full():
@@ -79,9 +80,10 @@ def test_llamafactory_lora_and_full():
         "grad_accum": 8, "seq": 1024, "checkpointing": "full", "adapter_dtype": "fp32", "precision": "bf16"}
     assert r.sources["checkpointing"].startswith("llamafactory preset")
     full = recipe("llamafactory_full.yaml")
-    # trainable parameters are cast to fp32 (LLaMA-Factory model/adapter.py) under bf16 autocast
+    # trainable parameters are cast to fp32 (LLaMA-Factory model/adapter.py), then DeepSpeed's bf16
+    # engine casts them back to bf16 beside its fp32 master: mixed precision
     assert fields(full, "method", "precision", "loss", "sharding", "devices") == {
-        "method": "adamw", "precision": "amp-bf16", "loss": "fused", "sharding": "zero3", "devices": 8}
+        "method": "adamw", "precision": "mixed", "loss": "fused", "sharding": "zero3", "devices": 8}
 
 
 def test_hf_sft_config_and_training_arguments_differ_in_their_defaults():

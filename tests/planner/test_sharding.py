@@ -4,7 +4,7 @@ The per-rank figures themselves are checked against the real engines in
 tests/profiler/test_distributed.py; here, what must hold whatever the model."""
 import pytest
 
-from planner import TrainingSpec, estimate
+from planner import METHODS, TrainingSpec, estimate
 from planner.resolve import resolve_spec
 from planner.sharding import (ENGINE_IDS, ENGINES, check_sharding, device_memory, engine_options, fsdp_rows,
                               zero3_partition, zero_flat)
@@ -28,12 +28,16 @@ def test_zero_flat_pads_to_a_multiple_of_twice_n(total, n):
     assert zero3_partition(total, n) * n - total < n
 
 
-def test_ddp_per_device_is_the_single_gpu_model_state():
-    r = r_(precision="bf16")
+@pytest.mark.parametrize("method", ["adamw", "lora", "qlora", "lora-pro", "adamw-8bit", "galore-dct"])
+def test_ddp_per_device_is_the_single_gpu_model_state(method):
+    """Whatever the method stores (a 4-bit base, LoRA-Pro's full moments, shared DCT bases,
+    bitsandbytes' maps), DDP holds it on every device, plus one bucket copy of the gradients."""
+    r = r_(method=method, precision="bf16")
     one = estimate(r.spec).sizes
     plan = device_memory(r, "ddp", 8)
     m = plan.worst.memory
-    assert (m.weights, m.gradients, m.optimizer_states) == (one.weights, one.gradients, one.optimizer_states)
+    assert (m.weights, m.gradients, m.optimizer_states, m.projection, m.adapters) == \
+        (one.weights, one.gradients, one.optimizer_states, one.projection, one.adapters)
     assert plan.buffers["gradient_buckets"] == one.gradients
 
 
@@ -67,15 +71,37 @@ def test_zero1_keeps_all_states_sharded_but_every_full_gradient_in_backward():
     assert "full_gradients" not in z2.phase_extra["backward"]
 
 
+@pytest.mark.parametrize("engine, n", [("zero1", 3), ("zero2", 7), ("fsdp", 5), ("zero3", 6), ("ddp", 3)])
+def test_the_worst_rank_alone_is_the_largest_of_all_ranks(engine, n):
+    """`ranks="worst"` (what estimate uses) finds the rank that holds the most without computing
+    the others: the one with the most overlapping gradients under ZeRO-1/2, rank 0 elsewhere."""
+    r = r_(model="llama-60m", precision="mixed" if engine.startswith("zero") else "bf16")
+    every = device_memory(r, engine, n)
+    alone = device_memory(r, engine, n, ranks="worst")
+    assert len(alone.ranks) == 1 and alone.worst.total == every.worst.total
+    assert alone.worst.memory == every.ranks[alone.worst.rank].memory
+
+
 @pytest.mark.parametrize("method, engine, words", [
-    ("galore", "zero2", "ZeRO-1/2 flattens the parameters into 1-D fp32 partitions"),
-    ("galore", "zero3", "1-D partitions"),
-    ("adafactor", "fsdp", "does not run under PyTorch FSDP2"),
+    ("galore", "zero2", "ZeRO hands the optimizer 1-D partitions, and its projection needs whole 2-D"),
+    ("galore", "zero3", "it runs with ddp, fsdp, hsdp"),
+    ("adafactor", "fsdp", "memfit has not run it sharded, so it plans it under DDP only"),
+    ("q-galore", "ddp", "INT8 weights are frozen parameters whose gradients arrive through hooks"),
 ])
 def test_a_combination_an_engine_cannot_run_says_why(method, engine, words):
     r = r_(method=method, precision="mixed" if engine.startswith("zero") else "bf16")
     with pytest.raises(ValueError, match=words):
         check_sharding(r, engine, 8)
+
+
+def test_what_each_method_can_do_sharded_is_its_record():
+    """The method records, not a table keyed by id, say which layouts each method runs under; the
+    ones the engine tests ran sharded are exactly those listed beyond DDP."""
+    beyond = {m: set(rec.sharding.layouts) - {"replicated"} for m, rec in METHODS.items()
+              if set(rec.sharding.layouts) - {"replicated"}}
+    assert beyond == {"adamw": {"dim0", "flat", "per_param"}, "lora": {"dim0", "flat", "per_param"},
+                      "galore": {"dim0"}, "fira": {"dim0"}, "apollo": {"dim0"}, "apollo-mini": {"dim0"}}
+    assert all(rec.sharding.partition_step for rec in METHODS.values() if "flat" in rec.sharding.layouts)
 
 
 def test_pure_bf16_under_deepspeed_asks_for_mixed_precision():
@@ -85,6 +111,7 @@ def test_pure_bf16_under_deepspeed_asks_for_mixed_precision():
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(engine="hsdp", devices=8, shard_group=3), "shard-group dividing"),
+    (dict(engine="fsdp", devices=8, shard_group=4), "--shard-group is for hsdp"),
     (dict(engine="ddp", devices=8, offload="optimizer"), "cannot offload"),
     (dict(engine="fsdp", devices=0), "positive whole number"),
     (dict(engine="tp", devices=8), "unknown sharding"),
@@ -92,11 +119,6 @@ def test_pure_bf16_under_deepspeed_asks_for_mixed_precision():
 def test_bad_engine_settings_are_clear_errors(kwargs, words):
     with pytest.raises(ValueError, match=words):
         device_memory(r_(precision="bf16"), kwargs.pop("engine"), kwargs.pop("devices"), **kwargs)
-
-
-def test_offload_is_refused_until_it_is_sized_not_guessed():
-    with pytest.raises(ValueError, match="does not size offload yet"):
-        device_memory(r_(), "zero2", 8, offload="optimizer")
 
 
 def test_unknown_engine_option_is_an_error_naming_the_options():
@@ -109,13 +131,27 @@ def test_every_engine_record_cites_its_source():
     assert all(e.source and e.defaults for e in ENGINES.values())
 
 
-@pytest.mark.parametrize("engine, method, precision", [("ddp", "adamw", "bf16"), ("fsdp", "lora", "bf16"),
+@pytest.mark.parametrize("engine, method, precision", [("fsdp", "lora", "bf16"),
                                                        ("zero1", "adamw", "mixed"), ("zero3", "lora", "mixed"),
                                                        ("fsdp", "galore", "bf16")])
-def test_rank_rows_are_every_tensor_in_model_order_and_sum_to_the_rank(engine, method, precision):
+def test_rank_rows_cover_every_tensor_once_and_sum_to_the_rank(engine, method, precision):
+    """Rows group equal tensors (names with `{i}` for their layers, as estimate's rows); expanded,
+    they are every parameter once, and LoRA's A and B for each adapted matrix."""
     r = r_(method=method, precision=precision, model="llama-60m")
     for rank in device_memory(r, engine, 4).ranks:
-        names = [row.name for row in rank.rows if row.role != "engine"]
+        names = [n for row in rank.rows if row.role != "engine" for n in row.names()]
         params = [p.name for p in r.model.params]
-        assert [n for n in names if "lora_" not in n] == params
-        assert sum((row.memory for row in rank.rows), type(rank.memory)()) == rank.memory
+        assert sorted(n for n in names if "lora_" not in n) == sorted(params)
+        lora = [n for n in names if "lora_" in n]
+        assert len(lora) == (2 * len(r.adapted) if method == "lora" else 0)
+        total = sum((row.memory.scaled(row.count) for row in rank.rows), type(rank.memory)())
+        assert total == rank.memory
+        assert len(rank.rows) < len(params) / 2            # grouped, not one row per tensor
+
+
+def test_lora_adapters_go_on_the_targets_only():
+    """peft's default targets for LLaMA are q_proj and v_proj: only those carry lora_A/lora_B."""
+    r = r_(method="lora", precision="bf16", model="llama-60m")
+    rows = device_memory(r, "fsdp", 2).worst.rows
+    adapted = {n.split(".")[-3] for row in rows for n in row.names() if "lora_" in n}
+    assert adapted == {"q_proj", "v_proj"}
