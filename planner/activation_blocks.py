@@ -7,7 +7,8 @@ function's docstring; the family records (`planner/families/`) compose these int
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
            "mlp_bytes", "logits_bytes", "logits_backward_bytes"]
@@ -33,6 +34,12 @@ class Dims:
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
     kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
+    #: the model's config.json fields, for a family rule whose terms depend on its own fields
+    #: (soft-capping, sliding windows, partial rotary); read with the family's defaults
+    config: Mapping = field(default_factory=dict, compare=False)
+    #: the implementation asked ("sdpa" | "eager" | "flash"): SDPA and FlashAttention-2 share
+    #: the flash core, but only SDPA takes a materialised sliding-window mask
+    attention: str = "sdpa"
 
     @property
     def bs(self) -> int:

@@ -53,6 +53,12 @@ class ActivationRule:
         of its attention projections carry an adapter.
     causal_loss_upcast: the loss upcasts the logits to fp32 (`ForCausalLMLoss`); a masked LM's
         `CrossEntropyLoss` does not.
+    stack(x): the L layers' saved bytes when layer kinds differ (Gemma 3's sliding-window layers
+        under SDPA save a mask the global ones do not); None: L·layer(x). `layer(x)` is then the
+        largest kind, which the backward of the last layer and checkpointing's recompute use.
+    ctx_kept(x): whether the attention kernel itself saves o_proj's input, so a frozen o_proj
+        releases nothing (SDPA-flash's output is it); None: under the flash core. Phi-3's SDPA
+        output is copied into o_proj's input, which a frozen o_proj does not keep.
     """
     layer: Callable
     embeddings: Callable
@@ -62,6 +68,8 @@ class ActivationRule:
     input_saved_by_layer: Callable
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
+    stack: Callable | None = None
+    ctx_kept: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ class Family:
     fan_in_fan_out: the linears are transformers' `Conv1D` (weight stored (in, out)).
     example: a tiny config of the family, for tests (meta-device shapes, MemTracker, bursts).
     unused(c): parameters the model holds but its forward never reads (no gradient, no state).
+    attentions: the attention implementations transformers lets the model use, its default first
+        (Gemma 2 has no SDPA: `_supports_sdpa = False`, soft-capping needs eager or flash).
     """
     name: str
     model_types: tuple[str, ...]
@@ -105,6 +115,7 @@ class Family:
     config_defaults: Mapping[str, object] = field(default_factory=dict)
     unused: Callable[[dict], frozenset[str]] = lambda c: frozenset()
     tie_default: bool = False
+    attentions: tuple[str, ...] = ("sdpa", "eager", "flash")
     fan_in_fan_out: bool = False
     source: str = ""                # the transformers modeling file the rules follow
 
