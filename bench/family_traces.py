@@ -3,8 +3,11 @@ every catalog model of the given families, full size, as kept in docs/validation
 
     python bench/family_traces.py qwen3 gemma2 gemma3 phi3
     python bench/family_traces.py gemma3 --method lora --seq 2048
+    python bench/family_traces.py qwen3 phi3 --bursts    # real CPU bursts of each record's example
 
-Each row is one run of this script; nothing is typed in. Peak and activations are compared.
+Each row is one run of this script; nothing is typed in. Traces compare peak and activations;
+bursts (full fine-tuning in fp32, LoRA on peft's default targets in bf16, batch 2, seq 32, as
+tests/profiler/test_burst.py runs them) every component.
 """
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))       # profiler_tables
 
 from planner import TrainingSpec, estimate
 from planner.format import human_bytes
 from planner.models import get_model, model_names
-from profiler import compare, trace
+from profiler import compare, run_burst, trace
 
 
 def rows(families: list[str], method: str, batch: int, seq: int, checkpointing: str | None):
@@ -34,6 +38,27 @@ def rows(families: list[str], method: str, batch: int, seq: int, checkpointing: 
         yield name, {c: table[c] for c in ("activations", "peak")}, ""
 
 
+def bursts(family: str) -> str:
+    """A docs/validation.md table of `family`'s example, trained for real on this CPU."""
+    import json
+    import tempfile
+
+    from planner.families import FAMILIES
+    from profiler_tables import table
+    config = Path(tempfile.mkdtemp()) / f"{family}.json"
+    config.write_text(json.dumps(dict(FAMILIES[family].example)))
+    records = []
+    for method, precision in (("adamw", "fp32"), ("lora", "bf16")):
+        spec = TrainingSpec(model=str(config), method=method, batch=2, seq=32, precision=precision,
+                            rank=8 if method == "lora" else None)
+        result = run_burst(spec, steps=1, warmup=1, history=False)
+        if not result.ok:
+            records.append({"method": method, "component": None, "message": result.message})
+            continue
+        records += compare(estimate(spec, kernels="cpu"), result.measurement).to_records()
+    return table(records, f"{family}: the record's example, CPU bursts (adamw fp32, lora bf16)")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="+")
@@ -41,7 +66,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--checkpointing", default=None)
+    ap.add_argument("--bursts", action="store_true", help="CPU bursts of each record's example")
     a = ap.parse_args(argv)
+    if a.bursts:
+        for family in a.families:
+            print(bursts(family))
+        return 0
     print(f"#### {', '.join(a.families)}: {a.method}, batch {a.batch}, seq {a.seq}, "
           f"checkpointing {a.checkpointing or 'default'} (planner vs trace)\n")
     print("| model | activations: planner / trace | peak: planner / trace | peak error |")
