@@ -4,6 +4,7 @@ every catalog model of the given families, full size, as kept in docs/validation
     python bench/family_traces.py qwen3 gemma2 gemma3 phi3
     python bench/family_traces.py gemma3 --method lora --seq 2048
     python bench/family_traces.py qwen3 phi3 --bursts    # real CPU bursts of each record's example
+    python bench/family_traces.py gemma2 --memtracker    # the MemTracker cases the tests check
 
 Each row is one run of this script; nothing is typed in. Traces compare peak and activations;
 bursts (full fine-tuning in fp32, LoRA on peft's default targets in bf16, batch 2, seq 32, as
@@ -59,6 +60,29 @@ def bursts(family: str) -> str:
     return table(records, f"{family}: the record's example, CPU bursts (adamw fp32, lora bf16)")
 
 
+def memtracker(family: str) -> str:
+    """The family's MemTracker cases (the automatic ones and tests/planner/families/'s), predicted
+    against a real CPU step: ACT at the forward's end and ACT + TEMP at the backward's peak."""
+    import importlib
+
+    from planner.activations import activation_memory
+    from planner.models import config_from_dict
+    from tests.planner.test_activations_memtracker import BATCH, CASES, FIELDS, SEQ, _id, measure
+    own = importlib.import_module(f"tests.planner.families.test_{family}").CASES
+    lines = [f"#### {family}: MemTracker, batch {BATCH}, seq {SEQ} (predicted / measured)", "",
+             "| case | forward end | error | backward peak | error |", "|---|---|---|---|---|"]
+    for case in [c for c in CASES if c[0] == family] + list(own):
+        _, attention, dtype, checkpointing, lora, extra = case
+        fields = {**FIELDS[family], **extra}
+        end, peak, _ = measure(family, fields, attention, dtype, checkpointing, lora)
+        kw = dict(zip(("lora_rank", "lora_dropout", "lora_dtype", "lora_targets"), lora)) if lora else {}
+        p = activation_memory(config_from_dict(fields, "tiny"), batch=BATCH, seq=SEQ, dtype=dtype,
+                              attention=attention, checkpointing=checkpointing, kernels="cpu", **kw)
+        lines.append(f"| {_id(case)} | {p.total:,} / {end:,} | {100 * (p.total / end - 1):+.2f} % | "
+                     f"{p.peak_backward:,} / {peak:,} | {100 * (p.peak_backward / peak - 1):+.2f} % |")
+    return "\n".join(lines + [""])
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="+")
@@ -67,10 +91,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--checkpointing", default=None)
     ap.add_argument("--bursts", action="store_true", help="CPU bursts of each record's example")
+    ap.add_argument("--memtracker", action="store_true", help="the MemTracker cases the tests check")
     a = ap.parse_args(argv)
-    if a.bursts:
+    if a.bursts or a.memtracker:
         for family in a.families:
-            print(bursts(family))
+            print(bursts(family) if a.bursts else memtracker(family))
         return 0
     print(f"#### {', '.join(a.families)}: {a.method}, batch {a.batch}, seq {a.seq}, "
           f"checkpointing {a.checkpointing or 'default'} (planner vs trace)\n")
