@@ -16,7 +16,7 @@ from ..activation_blocks import Dims, attention_bytes, attention_grad_bytes
 
 __all__ = ["DecoderTraits", "LLAMA", "norm_bytes", "attention_layer_bytes",
            "attention_core_grad_bytes", "kinds", "rotary_tables", "rotary_width", "final_softcap",
-           "attn_softcap", "checkpoint_masks", "masked_kind", "config_value", "layer_types", "SLIDING", "FULL"]
+           "attn_softcap", "checkpoint_masks", "masked_kind", "config_value", "layer_types", "SLIDING", "FULL", "FIELD_RULES"]
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 #: a config accessor: field name -> the config's value, else transformers' default
@@ -68,17 +68,45 @@ class DecoderTraits:
 LLAMA = DecoderTraits()
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: what each field the rules read must hold, and how a message says it
+FIELD_RULES = {
+    "sliding_window": (lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    "sliding_window_pattern": (_positive_int, "a positive integer"),
+    "max_window_layers": (lambda v: _positive_int(v) or v == 0, "a non-negative integer"),
+    "use_sliding_window": (lambda v: isinstance(v, bool), "true or false"),
+    "attn_logit_softcapping": (lambda v: v is None or (_number(v) and v > 0), "a positive number or null"),
+    "final_logit_softcapping": (lambda v: v is None or (_number(v) and v > 0), "a positive number or null"),
+    "partial_rotary_factor": (lambda v: v is None or (_number(v) and 0 < v <= 1), "a number in (0, 1] or null"),
+}
+
+
 def config_value(x: Dims, t: DecoderTraits, key: str):
     """A config field the rule reads: the config's value (an explicit null included), else the
-    family's transformers default."""
-    return x.config[key] if key in x.config else t.defaults.get(key)
+    family's transformers default. A value of the wrong kind raises ValueError naming it."""
+    value = x.config[key] if key in x.config else t.defaults.get(key)
+    ok, what = FIELD_RULES.get(key, (lambda v: True, ""))
+    if not ok(value):
+        raise ValueError(f"config field {key!r} must be {what}, got {value!r:.40}")
+    return value
 
 
 def layer_types(x: Dims, t: DecoderTraits) -> list[str]:
     """The L layers' types: the config's `layer_types` when it lists one per layer, else
     transformers' default for the family (every layer global without the trait)."""
     listed = x.config.get("layer_types")
-    if isinstance(listed, list) and len(listed) == x.L:
+    if listed is not None:
+        if (not isinstance(listed, list) or len(listed) != x.L
+                or not all(kind in (SLIDING, FULL) for kind in listed)):
+            raise ValueError(f"config field 'layer_types' must list {x.L} entries, each "
+                             f"{SLIDING!r} or {FULL!r}, got {listed!r:.80}")
         return list(listed)
     if t.layer_types is None:
         return [FULL] * x.L

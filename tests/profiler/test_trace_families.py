@@ -26,3 +26,22 @@ def test_family_trace_within_3_percent_of_the_planner(fields):
     assert result.extrapolated and result.traced_layers == (1, 2)
     rows = compare(estimate(spec), result.measurement, mode="trace")
     assert abs(rows["peak"].relative_error) <= 0.03, rows["peak"]
+
+
+def test_a_config_listing_layer_types_is_cut_with_its_layers(tmp_path):
+    """Recent Hub configs list `layer_types` (one per layer); the 1- and 2-layer traces cut the
+    list with the layer count, and the planner reads the listed types."""
+    import json
+    from planner.models import _catalog_raw
+    entry = {k: v for k, v in _catalog_raw()["gemma3-1b"].items()
+             if k not in ("aliases", "source", "catalog_file")}
+    entry["layer_types"] = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(26)]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(entry))
+    spec = TrainingSpec(model=str(path), method="lora", rank=8, seq=1024)
+    result = trace(spec, history=False)
+    assert result.ok, result.message
+    rows = compare(estimate(spec), result.measurement, mode="trace")
+    assert abs(rows["peak"].relative_error) <= 0.03, rows["peak"]
+    catalog = TrainingSpec(model="gemma3-1b", method="lora", rank=8, seq=1024)
+    assert estimate(spec).activation_detail == estimate(catalog).activation_detail

@@ -58,3 +58,16 @@ def test_trait_defaults_are_the_config_class_defaults(name):
         if name == "qwen3" else config
     if name == "qwen3":
         assert t.window(lambda k: {**t.defaults, "use_sliding_window": True}.get(k)) == windowed.sliding_window
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("gemma2", "sliding_window", "4096"), ("gemma2", "final_logit_softcapping", "30"),
+    ("gemma3", "sliding_window_pattern", 0), ("qwen3", "use_sliding_window", "yes"),
+    ("phi3", "partial_rotary_factor", 1.5), ("gemma3", "layer_types", ["local", "global"]),
+    ("gemma2", "layer_types", ["sliding_attention"]),
+])
+def test_a_field_of_the_wrong_kind_is_named(name, field, value):
+    from planner.activations import activation_memory
+    model = config_from_dict({**FAMILIES[name].example, field: value}, "t")
+    with pytest.raises(ValueError, match=f"config field '{field}' must"):
+        activation_memory(model, batch=1, seq=16, attention="eager")
