@@ -8,6 +8,8 @@ import pytest
 from planner import TrainingSpec, estimate
 from profiler import compare, trace
 
+pytestmark = pytest.mark.slow                   # 7 traces, about 35 s on 2 cores
+
 CASES = [
     dict(model="qwen3-8b", method="adamw"),
     dict(model="qwen3-4b", method="lora", checkpointing="full", seq=2048),
