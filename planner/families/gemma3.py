@@ -15,10 +15,11 @@ the kernel saves it, converted to D, and transformers repeats k and v to all hea
 
 A `gemma3` config (`Gemma3ForConditionalGeneration`: a SigLIP vision tower and projector
 around this text model, which `AutoModelForCausalLM` builds from the 4B/12B/27B checkpoints)
-is not this record: memfit treats it as any model_type without a record (exact meta-device
-weights, vision tower included; traced activations). The catalog's gemma-3 4B/12B/27B entries
-are the checkpoints' `text_config`, the language model a text-only fine-tune trains with
-`Gemma3ForCausalLM`.
+is not this record. Its fields sit in `text_config`, and `planner.models` says so: pass the
+`text_config` (model_type gemma3_text) as the config, or a catalog name. The catalog's gemma-3
+4B/12B/27B entries are the checkpoints' `text_config`, the language model a text-only
+fine-tune trains with `Gemma3ForCausalLM` (without the ~0.4 B-parameter vision tower that the
+multimodal class also holds).
 """
 from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
 from .decoder_blocks import FULL, SLIDING, DecoderTraits

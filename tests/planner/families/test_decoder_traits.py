@@ -71,3 +71,14 @@ def test_a_field_of_the_wrong_kind_is_named(name, field, value):
     model = config_from_dict({**FAMILIES[name].example, field: value}, "t")
     with pytest.raises(ValueError, match=f"config field '{field}' must"):
         activation_memory(model, batch=1, seq=16, attention="eager")
+
+
+def test_a_multimodal_gemma3_config_says_to_pass_its_text_config():
+    """`gemma3` (Gemma3ForConditionalGeneration) nests the language model in text_config: the
+    message says what to pass instead of naming a missing top-level field."""
+    from planner.models import config_from_json
+    d = {"model_type": "gemma3", "text_config": {**FAMILIES["gemma3"].example},
+         "vision_config": {"model_type": "siglip_vision_model"}}
+    with pytest.raises(ValueError, match="save 'text_config' \\(model_type 'gemma3_text'\\)"):
+        config_from_json(d, "config.json")
+    assert config_from_json(d["text_config"], "config.json").family.name == "gemma3"
