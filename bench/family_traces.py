@@ -3,6 +3,7 @@ every catalog model of the given families, full size, as kept in docs/validation
 
     python bench/family_traces.py qwen3 gemma2 gemma3 phi3
     python bench/family_traces.py gemma3 --method lora --seq 2048
+    python bench/family_traces.py gemma2 --method qlora --seq 4096 --every-layer --model gemma2-2b
     python bench/family_traces.py qwen3 phi3 --bursts    # real CPU bursts of each record's example
     python bench/family_traces.py gemma2 --memtracker    # the MemTracker cases the tests check
 
@@ -25,13 +26,14 @@ from planner.models import get_model, model_names
 from profiler import compare, run_burst, trace
 
 
-def rows(families: list[str], method: str, batch: int, seq: int, checkpointing: str | None):
+def rows(families: list[str], method: str, batch: int, seq: int, checkpointing: str | None,
+         every_layer: bool = False, only: str | None = None):
     for name in model_names():
-        if get_model(name).family_name not in families:
+        if get_model(name).family_name not in families or (only and name != only):
             continue
         spec = TrainingSpec(model=name, method=method, batch=batch, seq=seq,
                             checkpointing=checkpointing, rank=8 if method == "lora" else None)
-        result = trace(spec, history=False)
+        result = trace(spec, history=False, extrapolated=not every_layer)
         if not result.ok:
             yield name, None, result.message
             continue
@@ -90,6 +92,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--checkpointing", default=None)
+    ap.add_argument("--every-layer", action="store_true",
+                    help="trace every layer instead of extrapolating from 1 and 2 (slower)")
+    ap.add_argument("--model", default=None, help="only this catalog model")
     ap.add_argument("--bursts", action="store_true", help="CPU bursts of each record's example")
     ap.add_argument("--memtracker", action="store_true", help="the MemTracker cases the tests check")
     a = ap.parse_args(argv)
@@ -98,10 +103,12 @@ def main(argv: list[str]) -> int:
             print(bursts(family) if a.bursts else memtracker(family))
         return 0
     print(f"#### {', '.join(a.families)}: {a.method}, batch {a.batch}, seq {a.seq}, "
-          f"checkpointing {a.checkpointing or 'default'} (planner vs trace)\n")
+          f"checkpointing {a.checkpointing or 'default'} (planner vs trace"
+          f"{' of every layer' if a.every_layer else ''})\n")
     print("| model | activations: planner / trace | peak: planner / trace | peak error |")
     print("|---|---|---|---|")
-    for name, cells, message in rows(a.families, a.method, a.batch, a.seq, a.checkpointing):
+    for name, cells, message in rows(a.families, a.method, a.batch, a.seq, a.checkpointing,
+                                     a.every_layer, a.model):
         if cells is None:
             print(f"| {name} | {message} | | |")
             continue
