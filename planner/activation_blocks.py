@@ -7,6 +7,7 @@ function's docstring; the family records (`planner/families/`) compose these int
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
@@ -33,10 +34,15 @@ class Dims:
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
     kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
-    attention: str = "sdpa"   # the implementation asked for: sdpa | eager | flash (FlashAttention-2)
+    #: the implementation asked ("sdpa" | "eager" | "flash"): SDPA and FlashAttention-2 share
+    #: the flash core, but only SDPA takes a materialised sliding-window mask
+    attention: str = "sdpa"
     #: the family's block options read from the config (`Family.block_options`: partial rotary,
     #: parallel residual, a sliding window, ...), as sorted (key, value) pairs
     options: tuple[tuple[str, object], ...] = field(default=())
+    #: the model's config.json fields, for a family rule whose terms depend on its own fields
+    #: (soft-capping, sliding windows, partial rotary); read with the family's defaults
+    config: Mapping = field(default_factory=dict, compare=False)
 
     def opt(self, key: str, default=None):
         """A block option of the family (`Family.block_options`), or `default`."""

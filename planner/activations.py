@@ -109,7 +109,7 @@ def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) 
 
 def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
                      lora_m: int, groups: list[tuple[str, int]] | None = None,
-                     ctx_is_core_output: bool | None = None) -> int:
+                     ctx_kept: bool | None = None) -> int:
     """Adapter extras of one layer; peft's `lora.Linear` computes
     base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
 
@@ -118,16 +118,17 @@ def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d:
     its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. A frozen base linear saves
     nothing, so an input (of `groups`, every block linear's input; default: the adapted ones')
     that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx when
-    it is the attention kernel's saved output: `ctx_is_core_output`, by default under flash).
+    the attention kernel saves it, as SDPA-flash does its output: `ctx_kept`, default: under
+    the flash core).
     """
+    ctx_kept = x.core == "flash" if ctx_kept is None else ctx_kept
     extra = len(linears) * lora_d * x.bs * rank
     copies = lora_d != x.D or lora_m > 0
     if copies:
         extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
     read_as_is = set() if copies else {key for key, _ in linears}
-    core_ctx = x.core == "flash" if ctx_is_core_output is None else ctx_is_core_output
     released = {(key, n) for key, n in (groups if groups is not None else linears)
-                if key not in read_as_is and not (key == "ctx" and core_ctx)}
+                if key not in read_as_is and not (key == "ctx" and ctx_kept)}
     return extra - sum(x.D * x.bs * n for _, n in released)
 
 
@@ -221,7 +222,8 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
         shared = x.D * x.bsh if rule.input_saved_by_layer(x, copies) else 0
         in_layers = layers + embeddings + top - shared
     else:
-        layers, recompute, lora = x.L * per_layer - discount, 0, x.L * lora_layer
+        stacked = rule.stack(x) if rule.stack else x.L * per_layer
+        layers, recompute, lora = stacked - discount, 0, x.L * lora_layer
         in_layers = layers - per_layer + embeddings + lora - lora_layer + top
     total = layers + embeddings + head + logits + lora
     start = total + logits_backward_bytes(x, rule.causal_loss_upcast)
@@ -251,6 +253,10 @@ def _check(model: ModelConfig, batch, seq, attention, checkpointing, kernels, lo
             raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
     if attention == "flash" and kernels == "cpu":
         raise ValueError("FlashAttention-2 runs on CUDA only: use attention='sdpa' on CPU")
+    family = model.family
+    if family is not None and attention not in family.attentions:
+        raise ValueError(f"{model.name}: transformers' {family.name} models do not support "
+                         f"attention {attention!r}: choose one of {', '.join(family.attentions)}")
 
 
 def _probability(name: str, value) -> float:
@@ -291,7 +297,7 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
                 bool(model.hf_config.get("use_cache", True)) and not checkpointing, attention,
-                tuple(sorted(family.block_options(model.hf_config).items())))
+                tuple(sorted(family.block_options(model.hf_config).items())), model.hf_config)
 
 
 def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
@@ -304,8 +310,8 @@ def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout:
     linears = adapted_linears(model, targets)
     if not linears:
         raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model),
-                             family.activation.ctx_is_core_output(x)),
+    ctx_kept = family.activation.ctx_kept(x) if family.activation.ctx_kept else None
+    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model), ctx_kept),
             lora_grad_bytes(x, linears, lora_d, lora_m),
             frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
             lora_d != x.D or lora_m > 0)

@@ -82,7 +82,9 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("checkpointing", lambda s: "none", "memfit's default"),
         ("kbit_upcast", lambda s: True if kbit(s) else None,
          "peft's prepare_model_for_kbit_training upcasts the non-quantised parameters to fp32"),
-        ("attention", lambda s: "sdpa", "transformers' default attention implementation"),
+        ("attention", lambda s: family.attentions[0] if family else "sdpa",
+         f"transformers' default attention implementation"
+         f"{' for ' + family.name if family and family.attentions[0] != 'sdpa' else ''}"),
         ("lora_targets", lambda s: (",".join(peft_targets) if peft_targets else "all-linear")
          if adapters else None,
          f"peft's default target_modules for {family.model_types[0] if family else 'this model'}"

@@ -155,6 +155,13 @@ def _normalised_fields(d: dict, source: str, family: Family | None) -> dict:
     """The shared fields under memfit's names, with the family's transformers defaults."""
     spell = family.spellings if family else COMMON_FIELDS.get
     defaults = dict(family.config_defaults) if family else {}
+    nested = d.get("text_config")
+    if isinstance(nested, dict) and not any(d.get(s) is not None for s in spell("hidden_size")):
+        inner = nested.get("model_type", "its text model")
+        raise ValueError(f"{source}: a multimodal config (model_type {d.get('model_type')!r}) with its "
+                         f"language model in 'text_config': memfit sizes that text model from its own "
+                         f"config; save 'text_config' (model_type {inner!r}) as a config.json, or use "
+                         f"a catalog name")
     c = {k: _field(d, k, spell(k), source, k in REQUIRED_FIELDS) for k in COMMON_FIELDS}
     for key, value in defaults.items():
         if c.get(key) is None:

@@ -39,6 +39,8 @@ def hf_config(r: Resolved, layers: int | None = None):
     fields = {k: v for k, v in r.model.hf_config.items() if k not in _CONFIG_SKIP}
     if layers is not None:
         fields["num_hidden_layers"] = layers
+        if isinstance(fields.get("layer_types"), list):     # a config listing one type per layer
+            fields["layer_types"] = fields["layer_types"][:layers]
     logging.getLogger("transformers").setLevel(logging.ERROR)
     config = transformers.AutoConfig.for_model(r.model.model_type, **fields)
     config._attn_implementation = r.spec.attention

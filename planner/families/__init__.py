@@ -3,7 +3,7 @@ config `model_type` values they cover. Adding a family is one module here plus c
 (`planner/data/models/<family>.json`) and its test cases."""
 from __future__ import annotations
 
-from . import bert, gpt2, gpt_neox, llama, mistral, qwen2, roberta
+from . import bert, gemma2, gemma3, gpt2, gpt_neox, llama, mistral, phi3, qwen2, qwen3, roberta
 from .record import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, ActivationRule, Family
 
 __all__ = ["FAMILIES", "Family", "ActivationRule", "family_for", "COMMON_FIELDS",
@@ -11,7 +11,7 @@ __all__ = ["FAMILIES", "Family", "ActivationRule", "family_for", "COMMON_FIELDS"
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY, gpt_neox.FAMILY,
-    bert.FAMILY)}
+    bert.FAMILY, qwen3.FAMILY, gemma2.FAMILY, gemma3.FAMILY, phi3.FAMILY)}
 _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 
 

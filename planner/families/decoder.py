@@ -1,23 +1,28 @@
-"""The Llama-style decoder that several families share (transformers' `modeling_llama.py` and
-the models generated from it: Mistral, Qwen2): pre-norm RMSNorm blocks, rotary attention with
-grouped-query heads, a SwiGLU MLP, an optional tied LM head.
+"""The Llama-style decoder that most families share (transformers' `modeling_llama.py` and the
+models generated from it: Mistral, Qwen2/3, Gemma 2/3, Phi-3): pre-norm RMSNorm blocks, rotary
+attention with grouped-query heads, a gated MLP, an optional tied LM head.
 
-Shapes and activation formulas here take the normalised config; a family record supplies what
-differs (which projections carry biases) and composes the rule. The activation derivation,
-tensor by tensor, is in `planner/activations.py` and in each function's docstring.
+A family record says what its decoder changes through `DecoderTraits` (norm placement and kind,
+q/k norms, fused projections, soft-capping, scaled embeddings, residual dropout, layer types);
+`decoder_shapes` and `decoder_activation` turn the traits into the record's shapes and
+activation rule. The derivation, tensor by tensor, is in `planner/activations.py` and in each
+function's docstring here and in `decoder_blocks.py`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..activation_blocks import (Dims, FirstLayer, attention_bytes, attention_grad_bytes,
-                                 first_layer_attention_discount, mlp_bytes, mlp_grad_bytes,
-                                 rms_norm_bytes)
+from ..activation_blocks import (Dims, FirstLayer, attention_bytes, first_layer_attention_discount,
+                                 mlp_bytes, mlp_grad_bytes, rms_norm_bytes)
+from .decoder_blocks import (LLAMA, DecoderTraits, attention_core_grad_bytes, attention_layer_bytes,
+                             checkpoint_masks, final_softcap, kinds, layer_types, masked_kind,
+                             norm_bytes, rotary_tables, rotary_width)
 from .record import ActivationRule, ShapeRow
 from .shapes import linear, norm
 
-__all__ = ["decoder_shapes", "LLAMA_LINEAR_INPUTS", "LLAMA_ATTENTION_INPUTS", "LLAMA_ACTIVATION",
-           "llama_layer_bytes"]
+__all__ = ["decoder_shapes", "decoder_activation", "DecoderTraits", "LLAMA", "LLAMA_LINEAR_INPUTS",
+           "LLAMA_ATTENTION_INPUTS", "LLAMA_ACTIVATION", "llama_layer_bytes", "linear_inputs",
+           "attention_inputs"]
 
 #: what each Llama-style linear reads (after the layer index)
 LLAMA_LINEAR_INPUTS = {
@@ -28,23 +33,49 @@ LLAMA_LINEAR_INPUTS = {
 LLAMA_ATTENTION_INPUTS = {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("o_proj",)}
 
 
-def decoder_shapes(c: dict, biases: Callable[[dict], tuple[bool, bool, bool]]) -> list[ShapeRow]:
-    """embed_tokens, L x (q, k, v, o, gate, up, down, 2 RMSNorms), final norm, lm_head unless
-    tied. `biases(c)` -> (q/k/v bias, o bias, MLP bias)."""
+def linear_inputs(t: DecoderTraits) -> dict[str, str]:
+    """The record's `linear_inputs` for a decoder with traits `t` (fused projections read the
+    same tensor as the projections they fuse)."""
+    attn = ({"self_attn.qkv_proj": "attn_in"} if t.fused_qkv else
+            {f"self_attn.{n}_proj": "attn_in" for n in "qkv"})
+    mlp = ({"mlp.gate_up_proj": "mlp_in"} if t.fused_gate_up else
+           {"mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in"})
+    return {**attn, "self_attn.o_proj": "ctx", **mlp, "mlp.down_proj": "mlp_act"}
+
+
+def attention_inputs(t: DecoderTraits) -> dict[str, tuple[str, ...]]:
+    """q / k / v / o -> the module producing or consuming it (qkv_proj produces all three)."""
+    if t.fused_qkv:
+        return {"q": ("qkv_proj",), "k": ("qkv_proj",), "v": ("qkv_proj",), "o": ("o_proj",)}
+    return dict(LLAMA_ATTENTION_INPUTS)
+
+
+def decoder_shapes(c: dict, biases: Callable[[dict], tuple[bool, bool, bool]],
+                   traits: DecoderTraits = LLAMA) -> list[ShapeRow]:
+    """embed_tokens, L x (attention projections, q/k norms, MLP projections, 2 or 4 RMSNorms),
+    final norm, lm_head unless tied, in transformers' parameter order. `biases(c)` -> (q/k/v
+    bias, o bias, MLP bias). Fused projections stack their parts' rows: qkv_proj (a + 2k)·d,
+    gate_up_proj 2i (`Phi3Attention`, `Phi3MLP`)."""
     h, hd, v, i = c["hidden_size"], c["head_dim"], c["vocab_size"], c["intermediate_size"]
     qkv_bias, o_bias, mlp_bias = biases(c)
+    q, kv = c["num_heads"] * hd, c["num_kv_heads"] * hd
     rows = [("model.embed_tokens.weight", (v, h), "Embedding")]
     for layer in range(c["num_layers"]):
         p = f"model.layers.{layer}"
-        rows += (linear(f"{p}.self_attn.q_proj", c["num_heads"] * hd, h, qkv_bias)
-                 + linear(f"{p}.self_attn.k_proj", c["num_kv_heads"] * hd, h, qkv_bias)
-                 + linear(f"{p}.self_attn.v_proj", c["num_kv_heads"] * hd, h, qkv_bias)
-                 + linear(f"{p}.self_attn.o_proj", h, c["num_heads"] * hd, o_bias)
-                 + linear(f"{p}.mlp.gate_proj", i, h, mlp_bias)
-                 + linear(f"{p}.mlp.up_proj", i, h, mlp_bias)
-                 + linear(f"{p}.mlp.down_proj", h, i, mlp_bias)
-                 + norm(f"{p}.input_layernorm", h, False, "RMSNorm")
-                 + norm(f"{p}.post_attention_layernorm", h, False, "RMSNorm"))
+        a = f"{p}.self_attn"
+        if traits.fused_qkv:    # Phi3Attention creates o_proj first
+            attn = linear(f"{a}.o_proj", h, q, o_bias) + linear(f"{a}.qkv_proj", q + 2 * kv, h, qkv_bias)
+        else:
+            attn = (linear(f"{a}.q_proj", q, h, qkv_bias) + linear(f"{a}.k_proj", kv, h, qkv_bias)
+                    + linear(f"{a}.v_proj", kv, h, qkv_bias) + linear(f"{a}.o_proj", h, q, o_bias))
+        if traits.qk_norm:
+            attn += norm(f"{a}.q_norm", hd, False, "RMSNorm") + norm(f"{a}.k_norm", hd, False, "RMSNorm")
+        mlp = (linear(f"{p}.mlp.gate_up_proj", 2 * i, h, mlp_bias) if traits.fused_gate_up else
+               linear(f"{p}.mlp.gate_proj", i, h, mlp_bias) + linear(f"{p}.mlp.up_proj", i, h, mlp_bias))
+        mlp += linear(f"{p}.mlp.down_proj", h, i, mlp_bias)
+        norms = ("input_layernorm", "post_attention_layernorm") + (
+            ("pre_feedforward_layernorm", "post_feedforward_layernorm") if traits.sandwich_norms else ())
+        rows += attn + mlp + [r for n in norms for r in norm(f"{p}.{n}", h, False, "RMSNorm")]
     rows += norm("model.norm", h, False, "RMSNorm")
     return rows + ([] if c["tie_word_embeddings"] else [("lm_head.weight", (v, h), "Linear")])
 
@@ -56,46 +87,105 @@ def llama_layer_bytes(x: Dims) -> int:
     return 2 * rms_norm_bytes(x) + attention_bytes(x, softmax_fp32=True) + mlp_bytes(x, True)
 
 
-def _embeddings(x: Dims, checkpointing: bool) -> int:
-    """Rotary cos and sin, (1, s, d) in D, shared by every layer: 2·D·s·d."""
-    return 2 * x.D * x.s * x.d
+def decoder_activation(t: DecoderTraits) -> ActivationRule:
+    """The activation rule of a decoder with traits `t` (each term in `decoder_blocks`)."""
+
+    def kind_bytes(x: Dims, masked: bool) -> int:
+        """One layer: its norms (2, or Gemma's 4), attention (q/k norms, soft-capping, a
+        sliding-window mask under SDPA), gated MLP, and residual-dropout masks (Phi-3)."""
+        n = 4 if t.sandwich_norms else 2
+        return (n * norm_bytes(x, t) + attention_layer_bytes(x, t, masked) + mlp_bytes(x, gated=True)
+                + (2 * x.m_hidden * x.bsh if t.residual_dropout else 0))
+
+    def layer(x: Dims) -> int:
+        return max(kind_bytes(x, m) for m in kinds(x, t))
+
+    def stack(x: Dims) -> int:
+        return sum(count * kind_bytes(x, m) for m, count in kinds(x, t).items())
+
+    def embeddings(x: Dims, checkpointing: bool) -> int:
+        """Rotary cos and sin, (1, s, d_rot) in D, one pair per rotary table the layers use
+        (Gemma 3: one per layer type), shared by every layer: 2·D·s·d_rot each. Gemma's
+        embedding scale, a 0-dim buffer cast to D, is saved by the `*` when the embeddings
+        train and D ≠ fp32 (the buffer itself otherwise)."""
+        scale = x.D if t.embed_scale and not x.frozen and x.D != 4 else 0
+        return rotary_tables(x, t) * 2 * x.D * x.s * rotary_width(x, t) + scale
+
+    def head(x: Dims) -> int:
+        """The final norm, lm_head's input D·bsh (a frozen head saves none) and, with final
+        logit soft-capping (Gemma 2), the tanh output D·bsV that its backward reads."""
+        return (norm_bytes(x, t) + (0 if x.frozen else x.D * x.bsh)
+                + (x.D * x.bs * x.V if final_softcap(x, t) else 0))
+
+    def backward_phases(x: Dims, lora_saved: int, lora_grads: int) -> list[int]:
+        """The last layer's backward. The MLP's runs first, with everything saved: the gated
+        MLP's gradients, 2·D·bsi net of the released down_proj input (or before them the last
+        linear's adapter gradients). A norm's backward, once what follows it is released,
+        holds five fp32 b·s·h temporaries (`pow_backward`'s 2·x chain, the mean's expanded
+        gradient, the product's gradients); Gemma's post-feedforward norm, first of all, holds
+        three (x̂'s and (1 + w)'s product gradients and the rsqrt chain's) and in 16 bits the
+        gradient's fp32 copy. The attention backward runs once the MLP, its norms and masks
+        are released, with the pre-attention norm (and the q/k norms) still saved.
+
+        The last layer is of its own kind (Gemma's global or sliding); a layer of the other
+        kind before it runs its backward once at least the last layer's output gradient
+        (D·bsh, a checkpoint's input) is released."""
+        last = masked_kind(x, t, layer_types(x, t)[-1])
+        phases = kind_phases(x, last, lora_saved, lora_grads)
+        for other in set(kinds(x, t)) - {last}:
+            phases += [p - x.D * x.bsh for p in kind_phases(x, other, lora_saved, lora_grads)]
+        return phases
+
+    def kind_phases(x: Dims, masked: bool, lora_saved: int, lora_grads: int) -> list[int]:
+        per_layer = kind_bytes(x, masked)
+        mlp = mlp_bytes(x, gated=True)
+        pre_attention = attention_layer_bytes(x, t, masked) + norm_bytes(x, t)
+        phases = [per_layer + lora_saved + max(mlp_grad_bytes(x, gated=True), lora_grads),
+                  pre_attention + attention_core_grad_bytes(x, t),
+                  per_layer - mlp + 5 * 4 * x.bsh]
+        if t.sandwich_norms:
+            phases.append(per_layer + (3 + (x.D != 4)) * 4 * x.bsh)
+        return phases
+
+    def frozen_first_layer(x: Dims, g: FirstLayer) -> int:
+        """Layer 0 with a frozen input keeps no pre-attention norm (its fp32 input copy and
+        rsqrt), no q/k norm whose projection carries no adapter, nothing of an attention no
+        adapter touches (its soft-capping tanh, mask and copies included), and without an
+        adapter in the attention none of the norms between it and the MLP (1 for Llama, 2 for
+        Gemma's sandwich)."""
+        frozen = norm_bytes(x, t)
+        between = (0 if g.attention else 2 if t.sandwich_norms else 1) * frozen
+        if not (g.q or g.k or g.v):
+            masked = masked_kind(x, t, layer_types(x, t)[0])
+            # o_proj's input stays if an adapter reads it; the adapter rule releases it if the
+            # kernel does not keep it itself
+            kept_ctx = x.D * x.bs * x.a * x.d if (g.o or not ctx_kept(x)) else 0
+            return frozen + attention_layer_bytes(x, t, masked) - x.D * x.bsh - kept_ctx + between
+        qk = 0
+        if t.qk_norm:
+            qk = ((0 if g.q else norm_bytes(x, t, rows=x.bs * x.a, width=x.d))
+                  + (0 if g.k else norm_bytes(x, t, rows=x.bs * x.k, width=x.d)))
+        return frozen + qk + first_layer_attention_discount(x, g, softmax_fp32=True) + between
+
+    def ctx_kept(x: Dims) -> bool:
+        """Whether the flash kernel's saved output is o_proj's input itself: not when Phi-3's
+        SDPA output, laid out like q, is copied into it."""
+        return x.core == "flash" and not (t.rotary_cat and x.attention == "sdpa")
+
+    def checkpoint_held(x: Dims) -> int:
+        """The masks each checkpointed layer receives (eager: an additive (b, 1, s, s) mask in
+        D per layer type; SDPA: a bool sliding-window mask when s reaches the window) and the
+        position ids, int64 (1, s), passed to every layer."""
+        return checkpoint_masks(x, t) + 8 * x.s
+
+    return ActivationRule(
+        layer=layer, embeddings=embeddings, head=head, backward_phases=backward_phases,
+        checkpoint_held=checkpoint_held,
+        # the input norm's `x.to(fp32)` is the input itself only in fp32
+        input_saved_by_layer=lambda x, adapters_copy_input: x.D == 4,
+        frozen_first_layer=frozen_first_layer,
+        stack=stack if t.layer_types is not None else None,
+        ctx_kept=ctx_kept if t.rotary_cat else None)
 
 
-def _head(x: Dims) -> int:
-    """The final RMSNorm and lm_head's input D·bsh (a frozen head saves no input)."""
-    return rms_norm_bytes(x) + (0 if x.frozen else x.D * x.bsh)
-
-
-def _backward_phases(x: Dims, lora_saved: int, lora_grads: int) -> list[int]:
-    """The MLP's backward runs first, with everything saved: SwiGLU's gradients, 2·D·bsi net of
-    the released down_proj input (or before them the last linear's adapter gradients). The
-    post-attention RMSNorm backward, after the MLP's release, holds five fp32 b·s·h temporaries
-    (`pow_backward`'s 2·x chain, the mean's expanded gradient, the product's gradients). The
-    attention backward runs once the MLP, its norm and masks are released."""
-    per_layer = llama_layer_bytes(x)
-    pre_attention = attention_bytes(x, softmax_fp32=True) + rms_norm_bytes(x)
-    return [per_layer + lora_saved + max(mlp_grad_bytes(x, gated=True), lora_grads),
-            pre_attention + attention_grad_bytes(x, softmax_fp32=True),
-            per_layer - mlp_bytes(x, gated=True) + 5 * 4 * x.bsh]
-
-
-def _frozen_first_layer(x: Dims, g: FirstLayer) -> int:
-    """Layer 0 with a frozen input keeps no pre-attention RMSNorm (its fp32 input copy and
-    rsqrt), nothing of an attention no adapter touches, and then no post-attention RMSNorm."""
-    frozen_norm = 4 * x.bsh + 4 * x.bs
-    return (frozen_norm + first_layer_attention_discount(x, g, softmax_fp32=True)
-            + (0 if g.attention else frozen_norm))
-
-
-def _checkpoint_held(x: Dims) -> int:
-    """Eager causal attention's additive mask, (b, 1, s, s) in D (SDPA gets `is_causal`), and
-    the position ids, int64 (1, s), passed to every layer."""
-    return (x.D * x.b * x.s * x.s if x.core == "eager" else 0) + 8 * x.s
-
-
-LLAMA_ACTIVATION = ActivationRule(
-    layer=llama_layer_bytes, embeddings=_embeddings, head=_head, backward_phases=_backward_phases,
-    checkpoint_held=_checkpoint_held,
-    # the input RMSNorm's `x.to(fp32)` is the input itself only in fp32
-    input_saved_by_layer=lambda x, adapters_copy_input: x.D == 4,
-    frozen_first_layer=_frozen_first_layer)
+LLAMA_ACTIVATION = decoder_activation(LLAMA)

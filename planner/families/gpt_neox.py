@@ -144,7 +144,7 @@ FAMILY = Family(
         checkpoint_held=lambda x: (x.D * x.b * x.s * x.s if x.core == "eager" else 0) + 8 * x.s,
         input_saved_by_layer=lambda x, adapters_copy_input: True,   # input_layernorm saves it
         frozen_first_layer=_frozen_first_layer,
-        ctx_is_core_output=lambda x: False),
+        ctx_kept=lambda x: False),
     linear_inputs={"attention.query_key_value": "attn_in", "attention.dense": "ctx",
                    "mlp.dense_h_to_4h": "mlp_in", "mlp.dense_4h_to_h": "mlp_act"},
     lora_default_targets=("query_key_value",),

@@ -53,9 +53,12 @@ class ActivationRule:
         of its attention projections carry an adapter.
     causal_loss_upcast: the loss upcasts the logits to fp32 (`ForCausalLMLoss`); a masked LM's
         `CrossEntropyLoss` does not.
-    ctx_is_core_output(x): the output projection reads the attention kernel's saved output
-        itself (SDPA-flash lays it out (b, s, a, d), so the transpose back is free), so a frozen
-        output projection releases nothing; False where the layout forces a copy.
+    stack(x): the L layers' saved bytes when layer kinds differ (Gemma 3's sliding-window layers
+        under SDPA save a mask the global ones do not); None: L·layer(x). `layer(x)` is then the
+        largest kind, which the backward of the last layer and checkpointing's recompute use.
+    ctx_kept(x): whether the attention kernel itself saves o_proj's input, so a frozen o_proj
+        releases nothing (SDPA-flash's output is it); None: under the flash core. Phi-3's SDPA
+        output is copied into o_proj's input, which a frozen o_proj does not keep.
     """
     layer: Callable
     embeddings: Callable
@@ -65,7 +68,8 @@ class ActivationRule:
     input_saved_by_layer: Callable
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
-    ctx_is_core_output: Callable = lambda x: x.core == "flash"
+    stack: Callable | None = None
+    ctx_kept: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class Family:
     block_options(c): the config switches the activation rule reads beyond `Dims` (partial
         rotary, parallel residual, a sliding window), validated: a field of the wrong type raises
         ValueError naming it. They reach the rule as `Dims.opt(key)`.
+    attentions: the attention implementations transformers lets the model use, its default first
+        (Gemma 2 has no SDPA: `_supports_sdpa = False`, soft-capping needs eager or flash).
     """
     name: str
     model_types: tuple[str, ...]
@@ -113,6 +119,7 @@ class Family:
     unused: Callable[[dict], frozenset[str]] = lambda c: frozenset()
     block_options: Callable[[dict], Mapping[str, object]] = lambda c: {}
     tie_default: bool = False
+    attentions: tuple[str, ...] = ("sdpa", "eager", "flash")
     fan_in_fan_out: bool = False
     source: str = ""                # the transformers modeling file the rules follow
 

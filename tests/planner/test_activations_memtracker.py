@@ -137,9 +137,11 @@ CASES = [  # family, attention, dtype, checkpointing, LoRA (rank, dropout, adapt
     # a small vocabulary, where the recomputed layer's backward, not the loss, sets the peak
     *[(f, "eager", "fp32", "full", None, {"vocab_size": 128}) for f in BLOCKS],
     # every other family record: full fine-tuning both ways, and LoRA on peft's default targets
+    # (transformers' default attention: SDPA, or eager where the family has no SDPA)
     *[c for f in FAMILIES if f not in BLOCKS for c in (
-        (f, "sdpa", "bf16", "none", None, {}), (f, "eager", "fp32", "full", None, {}),
-        (f, "sdpa", "bf16", "none", (8, 0.0, "fp32", *filter(None, [FAMILIES[f].lora_default_targets])), {}))],
+        (f, FAMILIES[f].attentions[0], "bf16", "none", None, {}), (f, "eager", "fp32", "full", None, {}),
+        (f, FAMILIES[f].attentions[0], "bf16", "none",
+         (8, 0.0, "fp32", *filter(None, [FAMILIES[f].lora_default_targets])), {}))],
     ("llama", "sdpa", "bf16", "full", None, {"vocab_size": 128}),
     ("gpt2", "sdpa", "fp32", "none", None, {**NO_ATTN_DROPOUT["gpt2"], "use_cache": False}),
     ("llama", "sdpa", "bf16", "none", (8, 0.05, "fp32"), {}),
@@ -165,7 +167,7 @@ def _id(case):
     return "-".join([family, attention, dtype, ckpt] + (["lora" + "".join(f"-{lora[2]}-p{lora[1]}")]
                                                          + ["+".join(lora[3])] if lora and len(lora) > 3
                                                          else ["lora"] if lora else [])
-                    + [f"{_SHORT[k]}{v}" for k, v in extra.items()])
+                    + [f"{_SHORT.get(k, k)}{v}" for k, v in extra.items()])
 
 
 _SHORT = {"vocab_size": "V", "attn_pdrop": "attn_p", "attention_probs_dropout_prob": "attn_p",

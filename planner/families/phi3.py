@@ -1,0 +1,39 @@
+"""Phi-3 / Phi-3.5 / Phi-4 / Phi-4-mini (model_type phi3): transformers' `modeling_phi3.py`.
+
+A Llama-style decoder whose q, k and v come from one fused `qkv_proj` ((a + 2k)·d rows) and
+whose gate and up from one `gate_up_proj` (2i rows, chunked): the same saved bytes as the split
+projections (SDPA saves v as its own contiguous tensor; SiLU and the product save the two
+halves of one b·s·2i storage). `resid_pdrop` drops both branch outputs before the residual adds
+(0 in the released configs). Phi-4-mini applies rotary to `partial_rotary_factor` (0.75) of
+each head and ties its embeddings. `sliding_window` (2047 on Phi-3-mini-4k and -medium-4k)
+makes every layer a sliding-window layer (`Phi3Model` then builds the sliding mask for all).
+
+peft has no default LoRA targets for phi3 (absent from
+`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`): memfit then adapts every block linear
+(qkv_proj, o_proj, gate_up_proj, down_proj, as peft's "all-linear") and says so.
+"""
+from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
+from .decoder_blocks import FULL, SLIDING, DecoderTraits
+from .record import Family
+
+__all__ = ["FAMILY", "TRAITS"]
+
+TRAITS = DecoderTraits(
+    fused_qkv=True, fused_gate_up=True, residual_dropout=True, partial_rotary=True, rotary_cat=True,
+    layer_types=lambda get, layers: [SLIDING if get("sliding_window") is not None else FULL] * layers,
+    defaults={"sliding_window": None, "partial_rotary_factor": None})
+
+FAMILY = Family(
+    name="phi3", model_types=("phi3",),
+    summary="Phi-3/Phi-4 decoder: Llama-style with fused qkv_proj and gate_up_proj",
+    head_class="AutoModelForCausalLM",
+    shapes=lambda c: decoder_shapes(c, lambda c: (False, False, False), TRAITS),
+    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
+    lora_default_targets=None, attention_inputs=attention_inputs(TRAITS),
+    dropout_fields=(("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
+    example=dict(model_type="phi3", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
+                 max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
+                 bos_token_id=1, eos_token_id=2),
+    config_defaults={"intermediate_size": 8192, "max_position": 4096},
+    source="transformers/models/phi3/modeling_phi3.py")
