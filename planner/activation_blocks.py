@@ -33,6 +33,7 @@ class Dims:
     act_saves: int      # ACTIVATION_SAVES of the MLP activation
     frozen: bool        # LoRA: norms, linears, embeddings and LM head are frozen
     kv_cache: bool      # a DynamicCache is built in training (config use_cache, no checkpointing)
+    routing: object = None   # a mixture-of-experts family's `Routing` (its record's), else None
 
     @property
     def bs(self) -> int:
@@ -51,6 +52,7 @@ class FirstLayer:
     k: bool
     v: bool
     o: bool
+    targets: tuple[str, ...] | None = None   # every adapter target (None: every block linear)
 
     @property
     def attention(self) -> bool:

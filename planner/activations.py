@@ -147,7 +147,7 @@ def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
     def adapted(role: str) -> bool:
         names = family.attention_inputs.get(role, ())
         return targets is None or any(n in targets for n in names)
-    return FirstLayer(adapted("q"), adapted("k"), adapted("v"), adapted("o"))
+    return FirstLayer(adapted("q"), adapted("k"), adapted("v"), adapted("o"), targets)
 
 
 # ---- backward -------------------------------------------------------------------------------
@@ -271,7 +271,8 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 model.num_layers, D, 4 if kernels == "cuda" else D,
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
-                bool(model.hf_config.get("use_cache", True)) and not checkpointing)
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing,
+                family.routing(model.hf_config))
 
 
 def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
@@ -282,9 +283,11 @@ def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout:
     p = _probability("lora_dropout", dropout)
     lora_m = (1 if kernels == "cuda" else lora_d) if p > 0 else 0
     linears = adapted_linears(model, targets)
-    if not linears:
-        raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model)),
-            lora_grad_bytes(x, linears, lora_d, lora_m),
+    # adapters on bare parameters (peft target_parameters: fused experts) are the record's rule
+    param_saved, param_grads = family.activation.parameter_adapters(x, targets, rank, lora_d)
+    if not linears and not param_saved:
+        raise ValueError(f"nothing of {model.name} matches the LoRA targets {', '.join(targets)}")
+    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model)) + param_saved,
+            max(lora_grad_bytes(x, linears, lora_d, lora_m) if linears else 0, param_grads),
             frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
             lora_d != x.D or lora_m > 0)

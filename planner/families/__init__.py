@@ -3,14 +3,15 @@ config `model_type` values they cover. Adding a family is one module here plus c
 (`planner/data/models/<family>.json`) and its test cases."""
 from __future__ import annotations
 
-from . import gpt2, llama, mistral, qwen2, roberta
-from .record import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, ActivationRule, Family
+from . import gpt2, llama, mistral, mixtral, qwen2, qwen2_moe, qwen3_moe, roberta
+from .record import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, ActivationRule, Family, Routing
 
-__all__ = ["FAMILIES", "Family", "ActivationRule", "family_for", "COMMON_FIELDS",
+__all__ = ["FAMILIES", "Family", "ActivationRule", "Routing", "family_for", "COMMON_FIELDS",
            "REQUIRED_FIELDS", "ROLES"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY)}
+    llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, gpt2.FAMILY, roberta.FAMILY, mixtral.FAMILY,
+    qwen2_moe.FAMILY, qwen3_moe.FAMILY)}
 _BY_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 
 
