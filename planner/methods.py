@@ -38,6 +38,8 @@ class Method:
         INT4 projections).
     layerwise: whether layer-wise updates apply (`layerwise_note` says why not).
     variant_8bit: the method with 8-bit states, for fit's "8-bit states" switch.
+    adapts_parameters: its adapters can sit on bare parameters (fused experts, through peft's
+        `target_parameters`), not only on linears.
     recommend: order of preference among fitting methods (lower trains more like AdamW).
     defaults: spec fields the method sets when the user leaves them unset.
     states_follow_params: torch's own optimizer keeps states like the parameters (zeros_like).
@@ -81,6 +83,7 @@ class Method:
     states_follow_params: bool = False   # torch's optimizer: states are zeros_like(param)
     reference: str = ""            # how the authors' code stores differently
     fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
+    adapts_parameters: bool = False   # adapters on bare parameters (fused experts: peft target_parameters)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -149,7 +152,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
            "fp32, as peft keeps them by default on a 16-bit base.",
            "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters"),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters", adapts_parameters=True),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
@@ -158,7 +161,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
            "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}, adapts_parameters=True),
     Method("lora-pro", "LoRA-Pro", "adapter",
            "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
            "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
