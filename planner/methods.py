@@ -31,7 +31,9 @@ class Method:
     storage: the layout (`planner.rules.FullRank` / `Projected` / `Adapter`) that sizes one
         parameter's weights, gradient, states, projection and adapters.
     temporaries / refresh: bytes alive in `optimizer.step()` / in a projection refresh
-        (`planner.transients`); `step_copies`: fp32 full-size copies a step holds.
+        (`planner.transients`); `step_copies`: full-size copies a step holds (fp32 for the
+        per-parameter optimizers, the gradient's dtype for the projected ones); `upcasts_in_step`:
+        the step makes fp32 copies of a 16-bit parameter and its gradient.
     shared: tensors held once per optimizer (DCT bases, bitsandbytes' maps).
     bnb_state: the bitsandbytes optimizer state layout (Python-int step, quantisation maps).
     quantized_weights / projection_fixed: formats the method imposes (Q-GaLore: INT8 linears,
@@ -205,7 +207,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (Chen et al., 2024)",
            "https://arxiv.org/abs/2410.01623", "https://github.com/xichen-fy/Fira", **_LOWRANK_OPTS,
            proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype.",
-           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=3, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected"),
+           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected"),
     Method("gradnormlorp", "GradNormLoRP", "projected",
            "Weight-normalised GaLore: W = g·v/‖v‖ with the direction's gradient projected; memfit "
            "keeps a per-row ratio ‖v‖/g instead of the reference code's full copy of v.",
@@ -216,7 +218,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
            reference="the reference keeps a full copy v of every weight (mn more per matrix) and "
            "weight-normalises every parameter, with full-rank moments outside the projected linears.",
-           storage=Projected(extra=gradnorm_extra, plain=_gradnorm_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp", recommend=6, variant_8bit="gradnormlorp-8bit", groups="projected"),
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm_plain), temporaries=t.projected_step, upcasts_in_step=True, refresh=t.svd_workspace, optimizer="gradnormlorp", recommend=6, variant_8bit="gradnormlorp-8bit", groups="projected"),
     Method("gradnormlorp-8bit", "8-bit GradNormLoRP", "projected",
            "GradNormLoRP with block-wise 8-bit moments.",
            "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p + 8m (m<4096) + 4m",
@@ -225,7 +227,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES, eight_bit=True,
            reference="as gradnormlorp, with bitsandbytes states.",
-           storage=Projected(extra=gradnorm_extra, plain=_gradnorm8_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp-8bit", recommend=7, groups="projected", shared=bnb_qmaps),
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm8_plain), temporaries=t.projected_step, upcasts_in_step=True, refresh=t.svd_workspace, optimizer="gradnormlorp-8bit", recommend=7, groups="projected", shared=bnb_qmaps),
     Method("galore-dct", "SVD-free GaLore (DCT)", "projected",
            "Projects on r columns of a fixed orthonormal DCT basis chosen by alignment with the "
            "gradient (one matmul and a top-k, no SVD); one basis per distinct dimension is shared "

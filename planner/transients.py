@@ -71,11 +71,18 @@ def _plain_part(r: Resolved) -> int:
 
 def projected_step(r: Resolved) -> int:
     """memfit's projected optimizers update one parameter at a time, holding `Method.step_copies`
-    fp32 full-size copies of the largest one (GaLore/DCT: the projected-back update; Fira: +
-    residual and scaled residual; APOLLO: the scaled raw gradient; Q-GaLore: dequantised weight
-    + update; GradNormLoRP: direction v + update), or the plain part's bucket if larger. A fused
-    expert tensor is updated as one batch of its E matrices, so its copies are (E, m, n)."""
-    return max(_plain_part(r), 4 * r.method.step_copies * max(p.numel for p in _projected(r)))
+    full-size copies of the largest one in the gradient's dtype, the dtype the update is formed
+    in (GaLore/DCT: the projected-back update; Fira: + the residual, scaled in place; APOLLO: the
+    scaled raw gradient; Q-GaLore: dequantised weight + update), or the plain part's bucket if
+    larger. `Method.upcasts_in_step` (GradNormLoRP): the magnitude's gradient is a row-wise dot
+    product of fp32 copies of a 16-bit gradient and weight, with an fp32 product: up to three
+    fp32 copies before the update. A fused expert tensor is updated as one batch of its E
+    matrices, so its copies are (E, m, n). (Measured on FakeTensorMode traces of full-size MoE
+    steps, where the fused tensors make the step the peak; docs/validation.md.)"""
+    numel = max(p.numel for p in _projected(r))
+    update = r.method.step_copies * tensor_bytes(numel, r.grads)
+    upcast = 4 * numel * (1 + (2 if r.grads != "fp32" else 0)) if r.method.upcasts_in_step else 0
+    return max(_plain_part(r), update, upcast)
 
 
 def per_parameter_copies(r: Resolved) -> int:
