@@ -3,6 +3,7 @@ kept in docs/validation.md.
 
     python bench/moe_tables.py trace [MODEL ...]   # every catalog MoE model traced, every method
     python bench/moe_tables.py cpu [FAMILY ...]    # CPU bursts of each family's tiny example, every method
+    python bench/moe_tables.py memtracker          # activations: the MoE tests' MemTracker cases
 
 A trace is one full-size step under FakeTensorMode + MemTracker (1 and 2 layers, extrapolated;
 `profiler.tracing`) at the default spec (bf16, batch 1, seq 512); routing needs no forcing there:
@@ -73,6 +74,42 @@ def cpu_tables(families: list[str]) -> str:
     return "\n".join(out)
 
 
+def memtracker_table() -> str:
+    """Predicted vs MemTracker for the cases of tests/planner/families/test_moe.py (the family
+    records' automatic cases are in tests/planner/test_activations_memtracker.py)."""
+    from planner.activations import activation_memory
+    from planner.models import config_from_dict
+    from tests.planner.families.test_moe import CASES, ROUTED, SMALL_VOCAB, _config, _measure
+    from tests.planner.test_activations_memtracker import BATCH, FIELDS, SEQ, measure
+    lines = ["| family | case | forward end: predicted / measured | backward peak: predicted / measured |",
+             "|---|---|---|---|"]
+
+    def row(family, label, predicted, forward_end, backward_peak):
+        lines.append(f"| {family} | {label} | {predicted.total:,} / {forward_end:,} "
+                     f"({100 * (predicted.total / forward_end - 1):+.2f} %) | {predicted.peak_backward:,} / "
+                     f"{backward_peak:,} ({100 * (predicted.peak_backward / backward_peak - 1):+.2f} %) |")
+    for family, attention, dtype, ckpt, lora, extra in CASES:
+        fields = {**FIELDS[family], **extra}
+        forward_end, backward_peak, _ = measure(family, fields, attention, dtype, ckpt, lora)
+        kw = dict(zip(("lora_rank", "lora_dropout", "lora_dtype", "lora_targets"), lora)) if lora else {}
+        p = activation_memory(config_from_dict(fields, "tiny"), batch=BATCH, seq=SEQ, dtype=dtype,
+                              attention=attention, checkpointing=ckpt, kernels="cpu", **kw)
+        label = f"{attention} {dtype} ckpt {ckpt}" + (f" LoRA {'+'.join(lora[3])}" if lora else "") + "".join(
+            f", {k}={v}" for k, v in extra.items() if k != "vocab_size")
+        row(family, label, p, forward_end, backward_peak)
+    for family, dtype, ckpt, lora in ROUTED:
+        fields = _config(family, **SMALL_VOCAB)
+        kw = dict(lora_rank=lora[0], lora_dtype=lora[1], lora_targets=lora[2] + lora[3]) if lora else {}
+        p = activation_memory(config_from_dict(fields, "tiny"), batch=2, seq=128, dtype=dtype,
+                              attention="sdpa", checkpointing=ckpt, kernels="cpu", **kw)
+        for how in ("balanced", "worst"):
+            forward_end, backward_peak = _measure(fields, dtype, ckpt, lora, how)
+            label = f"sdpa {dtype} ckpt {ckpt}, {how} routing" + (
+                f", LoRA {'+'.join(lora[2] + lora[3])} ({lora[1]})" if lora else "")
+            row(family, label, p, forward_end, backward_peak)
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     mode, rest = (argv[0] if argv else "trace"), argv[1:]
     if mode == "trace":
@@ -80,6 +117,8 @@ def main(argv: list[str]) -> None:
         print(trace_tables(models))
     elif mode == "cpu":
         print(cpu_tables(rest or list(MOE_FAMILIES)))
+    elif mode == "memtracker":
+        print(memtracker_table())
     else:
         raise SystemExit(__doc__)
 

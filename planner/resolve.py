@@ -262,10 +262,11 @@ def _lora_targets(spec: TrainingSpec, model: ModelConfig, method: Method) -> tup
     return asked
 
 
-def _capacity(spec: TrainingSpec, model: ModelConfig) -> list[str]:
+def _capacity(spec: TrainingSpec, model: ModelConfig, experts_dtype: str) -> list[str]:
     """Validate `capacity_factor` and say what routing the estimate assumes. Memory does not
     depend on it: transformers' grouped_mm experts keep all b·s·k rows in one buffer
-    (`planner.families.moe`)."""
+    (`planner.families.moe`). torch's CUDA grouped_mm takes bf16 only (torch.nn.functional.
+    grouped_mm), so experts held in another dtype need another experts implementation."""
     c = spec.capacity_factor
     routing = model.family.routing(model.hf_config) if model.family else None
     if routing is None:
@@ -283,9 +284,15 @@ def _capacity(spec: TrainingSpec, model: ModelConfig) -> list[str]:
     load = (f"balanced top-{k} routing over {e} experts, b·s·k/E = {tokens:,.1f} tokens each"
             if c is None else f"the busiest of {e} experts gets c·b·s·k/E = {tokens:,.1f} tokens "
                               f"(capacity factor {c:g}, top-{k})")
-    return [f"{load}; transformers' grouped_mm experts keep all b·s·k = "
-            f"{spec.batch * spec.seq * k:,} routed rows in one buffer, so no byte depends on "
-            "the routing"]
+    notes = [f"{load}; transformers' grouped_mm experts keep all b·s·k = "
+             f"{spec.batch * spec.seq * k:,} routed rows in one buffer, so no byte depends on "
+             "the routing"]
+    if experts_dtype != "bf16":
+        notes.append(f"the fused experts are held in {experts_dtype}: torch's CUDA grouped_mm "
+                     "(transformers' default experts implementation) takes bf16 only, so on a GPU "
+                     "transformers needs experts_implementation='eager' or 'batched_mm', whose "
+                     "activations memfit does not model (this estimate is grouped_mm's, as on CPU)")
+    return notes
 
 
 def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, weights: str,
@@ -361,7 +368,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         matrices = tuple(p for p in model.projected if p.target in targets) \
             if method.kind == "adapter" else model.projected
         _check_rank(model, rank, matrices)
-    assumptions += _capacity(spec, model)
+    assumptions += _capacity(spec, model, frozen if method.kind == "adapter" else weights)
     if spec.layerwise and not method.layerwise:
         raise ValueError(method.layerwise_note or f"{method.id} has no layer-wise mode")
     r = Resolved(spec, model, method, precision, weights, grads, states,

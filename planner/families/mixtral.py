@@ -4,7 +4,8 @@ MoE of `num_local_experts` SwiGLU experts, each `intermediate_size` wide, top-k 
 `router_jitter_noise` (0 in the releases) multiplies the MoE input by uniform noise in training.
 """
 from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import MoeSpec, moe_activation, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .moe import moe_activation
+from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]

@@ -8,7 +8,8 @@ an nn.Linear with one output: a router to memfit, never projected or adapted). L
 their activations not modelled (no released model has one).
 """
 from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import MoeSpec, moe_activation, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .moe import moe_activation
+from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]

@@ -5,7 +5,8 @@ then a MoE of `num_experts` fused SwiGLU experts, each `moe_intermediate_size` w
 to the compute dtype); no shared expert. `mlp_only_layers` / `decoder_sparse_step` as Qwen2-MoE.
 """
 from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import MoeSpec, moe_activation, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .moe import moe_activation
+from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]

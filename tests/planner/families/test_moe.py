@@ -198,6 +198,17 @@ def test_capacity_factor_is_validated_and_changes_no_byte():
         estimate(TrainingSpec(model="llama-7b", capacity_factor=1.5))
 
 
+def test_experts_outside_bf16_are_flagged_for_gpus():
+    """torch's CUDA grouped_mm takes bf16 only: fp32 experts (fp32 or AMP training, QLoRA's
+    upcast) need another experts implementation on a GPU, and the assumptions say so."""
+    def flagged(**changes):
+        b = estimate(TrainingSpec(model="qwen3-30b-a3b", **changes))
+        return any("takes bf16 only" in a for a in b.assumptions)
+    assert not flagged() and not flagged(method="lora")
+    assert flagged(precision="fp32") and flagged(precision="amp-bf16") and flagged(method="qlora")
+    assert not flagged(method="qlora", kbit_upcast=False)
+
+
 # ---- what each method does with experts ---------------------------------------------------
 
 def _row(b, fragment):
