@@ -21,7 +21,8 @@ memfit always limits, then scales.
 
 APOLLO-Mini = rank 1, ``scale_type='tensor'``, ``scale=128`` (README recommendation).
 State per projected matrix: ``step``, ``exp_avg``, ``exp_avg_sq`` (shape of ``R``), ``seed``
-(0-d int64), ``scaling_grad`` (0-d float32).
+(0-d int64), ``scaling_grad`` (0-d float32). A fused expert tensor ``(E, m, n)``: one seed draws
+the E experts' projections ``(E, r, n)`` at once; moments ``(E, ...)``, limiter ``(E,)``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def next_seed(seed: int) -> int:
     return (z ^ (z >> 31)) & _MASK63
 
 
-def random_projection(seed: int, shape: tuple[int, int], rank: int, dtype: torch.dtype, device) -> torch.Tensor:
+def random_projection(seed: int, shape: tuple[int, ...], rank: int, dtype: torch.dtype, device) -> torch.Tensor:
     """Gaussian ``randn(shape) / sqrt(rank)`` from ``seed`` (fp32 on ``device``, then cast)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -83,8 +84,8 @@ class RandomBasis(BasisRule):
         return None
 
     def matrices(self, opt, param, state, group, grad, side):
-        m, n = grad.shape                          # the whole matrix's shape (also for a DTensor)
-        shape = (group["rank"], n) if side == "right" else (m, group["rank"])
+        *batch, m, n = grad.shape                  # the whole matrix's shape (also for a DTensor)
+        shape = (*batch, group["rank"], n) if side == "right" else (*batch, m, group["rank"])
         proj = random_projection(int(state["seed"].item()), shape, group["rank"],
                                  group["proj_dtype"] or grad.dtype, grad.device)
         return own_rows(proj, row_shard(param)) if side == "left" else proj
@@ -103,7 +104,7 @@ class APOLLOUpdate(UpdateRule):
             raise ValueError("residual 'apollo' needs a one-sided projection; proj_type 'full' is not supported")
 
     def init_state(self, state: dict, param: torch.Tensor) -> None:
-        state["scaling_grad"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        state["scaling_grad"] = torch.zeros(param.shape[:-2], dtype=torch.float32, device=param.device)
 
     def update(self, item: ProjectedGrad, direction: torch.Tensor, scale: float) -> torch.Tensor:
         if item.group.get("scale_type", "channel") == "tensor":   # left: R is whole on every rank

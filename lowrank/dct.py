@@ -17,7 +17,8 @@ then proceeds exactly as GaLore (:mod:`lowrank.galore`, scale α included). Beca
 orthonormal, the ℓ2 top-r selection maximises the captured energy ``||project(G)||_F`` among all
 ``r``-subsets of DCT columns (the reference code scores by ℓ1 by default). ``idx`` is kept sorted
 ascending, so moments stay aligned to frequencies when the selection does not change.
-Stored per matrix: ``indices`` (int32, ``(r,)``) instead of an ``r x min(m, n)`` projection.
+Stored per matrix: ``indices`` (int32, ``(r,)``) instead of an ``r x min(m, n)`` projection; a
+fused expert tensor ``(E, m, n)`` selects per expert (one batched matmul, ``indices`` ``(E, r)``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def dct_basis(d: int, dtype: torch.dtype = torch.float32, device=None) -> torch.
 
 
 def select_dct_columns(grad: torch.Tensor, basis: torch.Tensor, rank: int, side: str):
-    """``(indices int32 sorted, R)``: the ``rank`` DCT columns best aligned with ``grad``."""
+    """``(indices int32 sorted, R)``: the ``rank`` DCT columns best aligned with ``grad`` (with
+    each matrix of a batch ``(E, m, n)``: indices ``(E, r)``)."""
     q = basis.to(grad.dtype)
+    if grad.ndim > 2:
+        return _select_batched(grad, q, rank, side)
     if side == "right":
         s = grad @ q                                             # (m, d)
         idx = torch.topk(torch.linalg.vector_norm(s, dim=0), rank).indices.sort().values
@@ -58,8 +62,26 @@ def select_dct_columns(grad: torch.Tensor, basis: torch.Tensor, rank: int, side:
     raise ValueError(f"DCT projection is one-sided; got side {side!r}")
 
 
+def _select_batched(grad: torch.Tensor, q: torch.Tensor, rank: int, side: str):
+    """`select_dct_columns` for every matrix of a batch at once."""
+    if side not in ("right", "left"):
+        raise ValueError(f"DCT projection is one-sided; got side {side!r}")
+    s = grad @ q if side == "right" else q.mT @ grad             # (E, m, d) / (E, d, n)
+    axis = -1 if side == "right" else -2                          # the frequency axis
+    scores = torch.linalg.vector_norm(s, dim=-2 if side == "right" else -1)       # (E, d)
+    idx = torch.topk(scores, rank, dim=-1).indices.sort(dim=-1).values          # (E, r)
+    low = torch.take_along_dim(s, idx.unsqueeze(-2 if side == "right" else -1), dim=axis)
+    return idx.to(torch.int32), low
+
+
 def dct_projection(basis: torch.Tensor, indices: torch.Tensor, side: str) -> torch.Tensor:
-    """The projection for :func:`lowrank.projection.project`: ``(r, n)`` right, ``(m, r)`` left."""
+    """The projection for :func:`lowrank.projection.project`: ``(r, n)`` right, ``(m, r)`` left
+    (``(E, r, n)`` / ``(E, m, r)`` for a batch's ``(E, r)`` indices)."""
+    if indices.ndim > 1:
+        d = basis.shape[0]
+        cols = basis.index_select(1, indices.reshape(-1)).reshape(d, *indices.shape)   # (d, E, r)
+        cols = cols.movedim(0, -2)                                                       # (E, d, r)
+        return cols.mT if side == "right" else cols
     cols = basis.index_select(1, indices)
     return cols.T if side == "right" else cols
 
@@ -79,7 +101,7 @@ class DCTBasis(BasisRule):
         return opt.shared_buffers[key]
 
     def _basis(self, opt, group, grad, side):
-        d = grad.shape[1] if side == "right" else grad.shape[0]
+        d = grad.shape[-1] if side == "right" else grad.shape[-2]
         return self.shared_basis(opt, d, group["proj_dtype"] or grad.dtype, grad.device)
 
     def refresh(self, opt, param, grad, state, group, side):

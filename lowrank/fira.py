@@ -16,7 +16,8 @@ package the paper's numbers came from; the two agree when α = 1.
 
 State per projected matrix: GaLore's plus ``scaling_grad`` (0-d float32, ``||S_prev||``).
 The pure pieces :func:`channel_scaling`, :func:`tensor_scaling`, :func:`norm_growth_limit_`
-are shared with APOLLO (:mod:`lowrank.apollo`).
+are shared with APOLLO (:mod:`lowrank.apollo`). A fused expert tensor ``(E, m, n)`` is E
+matrices: each gets its own factors and its own limiter norm (``scaling_grad`` of shape ``(E,)``).
 """
 
 from __future__ import annotations
@@ -41,37 +42,47 @@ LIMITER_GAMMA = 1.01  # hard-coded in the Fira and APOLLO code; paper Table 15's
 
 
 def channel_scaling(direction: torch.Tensor, low: torch.Tensor, side: str) -> torch.Tensor:
-    """``||N|| / (||R|| + 1e-8)`` over the rank axis, shaped to broadcast against ``(m, n)``.
+    """``||N|| / (||R|| + 1e-8)`` over the rank axis, shaped to broadcast against ``(..., m, n)``.
 
-    Right side: ``(m, 1)`` (one factor per row); left side: ``(n,)`` (one per column).
+    Right side: ``(..., m, 1)`` (one factor per row); left side: ``(..., 1, n)`` (one per column;
+    ``(n,)`` for a single matrix).
     """
     axis = rank_axis(side)
     num = torch.linalg.vector_norm(direction, dim=axis)
     factor = num / (torch.linalg.vector_norm(low.to(num.dtype), dim=axis) + 1e-8)
-    return factor.unsqueeze(1) if axis == 1 else factor
+    if axis == -1:
+        return factor.unsqueeze(-1)
+    return factor.unsqueeze(-2) if factor.ndim > 1 else factor
+
+
+def _per_matrix(values: torch.Tensor) -> torch.Tensor:
+    """``(E,)`` per-matrix scalars shaped to broadcast against ``(E, m, n)`` (0-d stays 0-d)."""
+    return values[..., None, None] if values.ndim else values
 
 
 def tensor_scaling(direction: torch.Tensor, low: torch.Tensor, shard=None, whole: bool = False) -> torch.Tensor:
-    """``||N||_F / (||R||_F + 1e-8)``, a 0-d tensor (APOLLO-Mini). With a row `shard` (FSDP2) the
-    norms are of the whole matrices (`lowrank.sharded.frobenius`; `whole`: N and R are whole)."""
+    """``||N||_F / (||R||_F + 1e-8)`` per matrix: 0-d (APOLLO-Mini), ``(E, 1, 1)`` for a batch.
+    With a row `shard` (FSDP2) the norms are of the whole matrices (`lowrank.sharded.frobenius`;
+    `whole`: N and R are whole)."""
     num = frobenius(direction, shard, whole)
-    return num / (frobenius(low.to(num.dtype), shard, whole) + 1e-8)
+    return _per_matrix(num / (frobenius(low.to(num.dtype), shard, whole) + 1e-8))
 
 
 def norm_growth_limit_(update: torch.Tensor, prev_norm: torch.Tensor, first: bool,
                        gamma: float = LIMITER_GAMMA, norm: torch.Tensor | None = None) -> torch.Tensor:
     """Fira's limiter: shrink ``update`` in place so its norm grows at most ``gamma``× per step.
 
-    ``prev_norm`` (0-d) is read and overwritten with the limited norm; on the ``first`` step it
-    only records ``||update||``. No host synchronisation (all tensor ops). ``norm``: ``||update||``
-    when the caller has it (the whole matrix's, for a row-sharded update).
+    ``prev_norm`` (0-d; ``(E,)`` for a batch of E matrices, each limited on its own) is read and
+    overwritten with the limited norm; on the ``first`` step it only records ``||update||``. No
+    host synchronisation (all tensor ops). ``norm``: ``||update||`` when the caller has it (the
+    whole matrix's, for a row-sharded update).
     """
-    norm = (torch.linalg.vector_norm(update) if norm is None else norm).to(prev_norm.dtype)
+    norm = (frobenius(update, None) if norm is None else norm).to(prev_norm.dtype)
     if first:
         prev_norm.copy_(norm)
         return update
     limiter = torch.clamp(norm / (prev_norm + 1e-8), min=gamma) / gamma
-    update.div_(limiter.to(update.dtype))
+    update.div_(_per_matrix(limiter).to(update.dtype))
     prev_norm.copy_(norm / limiter)
     return update
 
@@ -93,7 +104,7 @@ class FiraUpdate(UpdateRule):
             raise ValueError("residual 'fira' needs a one-sided projection; proj_type 'full' is not supported")
 
     def init_state(self, state: dict, param: torch.Tensor) -> None:
-        state["scaling_grad"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        state["scaling_grad"] = torch.zeros(param.shape[:-2], dtype=torch.float32, device=param.device)
 
     def update(self, item: ProjectedGrad, direction: torch.Tensor, scale: float) -> torch.Tensor:
         residual = fira_residual(item.grad, item.low, item.proj, item.side, scale)

@@ -28,8 +28,10 @@ previous ``g`` is never needed: the next step starts from ``v = W · row_scale``
 It equals the reference to rounding (a test checks 1e-5 over 10+ fp32 steps) and saves ``m · n``
 elements per projected weight (the reference's ``v``) at the cost of ``m`` fp32 (``row_scale``).
 
-Scope (``docs/storage-contract.md``): only the projected 2-D weights are weight-normalised; other
-parameters get the skeleton's plain AdamW (the reference normalises every parameter).
+Scope (``docs/storage-contract.md``): only the projected weights are weight-normalised (a fused
+expert tensor ``(E, m, n)`` row by row of every expert: ``row_scale`` and the magnitude moments
+``(E, m)``); other parameters get the skeleton's plain AdamW (the reference normalises every
+parameter).
 """
 
 from __future__ import annotations
@@ -46,20 +48,21 @@ _SUFFIX = "_g"  # magnitude moments: exp_avg_g, exp_avg_sq_g (+ _absmax when 8-b
 
 
 def recover_direction_(weight: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
-    """``v = W · row_scale`` in place; returns ``||v||`` per row, fp32 ``(m,)``."""
-    weight.mul_(row_scale.to(weight.dtype).unsqueeze(1))
-    return torch.linalg.vector_norm(weight.float(), dim=1)
+    """``v = W · row_scale`` in place; returns ``||v||`` per row, fp32 ``(..., m)``."""
+    weight.mul_(row_scale.to(weight.dtype).unsqueeze(-1))
+    return torch.linalg.vector_norm(weight.float(), dim=-1)
 
 
 def magnitude_grad(grad: torch.Tensor, v: torch.Tensor, norm_v: torch.Tensor) -> torch.Tensor:
-    """``∂L/∂g = Σ_row G · v / ||v||``, fp32 ``(m,)`` (a row-wise dot product, no (m, n) temporary)."""
-    return torch.linalg.vecdot(grad.float(), v.float(), dim=1) / norm_v
+    """``∂L/∂g = Σ_row G · v / ||v||``, fp32 ``(..., m)`` (a row-wise dot product, no (m, n)
+    temporary)."""
+    return torch.linalg.vecdot(grad.float(), v.float(), dim=-1) / norm_v
 
 
 def renormalize_(weight: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``W <- g · v / ||v||`` in place (``weight`` holds ``v``); returns ``row_scale = ||v|| / g``."""
-    norm = torch.linalg.vector_norm(weight.float(), dim=1)
-    weight.mul_((g / norm).to(weight.dtype).unsqueeze(1))
+    norm = torch.linalg.vector_norm(weight.float(), dim=-1)
+    weight.mul_((g / norm).to(weight.dtype).unsqueeze(-1))
     return norm / g
 
 
@@ -76,12 +79,13 @@ def _magnitude_view(state: dict) -> dict:
 
 
 def _init_magnitude(state: dict, param: torch.Tensor, group: dict) -> None:
-    """Zero magnitude moments ``(m,)`` (8-bit rule when ``optim_bits == 8``) and ``row_scale = 1``."""
+    """Zero magnitude moments ``(..., m)`` (8-bit rule when ``optim_bits == 8``) and
+    ``row_scale = 1``."""
     view: dict = {}
-    init_moments(view, (param.shape[0],), param.device, group["state_dtype"] or param.dtype,
+    init_moments(view, tuple(param.shape[:-1]), param.device, group["state_dtype"] or param.dtype,
                  group["optim_bits"] == 8)
     state.update({_magnitude_key(k): v for k, v in view.items()})
-    state["row_scale"] = torch.ones(param.shape[0], dtype=torch.float32, device=param.device)
+    state["row_scale"] = torch.ones(param.shape[:-1], dtype=torch.float32, device=param.device)
 
 
 class GradNormLoRP(ProjectedAdamW):

@@ -8,6 +8,12 @@ adapted): by default peft's own per-architecture defaults (Llama: ``q_proj, v_pr
 ``c_attn``, a ``Conv1D`` with ``fan_in_fan_out=True``; RoBERTa: ``query, value``), or every block
 linear (:func:`block_linear_names`, peft's "all-linear").
 
+Fused MoE experts (transformers 5: ``mlp.experts.gate_up_proj`` ``(E, 2i, h)``, an
+``nn.Parameter``, not a linear) are targeted by parameter name, ``experts.gate_up_proj``: peft's
+``target_parameters`` (``ParamWrapper``) gives each expert its own rank-r pair, stacked as
+lora_A ``(r·E, in)`` and lora_B ``(out, r·E)``, and folds them in every forward
+(W' = W + scaling·B·A per expert, a full copy of the expert tensor). It has no dropout.
+
 QLoRA (:func:`apply_qlora`; Dettmers et al. 2023, ``artidoro/qlora``) first replaces those linears
 by bitsandbytes ``Linear4bit``: NF4 codes packed two per byte, block 64, double quantisation (the
 fp32 absmax of each 64-block is itself 8-bit quantised, with an fp32 absmax per 256 of them).
@@ -26,6 +32,7 @@ from .sizes import storage_bytes
 __all__ = [
     "NF4_BLOCKSIZE",
     "lora_targets",
+    "split_targets",
     "block_linear_names",
     "lora_target_regex",
     "apply_lora",
@@ -48,10 +55,14 @@ def _model_type(model_or_type) -> str:
 
 def block_linear_names(model) -> tuple[str, ...]:
     """The last names of every linear inside a numbered block (``nn.Linear`` or transformers'
-    ``Conv1D``): what "all-linear" adapts. ``lm_head``, poolers and heads are never included."""
+    ``Conv1D``): what "all-linear" adapts. ``lm_head``, poolers, heads and expert routers
+    (:func:`lowrank.groups.is_router_name`) are never included."""
     from torch import nn
+
+    from .groups import is_router_name
     names = {name.rpartition(".")[2] for name, m in model.named_modules()
-             if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and re.search(r"\.\d+\.", name)}
+             if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and re.search(r"\.\d+\.", name)
+             and not is_router_name(name)}
     return tuple(sorted(names))
 
 
@@ -70,6 +81,17 @@ def _fan_in_fan_out(model, names) -> bool:
     """Whether the targets are transformers' ``Conv1D`` layers (weight stored (in, out))."""
     return any(type(m).__name__ == "Conv1D" and name.rpartition(".")[2] in names
                for name, m in model.named_modules())
+
+
+def split_targets(targets) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(module names, parameter names)``: a target with a dot (``experts.gate_up_proj``)
+    names a bare parameter (peft ``target_parameters``), one without a module (``q_proj``).
+
+    >>> split_targets(["q_proj", "experts.down_proj"])
+    (('q_proj',), ('experts.down_proj',))
+    """
+    targets = tuple(targets)
+    return tuple(t for t in targets if "." not in t), tuple(t for t in targets if "." in t)
 
 
 def lora_target_regex(targets: tuple[str, ...] | list[str]) -> str:
@@ -114,11 +136,13 @@ def apply_lora(
     from peft import LoraConfig, get_peft_model
 
     names = tuple(targets) if targets is not None else lora_targets(model)
+    modules, parameters = split_targets(names)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_regex(names),
+        target_modules=lora_target_regex(modules) if modules else [],
+        target_parameters=list(parameters) or None,
         use_rslora=use_rslora,
         fan_in_fan_out=_fan_in_fan_out(model, names),
         modules_to_save=list(modules_to_save) if modules_to_save else None,

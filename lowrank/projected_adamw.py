@@ -11,7 +11,10 @@ For a selected 2-D parameter ``W (m, n)`` with gradient ``G``, step ``t`` (befor
                                                        # (op order as the reference code: bit-identical)
     decay (hf style, after)                            # 'fira', 'apollo': lowrank.fira / lowrank.apollo
 
-Parameters that are not 2-D, or sit in a group without ``rank``, get plain AdamW (same
+A 3-D parameter ``(E, m, n)`` (transformers 5's fused MoE experts) is a batch of E matrices:
+each gets its own basis, low-rank moments and (Fira, APOLLO) limiter, computed batched (a GaLore
+refresh takes the E SVDs one after another); the result equals a loop over the experts.
+Parameters that are 1-D, or sit in a group without ``rank``, get plain AdamW (same
 ``adam_style``) in the same optimizer. Which parameters are "selected" is decided by the param
 groups (:func:`lowrank.groups.projection_param_groups` builds the authors' groups).
 
@@ -36,6 +39,7 @@ with :func:`register_basis` / :func:`register_update`, and bind the names in a s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,6 +69,7 @@ __all__ = [
 ]
 
 FOREACH_BUCKET_NUMEL = 1 << 22  # max elements per foreach batch: bounds step transients to ~16 MB fp32
+_MATRIX_DIMS = (2, 3)           # a matrix, or a batch of them (fused experts (E, m, n))
 
 
 @dataclass
@@ -246,7 +251,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def _check_projected_group(self, group: dict) -> None:
         check_rank(group["rank"])
         for p in group["params"]:
-            if p.ndim == 2:
+            if p.ndim in _MATRIX_DIMS:
                 check_rank(group["rank"], p.shape)
         check_positive_int("update_proj_gap", group["update_proj_gap"])
         check_positive(self.scale_key, group[self.scale_key])
@@ -262,7 +267,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def is_projected(group: dict, param: torch.Tensor) -> bool:
-        return "rank" in group and param.ndim == 2
+        return "rank" in group and param.ndim in _MATRIX_DIMS
 
     def _group_of(self, param: torch.Tensor) -> dict:
         group = self._group_cache.get(param)
@@ -295,12 +300,13 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     def _update(self, group: dict, params: list) -> None:
         if "rank" in group:                                                # see is_projected
-            projected, plain = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
+            projected = [p for p in params if p.ndim in _MATRIX_DIMS]
+            plain = [p for p in params if p.ndim not in _MATRIX_DIMS]
         else:
             projected, plain = [], params
         for bucket in _buckets(plain, lambda p: p.numel()):
             self._plain_update(group, bucket)
-        for bucket in _buckets(projected, lambda p: group["rank"] * max(p.shape)):
+        for bucket in _buckets(projected, lambda p: group["rank"] * math.prod(p.shape[:-2]) * max(p.shape[-2:])):
             self._projected_update(group, bucket)
 
     def _init_state(self, param: torch.Tensor, moment_shape, group: dict) -> dict:

@@ -16,6 +16,11 @@ Side rule from ``proj_type`` (the GaLore code's): ``std`` = right if ``m >= n`` 
 projection is ``r x min(m, n)`` and the moments ``r x max(m, n)``), ``reverse_std`` the opposite,
 ``left`` / ``right`` forced, ``full`` both sides. ``project_back`` does *not* multiply by the
 method's scale α; callers multiply (as GaLore's code does, after projecting back).
+
+A 3-D tensor ``(E, m, n)`` (transformers 5's fused MoE experts) is a batch of ``E`` matrices:
+every function works on the last two dimensions, so each expert gets its own basis ``P[e]``
+(stacked ``(E, r, n)`` / ``(E, m, r)``), its own low-rank gradient and, in the optimizers, its own
+moments. Results equal a loop over the experts (``tests/lowrank/test_experts.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ def check_positive(name: str, value) -> None:
 
 
 def check_rank(rank, shape: tuple[int, ...] | torch.Size | None = None) -> None:
-    """Raise ``ValueError`` unless ``1 <= rank <= min(m, n)`` of a matrix of ``shape``.
+    """Raise ``ValueError`` unless ``1 <= rank <= min(m, n)`` of a matrix (or a batch of
+    matrices) of ``shape``.
 
     >>> check_rank(8, (4, 16))
     Traceback (most recent call last):
@@ -74,8 +80,9 @@ def check_rank(rank, shape: tuple[int, ...] | torch.Size | None = None) -> None:
     ValueError: rank 8 exceeds min(m, n) = 4 of a 4 x 16 matrix
     """
     check_positive_int("rank", rank)
-    if shape is not None and len(shape) == 2 and rank > min(shape):
-        raise ValueError(f"rank {rank} exceeds min(m, n) = {min(shape)} of a {shape[0]} x {shape[1]} matrix")
+    if shape is not None and len(shape) >= 2 and rank > min(shape[-2:]):
+        m, n = shape[-2:]
+        raise ValueError(f"rank {rank} exceeds min(m, n) = {min(m, n)} of a {m} x {n} matrix")
 
 
 def projection_side(proj_type: str, shape: tuple[int, ...] | torch.Size) -> str:
@@ -89,31 +96,31 @@ def projection_side(proj_type: str, shape: tuple[int, ...] | torch.Size) -> str:
     check_proj_type(proj_type)
     if proj_type in ("left", "right", "full"):
         return proj_type
-    tall = shape[0] >= shape[1]
+    tall = shape[-2] >= shape[-1]
     if proj_type == "std":
         return "right" if tall else "left"
     return "left" if tall else "right"
 
 
-def low_rank_shape(shape: tuple[int, int] | torch.Size, rank: int, side: str) -> tuple[int, int]:
-    """Shape of ``R = project(G, P)`` for ``G`` of ``shape``.
+def low_rank_shape(shape: tuple[int, ...] | torch.Size, rank: int, side: str) -> tuple[int, ...]:
+    """Shape of ``R = project(G, P)`` for ``G`` of ``shape`` (leading batch dimensions kept).
 
-    >>> low_rank_shape((768, 2048), 256, "left"), low_rank_shape((2048, 768), 256, "right")
-    ((256, 2048), (2048, 256))
+    >>> low_rank_shape((768, 2048), 256, "left"), low_rank_shape((8, 2048, 768), 256, "right")
+    ((256, 2048), (8, 2048, 256))
     """
-    m, n = shape
-    return {"right": (m, rank), "left": (rank, n), "full": (rank, rank)}[side]
+    *batch, m, n = shape
+    return (*batch, *{"right": (m, rank), "left": (rank, n), "full": (rank, rank)}[side])
 
 
 def rank_axis(side: str) -> int:
-    """The axis of ``R`` that has length ``r`` (right: 1, left: 0).
+    """The axis of ``R`` that has length ``r`` (right: -1, left: -2).
 
     Fira's and APOLLO's channel-wise factors reduce over this axis, giving one factor per row
-    (right) or column (left) of the full gradient.
+    (right) or column (left) of the full gradient (of each expert's matrix, batched).
     """
     if side == "full":
         raise ValueError("channel-wise scaling needs a one-sided projection, got side 'full'")
-    return 1 if side == "right" else 0
+    return -1 if side == "right" else -2
 
 
 def svd_basis(grad: torch.Tensor, rank: int, side: str, dtype: torch.dtype | None = None):
@@ -124,6 +131,8 @@ def svd_basis(grad: torch.Tensor, rank: int, side: str, dtype: torch.dtype | Non
     left, and the pair ``(U[:, :r], Vh[:r])`` for full.
     """
     dtype = dtype or grad.dtype
+    if grad.ndim > 2:
+        return _batched_basis(grad, rank, side, dtype)
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
     # Own, compact storage: a slice would keep all of U or Vh alive (the reference code keeps
     # the full min(m, n)² Vh behind every fp32 right projection).
@@ -135,6 +144,17 @@ def svd_basis(grad: torch.Tensor, rank: int, side: str, dtype: torch.dtype | Non
     return own(u[:, :rank]), own(vh[:rank])
 
 
+def _batched_basis(grad: torch.Tensor, rank: int, side: str, dtype: torch.dtype):
+    """``svd_basis`` of every matrix of a ``(E, m, n)`` batch, one at a time (one matrix's SVD
+    workspace, not E), into stacked ``(E, r, n)`` / ``(E, m, r)`` bases."""
+    flat = grad.reshape(-1, *grad.shape[-2:])
+    parts = [svd_basis(g, rank, side, dtype) for g in flat]
+    stack = lambda ts: torch.stack(ts).reshape(*grad.shape[:-2], *ts[0].shape)
+    if side == "full":
+        return stack([l for l, _ in parts]), stack([r for _, r in parts])
+    return stack(parts)
+
+
 def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == like.dtype else t.to(like.dtype)
 
@@ -142,15 +162,15 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def project(grad: torch.Tensor, proj, side: str) -> torch.Tensor:
     """Low-rank gradient ``R`` (see the module table); ``proj`` is cast to ``grad.dtype``."""
     if side == "right":
-        return grad @ _as(proj, grad).T
+        return grad @ _as(proj, grad).mT
     if side == "left":
-        return _as(proj, grad).T @ grad
+        return _as(proj, grad).mT @ grad
     left, right = proj
-    return _as(left, grad).T @ grad @ _as(right, grad).T
+    return _as(left, grad).mT @ grad @ _as(right, grad).mT
 
 
 def project_back(low: torch.Tensor, proj, side: str) -> torch.Tensor:
-    """Full-size ``(m, n)`` tensor from a low-rank one (no scale α)."""
+    """Full-size ``(..., m, n)`` tensor from a low-rank one (no scale α)."""
     if side == "right":
         return low @ _as(proj, low)
     if side == "left":

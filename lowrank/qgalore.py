@@ -212,8 +212,9 @@ def stochastic_generator(seed: int, index: int, step: int, device) -> torch.Gene
 
 
 def first_vector(p: torch.Tensor, side: str) -> torch.Tensor:
-    """First row of a right projection ``(r, n)``, first column of a left one ``(m, r)``."""
-    return (p[0] if side == "right" else p[:, 0]).float()
+    """First row of a right projection ``(r, n)``, first column of a left one ``(m, r)`` (of each
+    expert's, ``(E, n)`` / ``(E, m)``, for a stacked ``(E, ...)`` projection)."""
+    return (p[..., 0, :] if side == "right" else p[..., :, 0]).float()
 
 
 def push_cos(history: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
@@ -246,8 +247,9 @@ def load_projection(state: dict, shape, dtype: torch.dtype, key: str = "projecti
     return quant4.dequantize_int4(state[key], state[key + "_scale"], state[key + "_zero"], shape, dtype)
 
 
-def _projection_shape(shape, rank: int, side: str) -> tuple[int, int]:
-    return (rank, shape[1]) if side == "right" else (shape[0], rank)
+def _projection_shape(shape, rank: int, side: str) -> tuple[int, ...]:
+    *batch, m, n = shape
+    return (*batch, rank, n) if side == "right" else (*batch, m, rank)
 
 
 class QGaLoreBasis(BasisRule):
@@ -276,7 +278,8 @@ class QGaLoreBasis(BasisRule):
         new = svd_basis(grad, group["rank"], side, group["proj_dtype"])
         if "projection" in state:
             old = first_vector(load_projection(state, new.shape, torch.float32), side)
-            cos = torch.nn.functional.cosine_similarity(old, first_vector(new, side), dim=0)
+            # one history per tensor: a fused expert tensor pushes its experts' mean cosine
+            cos = torch.nn.functional.cosine_similarity(old, first_vector(new, side), dim=-1).mean()
             state["cos_history"] = push_cos(state["cos_history"], cos)
             gap = next_proj_gap(state["cos_history"], int(state["update_proj_gap"]),
                                 group["cos_threshold"], group["gamma_proj"])

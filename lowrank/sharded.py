@@ -110,9 +110,12 @@ def project(grad: torch.Tensor, proj, side: str, shard: RowShard | None) -> torc
 
 def frobenius(t: torch.Tensor, shard: RowShard | None, whole: bool = False) -> torch.Tensor:
     """``||T||_F`` of the whole matrix whose rows this rank holds (`whole`: `t` is already the
-    same whole tensor on every rank)."""
+    same whole tensor on every rank); ``(E,)`` norms for a batch of E matrices."""
+    dims = (-2, -1) if t.ndim > 2 else None      # a batch of matrices (fused experts): one norm each
     if shard is None or whole:
-        return torch.linalg.vector_norm(t)
-    sq = torch.linalg.vector_norm(t.float()).square().reshape(1)
+        return torch.linalg.vector_norm(t, dim=dims)
+    sq = torch.linalg.vector_norm(t.float(), dim=dims).square()
+    shape = sq.shape
+    sq = sq.reshape(-1)
     dist.all_reduce(sq, group=shard.group)
-    return sq.sqrt().reshape(()).to(t.dtype)
+    return sq.sqrt().reshape(shape).to(t.dtype)

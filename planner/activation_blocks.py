@@ -47,6 +47,7 @@ class Dims:
     def opt(self, key: str, default=None):
         """A block option of the family (`Family.block_options`), or `default`."""
         return dict(self.options).get(key, default)
+    routing: object = None   # a mixture-of-experts family's `Routing` (its record's), else None
 
     @property
     def bs(self) -> int:
@@ -67,6 +68,7 @@ class FirstLayer:
     v: bool
     o: bool
     mlp: bool = True
+    targets: tuple[str, ...] | None = None   # every adapter target (None: every block linear)
 
     @property
     def attention(self) -> bool:

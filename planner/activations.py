@@ -160,7 +160,7 @@ def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
         return targets is None or any(n in targets for n in names)
     mlp_in = [m.rpartition(".")[2] for m, key in family.linear_inputs.items() if key == "mlp_in"]
     return FirstLayer(*(adapted(family.attention_inputs.get(role, ())) for role in "qkvo"),
-                      adapted(mlp_in))
+                      adapted(mlp_in), targets)
 
 
 # ---- backward -------------------------------------------------------------------------------
@@ -297,7 +297,8 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
                 bool(model.hf_config.get("use_cache", True)) and not checkpointing, attention,
-                tuple(sorted(family.block_options(model.hf_config).items())), model.hf_config)
+                tuple(sorted(family.block_options(model.hf_config).items())), model.hf_config,
+                family.routing(model.hf_config))
 
 
 def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
@@ -308,10 +309,13 @@ def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout:
     p = _probability("lora_dropout", dropout)
     lora_m = (1 if kernels == "cuda" else lora_d) if p > 0 else 0
     linears = adapted_linears(model, targets)
-    if not linears:
-        raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
+    # adapters on bare parameters (peft target_parameters: fused experts) are the record's rule
+    param_saved, param_grads = family.activation.parameter_adapters(x, targets, rank, lora_d)
+    if not linears and not param_saved:
+        raise ValueError(f"nothing of {model.name} matches the LoRA targets {', '.join(targets)}")
     ctx_kept = family.activation.ctx_kept(x) if family.activation.ctx_kept else None
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model), ctx_kept),
-            lora_grad_bytes(x, linears, lora_d, lora_m),
+    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model), ctx_kept)
+            + param_saved,
+            max(lora_grad_bytes(x, linears, lora_d, lora_m) if linears else 0, param_grads),
             frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
             lora_d != x.D or lora_m > 0)

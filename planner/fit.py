@@ -106,7 +106,7 @@ def _rank_limit(spec: TrainingSpec) -> int | None:
     r = resolve_spec(spec)
     if r.rank is None or "rank" not in r.method.options:
         return None
-    return min(min(p.shape) for p in r.model.params if p.role == "block_linear")
+    return min(min(p.matrix) for p in r.model.projected)
 
 
 def _switches(spec: TrainingSpec) -> list[tuple[str, dict]]:

@@ -66,13 +66,17 @@ class Method:
     storage: the layout (`planner.rules.FullRank` / `Projected` / `Adapter`) that sizes one
         parameter's weights, gradient, states, projection and adapters.
     temporaries / refresh: bytes alive in `optimizer.step()` / in a projection refresh
-        (`planner.transients`); `step_copies`: fp32 full-size copies a step holds.
+        (`planner.transients`); `step_copies`: full-size copies a step holds (fp32 for the
+        per-parameter optimizers, the gradient's dtype for the projected ones); `upcasts_in_step`:
+        the step makes fp32 copies of a 16-bit parameter and its gradient.
     shared: tensors held once per optimizer (DCT bases, bitsandbytes' maps).
     bnb_state: the bitsandbytes optimizer state layout (Python-int step, quantisation maps).
     quantized_weights / projection_fixed: formats the method imposes (Q-GaLore: INT8 linears,
         INT4 projections).
     layerwise: whether layer-wise updates apply (`layerwise_note` says why not).
     variant_8bit: the method with 8-bit states, for fit's "8-bit states" switch.
+    adapts_parameters: its adapters can sit on bare parameters (fused experts, through peft's
+        `target_parameters`), not only on linears.
     recommend: order of preference among fitting methods (lower trains more like AdamW).
     defaults: spec fields the method sets when the user leaves them unset.
     states_follow_params: torch's own optimizer keeps states like the parameters (zeros_like).
@@ -117,6 +121,7 @@ class Method:
     reference: str = ""            # how the authors' code stores differently
     fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
     sharding: MethodSharding = MethodSharding()   # what it can do under DDP, FSDP2 and ZeRO
+    adapts_parameters: bool = False   # adapters on bare parameters (fused experts: peft target_parameters)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -185,7 +190,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
            "fp32, as peft keeps them by default on a 16-bit base.",
            "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters", sharding=_SHARDS_ANYWHERE),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters", adapts_parameters=True, sharding=_SHARDS_ANYWHERE),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
@@ -194,7 +199,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
            "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}, adapts_parameters=True),
     Method("lora-pro", "LoRA-Pro", "adapter",
            "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
            "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
@@ -238,7 +243,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (Chen et al., 2024)",
            "https://arxiv.org/abs/2410.01623", "https://github.com/xichen-fy/Fira", **_LOWRANK_OPTS,
            proj_types=PROJ_TYPES, reference="the reference keeps the limiter scalar in the gradient dtype.",
-           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=3, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected", sharding=_SHARDS_ROWS),
+           storage=Projected(extra=fira_extra), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="fira", recommend=2, groups="projected", sharding=_SHARDS_ROWS),
     Method("gradnormlorp", "GradNormLoRP", "projected",
            "Weight-normalised GaLore: W = g·v/‖v‖ with the direction's gradient projected; memfit "
            "keeps a per-row ratio ‖v‖/g instead of the reference code's full copy of v.",
@@ -249,7 +254,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES,
            reference="the reference keeps a full copy v of every weight (mn more per matrix) and "
            "weight-normalises every parameter, with full-rank moments outside the projected linears.",
-           storage=Projected(extra=gradnorm_extra, plain=_gradnorm_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp", recommend=6, variant_8bit="gradnormlorp-8bit", groups="projected"),
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm_plain), temporaries=t.projected_step, upcasts_in_step=True, refresh=t.svd_workspace, optimizer="gradnormlorp", recommend=6, variant_8bit="gradnormlorp-8bit", groups="projected"),
     Method("gradnormlorp-8bit", "8-bit GradNormLoRP", "projected",
            "GradNormLoRP with block-wise 8-bit moments.",
            "mn·b_w + mn·b_g + 2rm + 8⌈rm/256⌉ + rn·b_p + 8m (m<4096) + 4m",
@@ -258,7 +263,7 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://github.com/Jhhuangkay/Gradient-Weight-normalized-Low-rank-Projection-for-Efficient-LLM-Training",
            **_LOWRANK_OPTS, proj_types=PROJ_TYPES, eight_bit=True,
            reference="as gradnormlorp, with bitsandbytes states.",
-           storage=Projected(extra=gradnorm_extra, plain=_gradnorm8_plain), temporaries=t.projected_step, step_copies=2, refresh=t.svd_workspace, optimizer="gradnormlorp-8bit", recommend=7, groups="projected", shared=bnb_qmaps),
+           storage=Projected(extra=gradnorm_extra, plain=_gradnorm8_plain), temporaries=t.projected_step, upcasts_in_step=True, refresh=t.svd_workspace, optimizer="gradnormlorp-8bit", recommend=7, groups="projected", shared=bnb_qmaps),
     Method("galore-dct", "SVD-free GaLore (DCT)", "projected",
            "Projects on r columns of a fixed orthonormal DCT basis chosen by alignment with the "
            "gradient (one matmul and a top-k, no SVD); one basis per distinct dimension is shared "

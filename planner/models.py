@@ -20,13 +20,16 @@ from typing import Any
 from .families import COMMON_FIELDS, REQUIRED_FIELDS, ROLES, Family, family_for
 from .names import normalize, resolve
 
-__all__ = ["Param", "ModelConfig", "ROLES", "MODEL_CATALOG", "model_names", "get_model", "VARIANT_WORDS",
+__all__ = ["Param", "ModelConfig", "ROLES", "PROJECTED_ROLES", "MODEL_CATALOG", "model_names", "get_model",
+           "VARIANT_WORDS",
            "load_config_file", "config_from_dict", "config_from_json", "classify_param", "meta_params",
            "LIMITS"]
 
 #: the catalog: one JSON file of config.json fields per family (`<family>.json`)
 _DATA = Path(__file__).with_name("data") / "models"
 _LAYER = re.compile(r"\.(?:layers|h|layer)\.(\d+)\.")
+#: roles the projection methods project (a fused expert tensor as a batch of matrices)
+PROJECTED_ROLES = ("block_linear", "expert")
 
 #: sanity bounds on config fields: beyond these a config is a mistake (or an attack), and sizing
 #: it would take unbounded time and memory. The largest public models sit far inside them
@@ -53,6 +56,26 @@ class Param:
         """The owning module's name after the layer index ("self_attn.q_proj"), or its full name."""
         owner = self.name.rpartition(".")[0]
         return owner.split(f".{self.layer}.", 1)[1] if self.layer is not None else owner
+
+    @cached_property
+    def target(self) -> str:
+        """The name an adapter method targets this parameter by: its module's last name for a
+        module's weight ("q_proj", peft's `target_modules`), "module.parameter" for a bare
+        parameter such as a fused expert tensor ("experts.gate_up_proj", peft's
+        `target_parameters`)."""
+        owner, _, leaf = self.name.rpartition(".")
+        module = owner.rpartition(".")[2]
+        return module if leaf in ("weight", "bias") else f"{module}.{leaf}"
+
+    @cached_property
+    def matrix(self) -> tuple[int, int]:
+        """The (m, n) of each matrix it holds: a fused expert tensor (E, m, n) is E of them."""
+        return tuple(self.shape[-2:])
+
+    @cached_property
+    def batch(self) -> int:
+        """How many (m, n) matrices it holds: E for fused experts, 1 for a linear's weight."""
+        return math.prod(self.shape[:-2])
 
 
 @dataclass(frozen=True)
@@ -89,13 +112,24 @@ class ModelConfig:
 
     @cached_property
     def selected(self) -> tuple[Param, ...]:
-        """The block linears: what the projection methods project."""
+        """The block linears (2-D `nn.Linear`/`Conv1D` weights in the layers): what a k-bit base
+        quantises and what LoRA's "all-linear" adapts."""
         return tuple(p for p in self.params if p.role == "block_linear")
 
     @cached_property
+    def projected(self) -> tuple[Param, ...]:
+        """What memfit's projection methods project: the block linears and the fused expert
+        tensors (each expert's matrix on its own, `Param.matrix` x `Param.batch`)."""
+        return tuple(p for p in self.params if p.role in PROJECTED_ROLES)
+
+    @cached_property
     def smallest_selected(self) -> Param | None:
-        """The selected matrix with the smallest side: it bounds the rank."""
-        return min(self.selected, key=lambda p: min(p.shape), default=None)
+        """The projected matrix with the smallest side: it bounds the rank."""
+        return min(self.projected, key=lambda p: min(p.matrix), default=None)
+
+    @cached_property
+    def has_experts(self) -> bool:
+        return any(p.role == "expert" for p in self.params)
 
     @cached_property
     def largest(self) -> Param:
@@ -106,7 +140,11 @@ def classify_param(name: str, shape: tuple[int, ...], module_type: str) -> str:
     """Role of a parameter from its name, shape and owning module's class name.
 
     Block linears follow the authors' selection (GaLore `torchrun_main.py`: `nn.Linear` inside
-    attention and MLP blocks); GPT-2's `Conv1D` counts as a linear.
+    attention and MLP blocks); GPT-2's `Conv1D` counts as a linear. Mixture-of-experts layers
+    (transformers 5 stores the experts fused): a 3-D parameter of an `experts` module inside a
+    layer is an "expert" tensor (E matrices); a router is its `*TopKRouter` module's weight, or
+    a linear named `gate`, `router` or `*_gate` (Qwen2-MoE's 1-output `shared_expert_gate`): it scores
+    experts, so no method projects or adapts it (`lowrank.groups` applies the same rule).
     """
     if "Embedding" in module_type:
         return "embedding"
@@ -116,9 +154,26 @@ def classify_param(name: str, shape: tuple[int, ...], module_type: str) -> str:
         return "norm"
     if name.endswith(".bias"):
         return "bias"
-    if len(shape) == 2 and module_type in ("Linear", "Conv1D") and _LAYER.search(name):
+    inner = _inner_modules(name)
+    if len(shape) == 3 and inner and any("expert" in part for part in inner):
+        return "expert"
+    if "Router" in module_type or (len(shape) == 2 and module_type == "Linear" and inner
+                                   and _is_router_name(inner[-1])):
+        return "router"
+    if len(shape) == 2 and module_type in ("Linear", "Conv1D") and inner:
         return "block_linear"
     return "other"
+
+
+def _is_router_name(module: str) -> bool:
+    """`gate`, `router`, `shared_expert_gate`: never `gate_proj` (a SwiGLU linear)."""
+    return module in ("gate", "router") or module.endswith("_gate")
+
+
+def _inner_modules(name: str) -> list[str]:
+    """The module path after a decoder-layer index ("mlp", "experts"), [] outside the layers."""
+    found = _LAYER.search(name)
+    return name[found.end():].split(".")[:-1] if found else []
 
 
 def _param(name: str, shape: tuple[int, ...], module_type: str) -> Param:

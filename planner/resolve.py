@@ -14,7 +14,7 @@ from .defaults import fill_defaults
 from .dtypes import canonical_dtype, tensor_bytes
 from .gpus import get_gpu
 from .methods import Method, get_method
-from .models import ModelConfig, Param, get_model, load_config_file
+from .models import PROJECTED_ROLES, ModelConfig, Param, get_model, load_config_file
 from .precisions import Precision, get_precision
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    SHARDINGS, TrainingSpec)
@@ -61,11 +61,16 @@ class Resolved:
         return self.spec.impl == "reference"
 
     def adapts(self, p: Param) -> bool:
-        """Whether an adapter sits on this parameter (its module's last name is a target)."""
-        return p.role == "block_linear" and p.module.rpartition(".")[2] in self.lora_targets
+        """Whether an adapter sits on this parameter: a block linear whose module's last name is
+        a target, or a fused expert tensor named as peft's target_parameters spell it."""
+        return p.role in PROJECTED_ROLES and p.target in self.lora_targets
 
     def base_bytes(self, p: Param) -> int:
-        """A frozen base matrix under the spec's base quantisation."""
+        """A frozen parameter under the spec's base quantisation, which (as bitsandbytes through
+        transformers) replaces the block linears only: fused experts, embeddings and norms stay
+        in the frozen format."""
+        if p.role != "block_linear":
+            return tensor_bytes(p.numel, self.frozen)
         quant = self.spec.base_quant
         if quant == "nf4":
             return nf4_weight(p.numel, double_quant=self.spec.double_quant)
@@ -196,12 +201,12 @@ def _option(spec: TrainingSpec, method: Method, name: str):
 
 
 def _check_rank(model: ModelConfig, rank: int, matrices: tuple[Param, ...]) -> None:
-    smallest = min(matrices, key=lambda p: min(p.shape), default=None)
+    smallest = min(matrices, key=lambda p: min(p.matrix), default=None)
     if smallest is None:
         raise ValueError(f"{model.name} has no attention/MLP linears to project or adapt")
-    if rank > min(smallest.shape):
+    if rank > min(smallest.matrix):
         raise ValueError(f"rank {rank} is larger than {smallest.name} {smallest.shape}: choose a rank "
-                         f"of at most {min(smallest.shape)}")
+                         f"of at most {min(smallest.matrix)}")
 
 
 def _proj_type(spec: TrainingSpec, method: Method) -> str | None:
@@ -237,19 +242,63 @@ def _check_shape(spec: TrainingSpec, model: ModelConfig) -> None:
         _positive_int(spec, "loss_chunks", 4096)
 
 
-def _lora_targets(spec: TrainingSpec, model: ModelConfig) -> tuple[str, ...]:
-    """The module names adapters go on: a comma list, or "all-linear" (every block linear, as
-    peft's "all-linear" does, which never adapts the output layer)."""
-    names = sorted({p.module.rpartition(".")[2] for p in model.selected})
+def _lora_targets(spec: TrainingSpec, model: ModelConfig, method: Method) -> tuple[str, ...]:
+    """What adapters go on: a comma list of module names and fused expert tensors (peft's
+    target_parameters spelling, "experts.gate_up_proj"), or "all-linear" (every block linear,
+    as peft's "all-linear" does: never the output layer, never a fused expert tensor)."""
+    names = sorted({p.target for p in model.selected})
+    experts = sorted({p.target for p in model.params if p.role == "expert"})
     text = spec.lora_targets.strip()
     if text.lower() in ("all-linear", "all_linear", "all"):
         return tuple(names)
     asked = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    unknown = [t for t in asked if t not in names]
+    unknown = [t for t in asked if t not in names + experts]
     if unknown or not asked:
+        fused = f", fused experts {', '.join(experts)}" if experts else ""
         raise ValueError(f"{model.name} has no block linear named {', '.join(unknown) or repr(text)}: "
-                         f"LoRA targets are module names among {', '.join(names)}, or all-linear")
+                         f"LoRA targets are module names among {', '.join(names)}{fused}, or all-linear")
+    on_experts = [t for t in asked if t in experts]
+    if on_experts and not method.adapts_parameters:
+        raise ValueError(f"{method.id} cannot adapt fused expert tensors ({', '.join(on_experts)}): "
+                         f"peft adapts them with a ParamWrapper whose A and B stack every expert's "
+                         f"pair, which {method.id} does not handle; drop them from --lora-targets")
+    if on_experts and spec.lora_dropout:
+        raise ValueError(f"peft's ParamWrapper, which adapts {', '.join(on_experts)}, has no "
+                         f"dropout: use --lora-dropout 0 or drop them from --lora-targets")
     return asked
+
+
+def _capacity(spec: TrainingSpec, model: ModelConfig, experts_dtype: str) -> list[str]:
+    """Validate `capacity_factor` and say what routing the estimate assumes. Memory does not
+    depend on it: transformers' grouped_mm experts keep all b·s·k rows in one buffer
+    (`planner.families.moe`). torch's CUDA grouped_mm takes bf16 only (torch.nn.functional.
+    grouped_mm), so experts held in another dtype need another experts implementation."""
+    c = spec.capacity_factor
+    routing = model.family.routing(model.hf_config) if model.family else None
+    if routing is None:
+        if c is not None:
+            raise ValueError(f"capacity_factor is for mixture-of-experts models; {model.name} "
+                             "has no routed experts memfit knows of: drop --capacity-factor")
+        return []
+    e, k = routing.num_experts, routing.top_k
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float))
+                          or not math.isfinite(c) or not 1 <= c <= e / k):
+        raise ValueError(f"capacity_factor must be a number from 1 (balanced routing) to "
+                         f"{e / k:g} (= {e} experts / top-{k}: the busiest expert then gets every "
+                         f"token), got {c!r:.40}")
+    tokens = (c or 1) * spec.batch * spec.seq * k / e
+    load = (f"balanced top-{k} routing over {e} experts, b·s·k/E = {tokens:,.1f} tokens each"
+            if c is None else f"the busiest of {e} experts gets c·b·s·k/E = {tokens:,.1f} tokens "
+                              f"(capacity factor {c:g}, top-{k})")
+    notes = [f"{load}; transformers' grouped_mm experts keep all b·s·k = "
+             f"{spec.batch * spec.seq * k:,} routed rows in one buffer, so no byte depends on "
+             "the routing"]
+    if experts_dtype != "bf16":
+        notes.append(f"the fused experts are held in {experts_dtype}: torch's CUDA grouped_mm "
+                     "(transformers' default experts implementation) takes bf16 only, so on a GPU "
+                     "transformers needs experts_implementation='eager' or 'batched_mm', whose "
+                     "activations memfit does not model (this estimate is grouped_mm's, as on CPU)")
+    return notes
 
 
 def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, weights: str,
@@ -312,7 +361,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
             raise ValueError(f"the frozen base is fp32, bf16 or fp16, or quantised with --base-quant")
         adapter, frozen, states, notes = _adapter_dtypes(spec, method, precision, weights, states)
         assumptions += notes
-        targets = _lora_targets(spec, model)
+        targets = _lora_targets(spec, model, method)
         saved = tuple(m.strip() for m in (spec.modules_to_save or "").split(",") if m.strip())
         # the residual stream has the embeddings' dtype: an upcast (k-bit) base makes it fp32
         activations = frozen if not precision.autocast else precision.compute
@@ -322,9 +371,10 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
                          "methods (lora --base-quant int8|nf4, qlora)")
     rank = _option(spec, method, "rank")
     if rank is not None:
-        matrices = tuple(p for p in model.selected if p.module.rpartition(".")[2] in targets) \
-            if method.kind == "adapter" else model.selected
+        matrices = tuple(p for p in model.projected if p.target in targets) \
+            if method.kind == "adapter" else model.projected
         _check_rank(model, rank, matrices)
+    assumptions += _capacity(spec, model, frozen if method.kind == "adapter" else weights)
     if spec.layerwise and not method.layerwise:
         raise ValueError(method.layerwise_note or f"{method.id} has no layer-wise mode")
     r = Resolved(spec, model, method, precision, weights, grads, states,

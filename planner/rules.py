@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from .breakdown import Row
 from .dtypes import tensor_bytes
-from .models import Param
+from .models import PROJECTED_ROLES, Param
 from .storage import (BNB_QMAP_BYTES, MIN_8BIT_NUMEL, STEP_BYTES, ParamMemory, adam_moments,
                       int4_packed, int8_weight, lowrank_shapes, moments_8bit, projection_side)
 
 if TYPE_CHECKING:
     from .resolve import Resolved
 
-__all__ = ["FullRank", "Projected", "Adapter", "param_memory", "basis_dim",
+__all__ = ["FullRank", "Projected", "Adapter", "param_memory", "basis_dim", "projects",
            "adam_states", "adam8_states", "adafactor_states", "sgd_states", "step_bytes",
            "fira_extra", "apollo_extra", "qgalore_extra", "gradnorm_extra", "gradnorm_reference_extra",
            "float_projection", "int4_projection", "dct_indices", "seeded_projection",
@@ -59,9 +59,10 @@ def adam8_states(p: Param, r: Resolved) -> int:
 
 def adafactor_states(p: Param, r: Resolved) -> int:
     """transformers' Adafactor (beta1=None): fp32 row and column second moments of a matrix (a
-    full fp32 one for a vector) plus the 0-d fp32 `RMS`; the step is a Python int."""
+    full fp32 one for a vector) plus the 0-d fp32 `RMS`; the step is a Python int. A 3-D tensor
+    (fused experts, (E, m, n)) factors each matrix: rows (E, m), columns (E, n)."""
     if len(p.shape) >= 2:
-        return 4 * (math.prod(p.shape[:-1]) + p.shape[-1] + 1)
+        return 4 * (math.prod(p.shape[:-1]) + math.prod(p.shape[:-2]) * p.shape[-1] + 1)
     return 4 * (p.numel + 1)
 
 
@@ -75,7 +76,7 @@ def gradnorm_reference_extra(p: Param, r: Resolved) -> int:
     g (one per row; one for a vector) and g's two moments, all in the parameter dtype."""
     if not r.reference:
         return 0
-    g = p.shape[0] if len(p.shape) == 2 else 1
+    g = math.prod(p.shape[:-1]) if len(p.shape) >= 2 else 1
     return tensor_bytes(p.numel, r.weights) + 3 * tensor_bytes(g, r.weights)
 
 
@@ -86,18 +87,21 @@ def _with_gradnorm_reference(rule: StateRule) -> StateRule:
 # ---- low-rank extras of a projected matrix ------------------------------------------------
 
 def fira_extra(p: Param, r: Resolved) -> int:
-    """The norm-growth limiter's previous residual norm: 0-d fp32 (reference: gradient dtype)."""
-    return tensor_bytes(1, r.grads) if r.reference else 4
+    """The norm-growth limiter's previous residual norm: 0-d fp32 (reference: gradient dtype);
+    one per expert matrix of a fused expert tensor."""
+    return tensor_bytes(1, r.grads) if r.reference else 4 * p.batch
 
 
 def apollo_extra(p: Param, r: Resolved) -> int:
-    """The projection's seed (int64) and the limiter norm (fp32); the reference keeps the
-    limiter scalar in the gradient dtype (and the projection itself, see `seeded_projection`)."""
-    return tensor_bytes(1, r.grads) if r.reference else 8 + 4
+    """The projection's seed (int64; one draws every expert's matrix of a fused tensor) and the
+    limiter norm (fp32, one per expert matrix); the reference keeps the limiter scalar in the
+    gradient dtype (and the projection itself, see `seeded_projection`)."""
+    return tensor_bytes(1, r.grads) if r.reference else 8 + 4 * p.batch
 
 
 def qgalore_extra(p: Param, r: Resolved) -> int:
-    """The last five projections' cosine similarities (fp32) and the current gap (int64)."""
+    """The last five projections' cosine similarities (fp32) and the current gap (int64); a
+    fused expert tensor keeps one history and gap (the cosine is the experts' mean)."""
     return 0 if r.reference else 5 * 4 + 8
 
 
@@ -106,32 +110,40 @@ def gradnorm_extra(p: Param, r: Resolved) -> int:
     replaces the reference's full copy of v (`gradnorm_reference_extra`)."""
     if r.reference:
         return gradnorm_reference_extra(p, r)
-    moments = moments_8bit(p.shape[0]) if r.method.eight_bit else adam_moments(p.shape[0], r.states)
-    return moments + 4 * p.shape[0]
+    rows = p.batch * p.matrix[0]                      # every expert matrix's rows
+    moments = moments_8bit(rows) if r.method.eight_bit else adam_moments(rows, r.states)
+    return moments + 4 * rows
 
 
 # ---- projections ------------------------------------------------------------------------------
 
+def _projections(p: Param, r: Resolved, side: str) -> tuple[int, ...]:
+    """Elements of each projection tensor: one matrix's, times the experts of a fused tensor
+    (stacked (E, r, n) / (E, m, r): one basis per expert)."""
+    return tuple(p.batch * k for k in lowrank_shapes(p.matrix, r.rank, side)[1])
+
+
 def float_projection(p: Param, r: Resolved, side: str) -> int:
     """GaLore's projection matrices in the projection format (the gradient's by default)."""
-    return sum(tensor_bytes(k, r.projection) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+    return sum(tensor_bytes(k, r.projection) for k in _projections(p, r, side))
 
 
 def int4_projection(p: Param, r: Resolved, side: str) -> int:
-    """Q-GaLore's INT4 projection: two codes a byte (memfit) or one (reference), bf16 scale/zero."""
-    return sum(int4_packed(k, packed=not r.reference) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+    """Q-GaLore's INT4 projection: two codes a byte (memfit) or one (reference), bf16 scale/zero
+    per 256 of the (stacked) projection's elements."""
+    return sum(int4_packed(k, packed=not r.reference) for k in _projections(p, r, side))
 
 
 def dct_indices(p: Param, r: Resolved, side: str) -> int:
-    """SVD-free DCT: r int32 column indices; the bases are shared (`dct_bases`)."""
-    return 4 * r.rank
+    """SVD-free DCT: r int32 column indices per matrix; the bases are shared (`dct_bases`)."""
+    return 4 * r.rank * p.batch
 
 
 def seeded_projection(p: Param, r: Resolved, side: str) -> int:
     """APOLLO regenerates its random projection from the seed; the reference stores it."""
     if not r.reference:
         return 0
-    return sum(tensor_bytes(k, r.grads) for k in lowrank_shapes(p.shape, r.rank, side)[1])
+    return sum(tensor_bytes(k, r.grads) for k in _projections(p, r, side))
 
 
 def dense_weight(p: Param, r: Resolved) -> int:
@@ -139,8 +151,9 @@ def dense_weight(p: Param, r: Resolved) -> int:
 
 
 def int8_trained_weight(p: Param, r: Resolved) -> int:
-    """Q-GaLore's INT8 block linears: uint8 codes and bf16 scale/zero per 256."""
-    return int8_weight(p.numel)
+    """Q-GaLore's INT8 block linears: uint8 codes and bf16 scale/zero per 256. Its INT8 layers
+    replace `nn.Linear` modules, so fused expert tensors keep their dense weights."""
+    return int8_weight(p.numel) if p.role == "block_linear" else dense_weight(p, r)
 
 
 # ---- the three layouts ------------------------------------------------------------------------
@@ -156,20 +169,28 @@ class FullRank:
                            optimizer_states=self.states(p, r) + _master(p.numel, r))
 
 
+def projects(p: Param, r: Resolved) -> bool:
+    """Whether a projected method projects `p`: block linears, and memfit's optimizers also each
+    expert matrix of a fused expert tensor. The authors' code selects `nn.Linear` modules, so
+    with transformers 5's fused experts it leaves them to plain AdamW."""
+    return p.role in PROJECTED_ROLES and not (r.reference and p.role != "block_linear")
+
+
 @dataclass(frozen=True)
 class Projected:
-    """Block linears: full weights and gradients, `lowrank` moments of the projected gradient,
-    the method's `extra` state and `projection`; everything else: plain states (`plain`)."""
+    """Projected matrices (`projects`): full weights and gradients, `lowrank` moments of the
+    projected gradient (E of them for a fused expert tensor), the method's `extra` state and
+    `projection`; everything else: plain states (`plain`)."""
     extra: StateRule = lambda p, r: 0
     projection: Callable[[Param, "Resolved", str], int] = float_projection
     weight: StateRule = dense_weight
     plain: StateRule = adam_states
 
     def param(self, p: Param, r: Resolved) -> ParamMemory:
-        if p.role != "block_linear":
+        if not projects(p, r):
             return FullRank(self.plain).param(p, r)
-        side = projection_side(p.shape, r.proj_type)
-        low, _ = lowrank_shapes(p.shape, r.rank, side)
+        side = projection_side(p.matrix, r.proj_type)
+        low = p.batch * lowrank_shapes(p.matrix, r.rank, side)[0]
         moments = moments_8bit(low) if r.method.eight_bit else adam_moments(low, r.states)
         states = moments + step_bytes(r) + self.extra(p, r) + _master(p.numel, r)
         return ParamMemory(weights=self.weight(p, r), gradients=tensor_bytes(p.numel, r.grads),
@@ -177,11 +198,13 @@ class Projected:
 
 
 def lora_pairs(p: Param, r: Resolved) -> tuple[int, int]:
-    """Elements of lora_A (r x in) and lora_B (out x r) on an adapted matrix."""
-    m, n = p.shape
+    """Elements of lora_A (r x in) and lora_B (out x r) on an adapted matrix. On a fused expert
+    tensor (E, out, in) peft's `ParamWrapper` holds lora_A (r·E, in) and lora_B (out, r·E): one
+    rank-r pair per expert."""
+    m, n = p.matrix
     in_f = m if r.model.family and r.model.family.fan_in_fan_out else n
     out_f = n if in_f == m else m
-    return r.rank * in_f, out_f * r.rank
+    return r.rank * p.batch * in_f, out_f * r.rank * p.batch
 
 
 def lora_adam_states(p: Param, r: Resolved) -> int:
@@ -202,8 +225,6 @@ class Adapter:
     states: StateRule = lora_adam_states
 
     def param(self, p: Param, r: Resolved) -> ParamMemory:
-        if p.role != "block_linear":
-            return ParamMemory(weights=tensor_bytes(p.numel, r.frozen))
         if not r.adapts(p):     # a quantised base quantises every block linear, adapted or not
             return ParamMemory(weights=r.base_bytes(p))
         a, b = lora_pairs(p, r)
@@ -224,8 +245,8 @@ def param_memory(p: Param, r: Resolved) -> ParamMemory:
 
 def basis_dim(p: Param, r: Resolved) -> int:
     """The dimension of the shared DCT basis a projected matrix uses (n for right, m for left)."""
-    side = projection_side(p.shape, r.proj_type)
-    return p.shape[1] if side == "right" else p.shape[0]
+    m, n = p.matrix
+    return n if projection_side((m, n), r.proj_type) == "right" else m
 
 
 # ---- tensors held once per optimizer ------------------------------------------------------
@@ -237,7 +258,7 @@ def no_shared(r: Resolved, rows: list[Row]) -> list[Row]:
 def dct_bases(r: Resolved, rows: list[Row]) -> list[Row]:
     """One orthonormal DCT-II basis (d x d) per distinct projected dimension, in the projection
     format, shared by every matrix (`GaLoreDCTAdamW.shared_buffers`)."""
-    dims = sorted({basis_dim(p, r) for p in r.model.selected})
+    dims = sorted({basis_dim(p, r) for p in r.model.params if projects(p, r)})
     return [Row(f"shared DCT basis {d}x{d}", (d, d), "shared", (),
                 ParamMemory(projection=tensor_bytes(d * d, r.projection))) for d in dims]
 

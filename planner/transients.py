@@ -61,21 +61,35 @@ def _largest_bucket(numels: list[int], layerwise: bool) -> int:
     return best
 
 
+def _projected(r: Resolved):
+    from .rules import projects
+    return [p for p in r.model.params if projects(p, r)]
+
+
 def _plain_part(r: Resolved) -> int:
     """The plain (AdamW) part of a projected optimizer, bucket by bucket: 8-bit moments are read
     back as fp32 m and v plus one fp32 scratch (12 B an element); dense moments need one
     state-sized scratch for the denominators."""
-    plain = [p.numel for p in r.model.params if p.role != "block_linear"]
+    from .rules import projects
+    plain = [p.numel for p in r.model.params if not projects(p, r)]
     bucket = _largest_bucket(plain, r.spec.layerwise)
     return 12 * bucket if r.method.eight_bit else tensor_bytes(bucket, r.states)
 
 
 def projected_step(r: Resolved) -> int:
-    """memfit's projected optimizers update one matrix at a time, holding `Method.step_copies`
-    fp32 full-size copies of the largest one (GaLore/DCT: the projected-back update; Fira: +
-    residual and scaled residual; APOLLO: the scaled raw gradient; Q-GaLore: dequantised weight
-    + update; GradNormLoRP: direction v + update), or the plain part's bucket if larger."""
-    return max(_plain_part(r), 4 * r.method.step_copies * max(p.numel for p in r.model.selected))
+    """memfit's projected optimizers update one parameter at a time, holding `Method.step_copies`
+    full-size copies of the largest one in the gradient's dtype, the dtype the update is formed
+    in (GaLore/DCT: the projected-back update; Fira: + the residual, scaled in place; APOLLO: the
+    scaled raw gradient; Q-GaLore: dequantised weight + update), or the plain part's bucket if
+    larger. `Method.upcasts_in_step` (GradNormLoRP): the magnitude's gradient is a row-wise dot
+    product of fp32 copies of a 16-bit gradient and weight, with an fp32 product: up to three
+    fp32 copies before the update. A fused expert tensor is updated as one batch of its E
+    matrices, so its copies are (E, m, n). (Measured on FakeTensorMode traces of full-size MoE
+    steps, where the fused tensors make the step the peak; docs/validation.md.)"""
+    numel = max(p.numel for p in _projected(r))
+    update = r.method.step_copies * tensor_bytes(numel, r.grads)
+    upcast = 4 * numel * (1 + (2 if r.grads != "fp32" else 0)) if r.method.upcasts_in_step else 0
+    return max(_plain_part(r), update, upcast)
 
 
 def per_parameter_copies(r: Resolved) -> int:
@@ -89,20 +103,22 @@ def per_parameter_copies(r: Resolved) -> int:
 
 
 def svd_workspace(r: Resolved) -> int:
-    """One matrix's SVD (matrices are refreshed one by one): fp32 copy of G, U (m x k), S,
-    Vh (k x n) and a LAPACK/cuSOLVER work array of about the matrix size: 4(2mn + mk + k + kn),
-    k = min(m, n)."""
-    m, n = max(r.model.selected, key=lambda p: p.numel).shape
+    """One matrix's SVD (matrices, and a fused tensor's experts, are refreshed one by one):
+    fp32 copy of G, U (m x k), S, Vh (k x n) and a LAPACK/cuSOLVER work array of about the
+    matrix size: 4(2mn + mk + k + kn), k = min(m, n)."""
+    m, n = max((p.matrix for p in _projected(r)), key=lambda mn: mn[0] * mn[1])
     k = min(m, n)
     return 4 * (2 * m * n + m * k + k + k * n)
 
 
 def dct_workspace(r: Resolved) -> int:
-    """DCT column selection: the full product G @ Q in fp32 and the column norms."""
-    big = max(r.model.selected, key=lambda p: p.numel)
-    return 4 * (big.numel + max(big.shape))
+    """DCT column selection: the full product G @ Q in fp32 and the column norms (for a fused
+    expert tensor, every expert's at once: a batched matmul)."""
+    big = max(_projected(r), key=lambda p: p.numel)
+    return 4 * (big.numel + big.batch * max(big.matrix))
 
 
 def random_workspace(r: Resolved) -> int:
-    """APOLLO's refresh: a fresh r x n Gaussian in fp32."""
-    return 4 * r.rank * max(max(r.model.selected, key=lambda p: p.numel).shape)
+    """APOLLO's refresh: a fresh r x n Gaussian in fp32 (E of them for a fused expert tensor)."""
+    big = max(_projected(r), key=lambda p: p.numel)
+    return 4 * r.rank * big.batch * max(big.matrix)

@@ -175,11 +175,15 @@ def build_model(r: Resolved, device: str = "cpu", layers: int | None = None) -> 
 
 
 def param_groups(model: nn.Module, r: Resolved, scale_key: str = "scale") -> list[dict]:
-    """[plain group, projected group]: the projected group holds exactly the planner's selected
-    matrices (Q-GaLore: their `weight_int8`), with rank, gap, scale and side from the spec."""
+    """[plain group, projected group]: the projected group holds exactly the planner's projected
+    matrices (`planner.rules.projects`: the block linears, Q-GaLore's as their `weight_int8`, and
+    the fused expert tensors), with rank, gap, scale and side from the spec."""
+    from planner.rules import projects
     names = selected_names(r)
     projected = [getattr(m, "weight_int8", None) if hasattr(m, "weight_int8") else m.weight
                  for _, m in _selected_modules(model, names)]
+    experts = {p.name for p in r.model.params if p.role == "expert" and projects(p, r)}
+    projected += [p for n, p in model.named_parameters() if n in experts]
     chosen = {id(p) for p in projected}
     plain = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
     options = {"rank": r.rank, "update_proj_gap": r.update_proj_gap, scale_key: r.scale,

@@ -1,5 +1,6 @@
 """One selection of matrices: lowrank's group rule (which cannot import the planner) picks exactly
-the planner's `block_linear` parameters, for every block type in the catalog."""
+the planner's projected parameters (`block_linear` and fused `expert` tensors; never a router),
+for every block type in the catalog."""
 import pytest
 import transformers
 from accelerate import init_empty_weights
@@ -9,7 +10,8 @@ from planner import get_model
 
 
 @pytest.mark.parametrize("name", ["llama-60m", "qwen2.5-0.5b", "mistral-7b", "gpt2", "roberta-base",
-                                  "qwen3-0.6b", "gemma2-2b", "gemma3-1b", "phi-3-mini-4k", "phi-4-mini"])
+                                  "qwen3-0.6b", "gemma2-2b", "gemma3-1b", "phi-3-mini-4k", "phi-4-mini",
+                                  "mixtral-8x7b", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"])
 def test_lowrank_groups_select_the_planners_block_linears(name):
     model_cfg = get_model(name)
     fields = {k: v for k, v in model_cfg.hf_config.items() if k not in ("model_type", "architectures")}
@@ -20,7 +22,7 @@ def test_lowrank_groups_select_the_planners_block_linears(name):
     model.tie_weights()
     names = {id(p): n for n, p in model.named_parameters()}
     projected, _ = split_projected_params(model)
-    assert {names[id(p)] for p in projected} == {p.name for p in model_cfg.selected}
+    assert {names[id(p)] for p in projected} == {p.name for p in model_cfg.projected}
 
 
 @pytest.mark.parametrize("name", ["qwen3-0.6b", "gemma2-2b", "gemma3-1b", "phi-3-mini-4k", "llama-60m"])

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Family", "ActivationRule", "ShapeRow", "COMMON_FIELDS", "ROLES", "REQUIRED_FIELDS"]
+__all__ = ["Family", "ActivationRule", "Routing", "ShapeRow", "COMMON_FIELDS", "ROLES",
+           "REQUIRED_FIELDS"]
 
 #: (parameter name, shape, class name of the module that owns it)
 ShapeRow = tuple[str, tuple[int, ...], str]
 
-#: what a parameter is, as the methods see it: block linears are what the authors project/adapt.
+#: what a parameter is, as the methods see it: block linears are what the authors project/adapt;
+#: "expert" is a fused (E, m, n) expert tensor, "router" the weight that scores the experts.
 ROLES = ("block_linear", "embedding", "lm_head", "norm", "bias", "router", "expert", "other")
 
 #: config fields every family reads, with the spellings transformers' configs use for them; a
@@ -33,6 +35,18 @@ COMMON_FIELDS: Mapping[str, tuple[str, ...]] = {
     "head_dim": ("head_dim",),
 }
 REQUIRED_FIELDS = ("hidden_size", "num_layers", "num_heads", "vocab_size")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A mixture-of-experts layer's top-k routing, as generic code asks it (a family's own
+    subclass carries what its activation rule needs besides)."""
+    num_experts: int            # E
+    top_k: int                  # k experts per token
+
+
+def _no_parameter_adapters(x, targets, rank: int, lora_d: int) -> tuple[int, int]:
+    return 0, 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,9 @@ class ActivationRule:
     ctx_kept(x): whether the attention kernel itself saves o_proj's input, so a frozen o_proj
         releases nothing (SDPA-flash's output is it); None: under the flash core. Phi-3's SDPA
         output is copied into o_proj's input, which a frozen o_proj does not keep.
+    parameter_adapters(x, targets, rank, lora_d): (saved, backward gradient peak) of one
+        layer's adapters on bare parameters (peft's `target_parameters`: fused experts), for
+        the adapter targets `targets` (None: every block linear, so none of these).
     """
     layer: Callable
     embeddings: Callable
@@ -70,6 +87,7 @@ class ActivationRule:
     causal_loss_upcast: bool = True
     stack: Callable | None = None
     ctx_kept: Callable | None = None
+    parameter_adapters: Callable = _no_parameter_adapters
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,9 @@ class Family:
         ValueError naming it. They reach the rule as `Dims.opt(key)`.
     attentions: the attention implementations transformers lets the model use, its default first
         (Gemma 2 has no SDPA: `_supports_sdpa = False`, soft-capping needs eager or flash).
+    routing(c): a mixture-of-experts family's parsed routing (`Routing` or its subclass, handed
+        to the activation rule as `Dims.routing`) from the config's fields; None for a dense
+        family. Raises ValueError naming the field for a config it cannot hold.
     """
     name: str
     model_types: tuple[str, ...]
@@ -118,6 +139,7 @@ class Family:
     config_defaults: Mapping[str, object] = field(default_factory=dict)
     unused: Callable[[dict], frozenset[str]] = lambda c: frozenset()
     block_options: Callable[[dict], Mapping[str, object]] = lambda c: {}
+    routing: Callable[[dict], Routing | None] = lambda c: None
     tie_default: bool = False
     attentions: tuple[str, ...] = ("sdpa", "eager", "flash")
     fan_in_fan_out: bool = False
