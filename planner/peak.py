@@ -46,13 +46,22 @@ class PhasePeak:
 
 def _activations(r: Resolved, kernels: str):
     spec = r.spec
-    adapters = r.method.kind == "adapter"
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
                              attention=spec.attention, checkpointing=spec.checkpointing,
-                             lora_rank=r.rank if adapters else None,
-                             lora_dtype=r.adapter if adapters else None,
-                             lora_dropout=spec.lora_dropout if adapters else 0.0,
-                             lora_targets=r.lora_targets if adapters else None, kernels=kernels)
+                             kernels=kernels, **_adapter_activation_options(r))
+
+
+def _adapter_activation_options(r: Resolved) -> dict:
+    """An adapter method's activation settings: its record's rule, the rank on each adapted
+    module (WeLore's differ by shape), the adapters' dtype and dropout, targets and saved modules."""
+    if r.method.kind != "adapter":
+        return {}
+    ranks = {p.module: r.rank_of(p) for p in r.adapted if p.layer == 0}
+    head = [r.rank_of(p) for p in r.adapted if p.layer is None]
+    return dict(lora_rank=r.rank or (head[0] if head else 1), lora_ranks=ranks,
+                lora_dtype=r.adapter, lora_dropout=r.spec.lora_dropout or 0.0,
+                lora_targets=r.lora_targets, adapter_rule=r.method.activation,
+                modules_to_save=r.modules_to_save, base_quant=r.spec.base_quant)
 
 
 def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int, ...], int]:
@@ -94,6 +103,20 @@ def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tu
             (act.embeddings + stored_one + act.recompute, total)]
 
 
+def _forward_transients(r: Resolved, act, instants) -> list[tuple[int, int, int]]:
+    """(activations, gradients, temporaries) where a method allocates inside a layer's forward
+    (`Method.forward_temporaries`, DoRA's weight norm): in the forward's last layer, with the
+    stack's activations held; with checkpointing again when the top layer is recomputed in
+    backward, beside the head's and that layer's gradients."""
+    extra = r.method.forward_temporaries(r)
+    if not extra:
+        return []
+    out = [(act.total - act.logits - act.head, 0, extra)]
+    if r.spec.checkpointing == "full":
+        out.append((*instants[1], extra))
+    return out
+
+
 def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
                 kernels: str = "cuda") -> PhasePeak:
     """Every phase's total and the components resident at the worst one."""
@@ -102,15 +125,15 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     temps = r.method.temporaries(r)
     refresh = r.method.refresh(r) if r.method.refresh else 0
     instants = _backward_instants(act, grads, r.model.num_layers)
-    fb = max(instants, key=sum)
+    fb = max(instants + _forward_transients(r, act, instants), key=sum)
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
         with_grad = [i for i in instants if i[1]] or [(0, 0)]
         step_at = max(with_grad, key=lambda i: i[0] + i[1])
-        candidates = {"forward_backward": (fb[0], fb[1], 0),
+        candidates = {"forward_backward": (fb[0], fb[1], fb[2] if len(fb) > 2 else 0),
                       "optimizer_step": (step_at[0], step_at[1], temps),
                       "projection_refresh": (step_at[0], step_at[1], refresh)}
     else:
-        candidates = {"forward_backward": (fb[0], fb[1], 0),
+        candidates = {"forward_backward": (fb[0], fb[1], fb[2] if len(fb) > 2 else 0),
                       "optimizer_step": (0, grads[0], temps),
                       "projection_refresh": (0, grads[0], refresh)}
     if r.method.refresh is None:
