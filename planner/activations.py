@@ -267,10 +267,11 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
     frozen = frozenset() if embeddings_train else frozenset(
         {"attn_in"} | (set() if first.attention else {"mlp_in"}))
     norms_per_layer, norms_outside = _norm_modules(model)
+    base = get_base(base_quant)
     trained_norm = (rule_layer_norm_bytes(x, family) // norms_per_layer) if norms_per_layer else 0
     a = AdapterDims(tuple(linears), tuple({(l.key, l.n) for l in adapted_linears(model)}),
-                    lora_d, lora_m, cast, frozen, get_base(base_quant).keeps_inputs, trained_norm,
-                    norms_per_layer, norms_outside)
+                    lora_d, lora_m, cast, frozen, base.keeps_inputs, base.weight is not None,
+                    trained_norm, norms_per_layer, norms_outside)
     terms = rule(x, a)
     discount = terms.first + (0 if embeddings_train else family.activation.frozen_first_layer(x, first))
     before, head = _outer_bytes(x, outer, rank, lora_d, lora_m, cast)

@@ -42,7 +42,8 @@ class AdapterDims:
     frozen_inputs: layer 0's inputs that need no gradient (attn_in, and mlp_in when no adapter
         touches the attention); empty when the embeddings train.
     keeps_inputs: the base's frozen linears keep their inputs anyway (LLM.int8, `planner.bases`),
-        through activation checkpointing too.
+        through activation checkpointing too; quantized: the base is stored quantised (reading
+        its weight makes a new dequantised tensor).
     norm: what one norm module adds when its weight trains (RMSNorm saves its normalised input
         for the weight's gradient: D·bsh; LayerNorm saves the same whatever trains: 0).
     norms: norm modules per layer; outside_norms: norm modules outside the stack.
@@ -54,6 +55,7 @@ class AdapterDims:
     cast: bool
     frozen_inputs: frozenset[str]
     keeps_inputs: bool = False
+    quantized: bool = False
     norm: int = 0
     norms: int = 0
     outside_norms: int = 0
@@ -144,10 +146,10 @@ def dora(x: Dims, a: AdapterDims) -> AdapterTerms:
     saves the base output and the adapter output (t·m·D + t·m·d; with dropout the base output is
     recomputed from the dropped input in the adapters' dtype: 2·t·m·d), ‖·‖_row and s_m (d·m
     each), s_m − 1 when the base output needs a gradient (g·d·m), and with dropout on a base held
-    in another dtype the W0 copy `F.linear` was given (g·d·mn). Measured to the byte on the tiny
-    LLaMA (fp32 p 0: 2,504,448 B; bf16 p 0.1: 2,840,320 B)."""
+    in another dtype, or quantised, the W0 copy `F.linear` was given (g·d·mn). The bursts of
+    docs/validation.md land within 8 B of it (p 0 and 0.1, fp32 and bf16, NF4 base)."""
     base = lora(x, a)
-    cast = a.cast
+    cast = a.cast or a.quantized
     per = lambda lin, g: ((2 * a.d if a.mask else x.D + a.d) * x.bs * lin.m + a.d * lin.m * (2 + g)
                           + (g * a.d * lin.m * lin.n if a.mask and cast else 0))
     extra = sum(per(lin, 1) for lin in a.linears)

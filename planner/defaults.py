@@ -77,7 +77,7 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
         ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
         ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
-        ("double_quant", lambda s: True, ""),
+        ("double_quant", lambda s: True if not adapters or method.takes("double_quant") else None, ""),
     ]
 
 

@@ -53,8 +53,16 @@ class Method:
     defaults: spec fields the method sets when the user leaves them unset.
     states_follow_params: torch's own optimizer keeps states like the parameters (zeros_like).
     optimizer: the `lowrank.OPTIMIZERS` id that trains it; wrapper: what the builder does to the
-        model first ("adapters": peft LoRA; "int8-linears": Q-GaLore's INT8 layers; None);
-        groups: how its parameter groups are made ("trainable", "projected", "lora-pairs").
+        model first (`profiler.build.WRAPPERS`: "adapters": peft LoRA with `wrapper_options`
+        such as DoRA's use_dora; "svfit", "welore": lowrank's layers; "int8-linears":
+        Q-GaLore's INT8 layers; None); groups: how its parameter groups are made ("trainable",
+        "projected", "lora-pairs"); step_hook: the `lowrank.STEP_HOOKS` id wrapped around each
+        forward and backward (LoRA-GGPO's perturbation).
+    Adapter methods also say: adapter_options (which LoRA settings of PEFT_OPTIONS they take),
+    adapter_dtype_default ("fp32" as peft keeps adapters, or "base": the weights' dtype),
+    activation (their rule in `planner.adapter_activations`), forward_temporaries (bytes alive
+    inside a layer's forward: DoRA's weight norm), base_quants (the frozen bases they run on) and
+    rank_reduction (WeLore's default fraction of ranks pruned).
     """
     id: str
     name: str

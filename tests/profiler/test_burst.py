@@ -12,6 +12,7 @@ import pytest
 
 from planner import METHOD_IDS, METHODS, TrainingSpec, estimate
 from profiler import compare, run_burst
+from profiler.validation import ADAPTER_CASES, adapter_case_spec
 
 STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 PRECISIONS = ("fp32", "bf16")
@@ -130,38 +131,15 @@ def test_every_family_burst_equals_the_planner(tmp_path, family, method):
         assert abs(comparison[component].relative_error) <= 0.10, comparison[component]
 
 
-#: LoRA as people configure it, and the new adapter methods' own options (issue 11): each spec on
-#: the tiny LLaMA (rank 8, batch 2, seq 32), sized with the CPU kernels (dropout noise in D)
-ADAPTER_CASES = {
-    "lora dropout": dict(method="lora", lora_dropout=0.1),
-    "dora dropout": dict(method="dora", lora_dropout=0.1),
-    "dora checkpointing": dict(method="dora", lora_targets="all-linear", checkpointing="full"),
-    "ggpo bf16 adapters, all linears": dict(method="lora-ggpo", lora_targets="all-linear", adapter_dtype="bf16"),
-    "lora fp16 adapters on bf16": dict(method="lora", adapter_dtype="fp16"),
-    "lora modules_to_save": dict(method="lora", modules_to_save="embed_tokens,lm_head"),
-    "lora on embed_tokens and lm_head": dict(method="lora", lora_targets="q_proj,v_proj,embed_tokens,lm_head"),
-    "lora int8 base": dict(method="lora", base_quant="int8"),
-    "lora int8 base, no checkpointing, fp32 adapters cast": dict(method="lora", base_quant="int8",
-                                                                 checkpointing="none", kbit_upcast=False),
-    "lora nf4 base, single quantisation, no upcast": dict(method="lora", base_quant="nf4",
-                                                          double_quant=False, kbit_upcast=False),
-    "dora nf4 base": dict(method="dora", base_quant="nf4", checkpointing="none"),
-    "lora rslora pissa": dict(method="lora", rslora=True, lora_init="pissa"),
-    "svfit bf16 values": dict(method="svfit", adapter_dtype="bf16"),
-    "welore attention only, 75 %": dict(method="welore", lora_targets="q_proj,k_proj,v_proj,o_proj",
-                                        rank_reduction=0.75),
-}
-
-
 @pytest.fixture(scope="module")
 def adapter_burst(tiny_config):
+    """LoRA as people configure it and the new methods' options (`profiler.validation.ADAPTER_CASES`),
+    sized with the CPU kernels (dropout noise in D)."""
     cache = {}
 
     def get(case: str):
         if case not in cache:
-            kw = ADAPTER_CASES[case]
-            rank = {"rank": 8} if "rank" in METHODS[kw["method"]].options else {}
-            spec = TrainingSpec(model=tiny_config, batch=2, seq=32, precision="bf16", **rank, **kw)
+            spec = adapter_case_spec(tiny_config, case)
             cache[case] = (spec, run_burst(spec, steps=1, warmup=1, history=False))
         spec, result = cache[case]
         assert result.ok, f"{case}: {result.status}: {result.message}"
