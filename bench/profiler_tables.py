@@ -2,6 +2,7 @@
 
     python bench/profiler_tables.py cpu      # bursts of every method on the tests' tiny LLaMA (CPU)
     python bench/profiler_tables.py trace    # llama-7b traced for every method
+    python bench/profiler_tables.py adapters # LoRA options and the adapter methods' own (tiny LLaMA, CPU)
     python bench/profiler_tables.py validate FILE.json   # a `python -m profiler validate --format json` file
 
 Every number comes from a run made by this script (or the given file); nothing is typed in.
@@ -74,6 +75,23 @@ def cpu_records(precision: str) -> list[dict]:
     return out
 
 
+def adapter_records() -> list[dict]:
+    """`profiler.validation.ADAPTER_CASES` as bursts, compared with the CPU kernels' sizes (dropout
+    noise in D); the row name is the case."""
+    from profiler.validation import ADAPTER_CASES, adapter_case_spec
+    config = Path(tempfile.mkdtemp()) / "tiny_llama.json"
+    config.write_text(json.dumps(TINY))
+    out = []
+    for case in ADAPTER_CASES:
+        spec = adapter_case_spec(str(config), case)
+        result = run_burst(spec, steps=2, warmup=1, history=False)
+        if not result.ok:
+            out.append({"method": case, "component": None, "message": result.message})
+            continue
+        out += [{**r, "method": case} for r in compare(estimate(spec, kernels="cpu"), result.measurement).to_records()]
+    return out
+
+
 def trace_records() -> list[dict]:
     out = []
     for method in METHOD_IDS:
@@ -94,6 +112,8 @@ def main(argv: list[str]) -> int:
     if what == "cpu":
         for precision in ("fp32", "bf16"):
             print(table(cpu_records(precision), f"Tiny LLaMA bursts on CPU, {precision} ({stamp})"))
+    elif what == "adapters":
+        print(table(adapter_records(), f"Tiny LLaMA bursts on CPU, LoRA options and adapter methods, bf16 ({stamp})"))
     elif what == "trace":
         print(table(trace_records(), f"llama-7b traced, bf16, batch 1, seq 512 ({stamp})"))
     else:

@@ -39,7 +39,7 @@ import torch
 
 from .sizes import storage_bytes
 
-__all__ = ["MAX_SCALE", "weight_space", "perturbation", "grad_norm_ema", "GGPOPerturbation"]
+__all__ = ["MAX_SCALE", "weight_space", "skipped", "perturbation", "grad_norm_ema", "GGPOPerturbation"]
 
 MAX_SCALE = 10.0   # reference: adaptive_scale.clamp(max=10.0)
 
@@ -49,14 +49,18 @@ def weight_space(a: torch.Tensor, b: torch.Tensor, da: torch.Tensor, db: torch.T
     return scaling * (db.detach().float() @ a.detach().float() + b.detach().float() @ da.detach().float())
 
 
+def skipped(direction: torch.Tensor, norm: torch.Tensor, eps: float) -> bool:
+    """Where the reference perturbs nothing: ``V`` not finite, or ``||V|| <= eps`` (a question
+    about the values, which a shape-only trace cannot answer; it patches this to False)."""
+    return bool(not torch.isfinite(direction).all() or norm <= eps)
+
+
 def perturbation(direction: torch.Tensor, rho: float, grad_ema: torch.Tensor | None, eps: float,
                  normalize: bool = True) -> torch.Tensor | None:
     """``-ρ V / (||V|| + eps) · min(1 / (ḡ + eps), 10)`` in fp32, or ``None`` where the reference
-    skips the layer (``V`` not finite, or ``||V|| <= eps``)."""
-    if not torch.isfinite(direction).all():
-        return None
+    skips the layer (:func:`skipped`)."""
     norm = torch.linalg.vector_norm(direction)
-    if norm <= eps:
+    if skipped(direction, norm, eps):
         return None
     scale = direction.new_tensor(1.0) if grad_ema is None or not normalize else torch.reciprocal(grad_ema + eps)
     return -rho * direction / (norm + eps) * scale.clamp(max=MAX_SCALE)
@@ -139,9 +143,13 @@ class GGPOPerturbation:
             self.remove()
         self.update_grad_ema()
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The tensors it keeps between steps: the gradient-norm EMAs."""
+        return list(self.grad_ema.values())
+
     def state_bytes(self) -> int:
         """Bytes of the state (the gradient-norm EMAs), each storage once."""
-        return storage_bytes(self.grad_ema.values())
+        return storage_bytes(self.state_tensors())
 
     def state_dict(self) -> dict:
         return {"grad_ema": {k: v.clone() for k, v in self.grad_ema.items()}}

@@ -94,18 +94,25 @@ def split_targets(targets) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(t for t in targets if "." not in t), tuple(t for t in targets if "." in t)
 
 
-def lora_target_regex(targets: tuple[str, ...] | list[str]) -> str:
-    """peft ``target_modules`` regex: a suffix in ``targets`` inside a numbered block.
+def lora_target_regex(targets: tuple[str, ...] | list[str], outside: tuple[str, ...] | list[str] = ()) -> str:
+    """peft ``target_modules`` regex: a suffix in ``targets`` inside a numbered block, or a module
+    named in ``outside`` anywhere (the embedding or output layer: ``embed_tokens``, ``lm_head``).
 
     >>> bool(re.fullmatch(lora_target_regex(["dense"]), "roberta.encoder.layer.0.output.dense"))
     True
     >>> bool(re.fullmatch(lora_target_regex(["dense"]), "classifier.dense"))
     False
+    >>> bool(re.fullmatch(lora_target_regex(["q_proj"], ["lm_head"]), "lm_head"))
+    True
     """
-    if not targets:
+    if not targets and not outside:
         raise ValueError("targets must name at least one module")
-    alternatives = "|".join(re.escape(t) for t in targets)
-    return rf".*\.\d+\.(.*\.)?({alternatives})"
+    parts = []
+    if targets:
+        parts.append(rf".*\.\d+\.(.*\.)?({'|'.join(re.escape(t) for t in targets)})")
+    if outside:
+        parts.append(rf"(.*\.)?({'|'.join(re.escape(t) for t in outside)})")
+    return parts[0] if len(parts) == 1 else "|".join(f"(?:{p})" for p in parts)
 
 
 def apply_lora(
@@ -118,6 +125,8 @@ def apply_lora(
     autocast_adapter_dtype: bool = True,
     modules_to_save: tuple[str, ...] | list[str] | None = None,
     use_dora: bool = False,
+    outside_targets: tuple[str, ...] | list[str] = (),
+    init_lora_weights: bool | str = True,
 ):
     """Wrap ``model``'s block linears named ``targets`` (default: peft's for the architecture)
     with LoRA adapters; returns the ``peft`` model.
@@ -125,7 +134,10 @@ def apply_lora(
     Only the adapters (and ``modules_to_save``, which peft trains as a full copy beside the frozen
     original) are trainable afterwards. ``autocast_adapter_dtype`` (peft's default): adapters are
     fp32 even on a 16-bit base. ``use_dora``: peft's DoRA variant (a trainable magnitude per
-    output row; :mod:`lowrank.dora`).
+    output row; :mod:`lowrank.dora`). ``outside_targets``: modules outside the numbered blocks
+    to adapt too (``embed_tokens`` gets peft's ``lora.Embedding``, ``lm_head`` a ``lora.Linear``).
+    ``init_lora_weights``: peft's option (True: kaiming A, zero B; "gaussian", "pissa",
+    "olora", ...; PiSSA and OLoRA replace ``W0`` by its residual once, here).
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
@@ -141,8 +153,10 @@ def apply_lora(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_regex(modules) if modules else [],
+        target_modules=lora_target_regex(modules, tuple(outside_targets))
+        if modules or outside_targets else [],
         target_parameters=list(parameters) or None,
+        init_lora_weights=init_lora_weights,
         use_rslora=use_rslora,
         fan_in_fan_out=_fan_in_fan_out(model, names),
         modules_to_save=list(modules_to_save) if modules_to_save else None,

@@ -12,7 +12,8 @@ st.caption("Generated from `planner.METHODS`, the one table the planner, profile
 
 kinds = {"full": "Full-rank optimizers", "adapter": "Adapters", "projected": "Gradient projection"}
 overview = [{"method": m.id, "name": m.name, "kind": kinds[m.kind], "stores per matrix": m.formula,
-             "options": ", ".join(m.options), "paper": m.paper_url, "code": m.code_url} for m in METHODS.values()]
+             "options": ", ".join(m.options), "paper": m.paper_url, "code": m.code_url or None}
+            for m in METHODS.values()]
 st.dataframe(overview, column_config={"paper": st.column_config.LinkColumn("paper"),
                                       "code": st.column_config.LinkColumn("code")},
              hide_index=True, height="content", key="methods_overview")
@@ -31,7 +32,8 @@ for kind, title in kinds.items():
                     for o in m.options))
             if m.reference:
                 st.markdown(f"**Authors' reference code:** {m.reference}")
-            st.markdown(f"**Paper:** [{m.paper}]({m.paper_url}) · **Code:** [{m.code_url}]({m.code_url})")
+            code = f"[{m.code_url}]({m.code_url})" if m.code_url else "none released"
+            st.markdown(f"**Paper:** [{m.paper}]({m.paper_url}) · **Code:** {code}")
 
 st.header("What each method stores for one model")
 c1, c2 = st.columns(2)

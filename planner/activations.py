@@ -28,9 +28,13 @@ t bytes per LayerNorm mean/rstd element (fp32 on CUDA, D on CPU).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 
+from . import adapter_activations
 from .activation_blocks import Dims, FirstLayer, logits_backward_bytes, logits_bytes
+from .adapter_activations import AdaptedLinear, AdapterDims
+from .bases import get_base
 from .dtypes import canonical_dtype, tensor_bytes
 from .families import Family
 from .models import ModelConfig
@@ -89,10 +93,11 @@ class ActivationBreakdown:
                  if f.name not in ("source", "instants")} | {"peak": self.peak})
 
 
-def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
-    """(input tensor, in_features) of each linear an adapter method adapts in a layer: the
-    `block_linear` parameters whose module name ends with one of `targets` (None: all of them).
-    The family record says which tensor each linear reads."""
+def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None,
+                    rank: int | Mapping[str, int] = 1) -> list[AdaptedLinear]:
+    """Layer 0's linears an adapter method adapts: the `block_linear` parameters whose module
+    name ends with one of `targets` (None: all of them), with the tensor each reads (the family
+    record says), its width and its rank (`rank`: one for all, or per module path)."""
     family = _family(model)
     out = []
     for p in model.params:
@@ -103,54 +108,10 @@ def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) 
         if p.module not in family.linear_inputs:
             raise ValueError(f"{model.name}: the {family.name} record has no activation rule for an "
                              f"adapter on {p.name}")
-        out.append((family.linear_inputs[p.module], family.in_features(p.shape)))
+        n = family.in_features(p.shape)
+        r = rank.get(p.module, 1) if isinstance(rank, Mapping) else rank
+        out.append(AdaptedLinear(p.module, family.linear_inputs[p.module], n, p.numel // n, r))
     return out
-
-
-def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
-                     lora_m: int, groups: list[tuple[str, int]] | None = None,
-                     ctx_kept: bool | None = None) -> int:
-    """Adapter extras of one layer; peft's `lora.Linear` computes
-    base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
-
-    Each adapter saves A's output, lora_d·bs·r (B's input). A saves its input: the base
-    linear's input itself (already counted) when adapters are in D without dropout; otherwise
-    its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. A frozen base linear saves
-    nothing, so an input (of `groups`, every block linear's input; default: the adapted ones')
-    that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx when
-    the attention kernel saves it, as SDPA-flash does its output: `ctx_kept`, default: under
-    the flash core).
-    """
-    ctx_kept = x.core == "flash" if ctx_kept is None else ctx_kept
-    extra = len(linears) * lora_d * x.bs * rank
-    copies = lora_d != x.D or lora_m > 0
-    if copies:
-        extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
-    read_as_is = set() if copies else {key for key, _ in linears}
-    released = {(key, n) for key, n in (groups if groups is not None else linears)
-                if key not in read_as_is and not (key == "ctx" and ctx_kept)}
-    return extra - sum(x.D * x.bs * n for _, n in released)
-
-
-def lora_grad_bytes(x: Dims, linears: list[tuple[str, int]], lora_d: int, lora_m: int) -> int:
-    """An adapter that copies its input (cast or dropout) holds, in backward, the gradient of
-    A's input in lora_d and its image through dropout (lora_d) or the cast (D), for the widest
-    input (the MLP's last linear, first in backward): (lora_d + lora_d or D)·bs·in."""
-    if lora_d == x.D and not lora_m:
-        return 0
-    return (lora_d + (lora_d if lora_m else x.D)) * x.bs * max(n for _, n in linears)
-
-
-def frozen_input_bytes(x: Dims, family: Family, linears: list[tuple[str, int]], lora_m: int,
-                       first: FirstLayer) -> int:
-    """What layer 0 does not save under adapters without checkpointing, its input (from frozen
-    embeddings) needing no gradient: the family's rule (the pre-attention norm; an attention no
-    adapter touches and what follows it), and the adapter-dropout masks on inputs that need no
-    gradient (dropout saves none then): the attention input, and the MLP's input when the
-    attention carries no adapter."""
-    frozen_inputs = {"attn_in"} | (set() if first.attention else {"mlp_in"})
-    masks = sum(lora_m * x.bs * n for key, n in linears if key in frozen_inputs)
-    return family.activation.frozen_first_layer(x, first) + masks
 
 
 def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
@@ -177,7 +138,10 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
                       attention: str = "sdpa", checkpointing: str = "none",
                       lora_rank: int | None = None, lora_dropout: float = 0.0,
                       lora_dtype: str | None = None, dropout: float | None = None,
-                      kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None
+                      kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None,
+                      adapter_rule: Callable | None = None,
+                      lora_ranks: Mapping[str, int] | None = None,
+                      modules_to_save: tuple[str, ...] = (), base_quant: str = "none"
                       ) -> ActivationBreakdown:
     """Activation bytes of one training step of `model` on a (batch, seq) micro-batch.
 
@@ -189,7 +153,13 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     peft keeps fp32 adapters on a bf16 base unless `autocast_adapter_dtype=False`).
     dropout: one probability for every dropout (None: the config's, 0.1 for GPT-2 and
     RoBERTa). kernels: "cuda" (the planner's case) or "cpu" (dropout noise and LayerNorm stats
-    in D, SDPA's math fallback under attention dropout).
+    in D, SDPA's math fallback under attention dropout). adapter_rule: the method's rule
+    (`planner.adapter_activations`; default LoRA's); lora_ranks: a rank per module path
+    ("self_attn.q_proj": 32; WeLore's) instead of one. `lora_targets` may name the embedding or
+    the output layer (LoRA on them, peft's `lora.Embedding` / `lora.Linear`); modules_to_save:
+    modules trained in full (a trained output layer saves its input; a trained embedding makes
+    layer 0's input need a gradient). base_quant: the frozen base's format (`planner.bases`: an
+    LLM.int8 base keeps its linears' inputs).
 
     `peak_backward` is the larger of two moments: the backward's start (`total` plus the loss
     gradients) and the last layer's backward (the stored layers plus that layer's saved or
@@ -208,16 +178,17 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     x = _dims(model, family, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels,
               dropout, lora_rank is not None, checkpointing == "full")
     rule = family.activation
-    lora_layer, lora_grads, discount, copies = 0, 0, 0, False
+    lora_layer, lora_grads, discount, copies, outside, kept = 0, 0, 0, False, (0, 0), 0
     if lora_rank is not None:
-        lora_layer, lora_grads, discount, copies = _lora_terms(
-            x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, kernels, lora_targets)
+        lora_layer, lora_grads, discount, copies, outside, kept = _adapter_terms(
+            x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, dtype, kernels, lora_targets,
+            adapter_rule or adapter_activations.lora, lora_ranks, modules_to_save, base_quant)
     per_layer, full = rule.layer(x), checkpointing == "full"
-    embeddings, head = rule.embeddings(x, full), rule.head(x)
+    embeddings, head = rule.embeddings(x, full) + outside[0], rule.head(x) + outside[1]
     logits = logits_bytes(x, rule.causal_loss_upcast)
     top = layer_backward_bytes(x, family, lora_layer, lora_grads)    # the last layer in its backward
     if full:
-        layers = x.L * x.D * x.bsh + rule.checkpoint_held(x)
+        layers = x.L * (x.D * x.bsh + kept) + rule.checkpoint_held(x)
         recompute, lora = per_layer + lora_layer, 0
         shared = x.D * x.bsh if rule.input_saved_by_layer(x, copies) else 0
         in_layers = layers + embeddings + top - shared
@@ -301,21 +272,79 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
                 family.routing(model.hf_config))
 
 
-def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
-                lora_dtype: str, kernels: str, targets) -> tuple[int, int, int, bool]:
+def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
+                   lora_dtype: str, x_dtype: str, kernels: str, targets, rule: Callable, ranks, saved,
+                   base_quant: str) -> tuple[int, int, int, bool, tuple[int, int], int]:
     """(adapter extras per layer, their backward gradients, layer 0's frozen-input saving,
-    whether the adapters copy their inputs)."""
+    whether the adapters copy their inputs, (extras before the stack, extras at the head),
+    what each layer keeps through a checkpoint)."""
     lora_d = _compute_bytes(lora_dtype, "lora_dtype")
+    cast = canonical_dtype(lora_dtype) != canonical_dtype(x_dtype)
     p = _probability("lora_dropout", dropout)
     lora_m = (1 if kernels == "cuda" else lora_d) if p > 0 else 0
-    linears = adapted_linears(model, targets)
+    linears = adapted_linears(model, targets, ranks if ranks is not None else rank)
+    outer = _outer_modules(model, tuple(targets or ()), tuple(saved))
     # adapters on bare parameters (peft target_parameters: fused experts) are the record's rule
     param_saved, param_grads = family.activation.parameter_adapters(x, targets, rank, lora_d)
-    if not linears and not param_saved:
+    if not linears and not outer["lora"] and not param_saved:
         raise ValueError(f"nothing of {model.name} matches the LoRA targets {', '.join(targets)}")
-    ctx_kept = family.activation.ctx_kept(x) if family.activation.ctx_kept else None
-    return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model), ctx_kept)
-            + param_saved,
-            max(lora_grad_bytes(x, linears, lora_d, lora_m) if linears else 0, param_grads),
-            frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
-            lora_d != x.D or lora_m > 0)
+    first = first_layer(family, targets)
+    embeddings_train = any(role == "embedding" for role in outer["lora"] + outer["saved"])
+    frozen = frozenset() if embeddings_train else frozenset(
+        {"attn_in"} | (set() if first.attention else {"mlp_in"}))
+    norms_per_layer, norms_outside = _norm_modules(model)
+    base = get_base(base_quant)
+    trained_norm = (rule_layer_norm_bytes(x, family) // norms_per_layer) if norms_per_layer else 0
+    a = AdapterDims(tuple(linears), tuple({(l.key, l.n) for l in adapted_linears(model)}),
+                    lora_d, lora_m, cast, frozen, base.keeps_inputs, base.weight is not None,
+                    trained_norm, norms_per_layer, norms_outside,
+                    family.activation.ctx_kept(x) if family.activation.ctx_kept else x.core == "flash")
+    terms = rule(x, a)
+    discount = terms.first + (0 if embeddings_train else family.activation.frozen_first_layer(x, first))
+    before, head = _outer_bytes(x, outer, rank, lora_d, lora_m, cast)
+    return (terms.layer + param_saved, max(terms.grads, param_grads), discount, terms.copies,
+            (before, head + terms.outside), terms.kept)
+
+
+def rule_layer_norm_bytes(x: Dims, family: Family) -> int:
+    """What a layer's norms add when their weights train: the family's layer with everything
+    trainable minus the frozen one (its layer formula depends on `frozen` only through them:
+    RMSNorm then saves its normalised input, LayerNorm saves the same either way)."""
+    return family.activation.layer(replace(x, frozen=False)) - family.activation.layer(x)
+
+
+def _norm_modules(model: ModelConfig) -> tuple[int, int]:
+    """(norm modules in layer 0, norm modules outside the stack)."""
+    owners = {(p.layer, p.name.rpartition(".")[0]) for p in model.params if p.role == "norm"}
+    return (sum(1 for layer, _ in owners if layer == 0), sum(1 for layer, _ in owners if layer is None))
+
+
+def _outer_modules(model: ModelConfig, targets: tuple[str, ...], saved: tuple[str, ...]
+                   ) -> dict[str, list[str]]:
+    """Roles of the embedding / output-layer modules among the LoRA targets ("lora") and the
+    modules trained in full ("saved")."""
+    out = {"lora": [], "saved": []}
+    for p in model.params:
+        if p.role in ("embedding", "lm_head") and p.name.endswith(".weight"):
+            name = p.module.rpartition(".")[2]
+            for key, names in (("lora", targets), ("saved", saved)):
+                if name in names:
+                    out[key].append(p.role)
+    return out
+
+
+def _outer_bytes(x: Dims, outer: dict[str, list[str]], rank: int, d: int, mask: int,
+                 cast: bool) -> tuple[int, int]:
+    """(saved before the stack, saved at the head) by adapters on, or full training of, the
+    embedding and the output layer. LoRA on an embedding (peft `lora.Embedding`: A looked up
+    like the table, then `@ B`) saves A's output, d·bs·r (the ids it reads are the input's own).
+    LoRA on the output layer saves A's input (the final norm's output: D·bsh as it is, or its
+    own copy (d + μ)·bsh) and A's output d·bs·r. A trained output layer saves its input, D·bsh;
+    a trained embedding saves only the ids, which are the input's own."""
+    before = sum(d * x.bs * rank for role in outer["lora"] if role == "embedding")
+    head = 0
+    for role in outer["lora"]:
+        if role == "lm_head":
+            head += d * x.bs * rank + (x.D * x.bsh if not cast and not mask else (d + mask) * x.bsh)
+    head += sum(x.D * x.bsh for role in outer["saved"] if role == "lm_head")
+    return before, head

@@ -44,8 +44,9 @@ SPEC_FLAGS = [
     ("--seq", "seq", dict(type=int, help="sequence length, the packed length (default 512)")),
     ("--checkpointing", "checkpointing", dict(choices=list(CHECKPOINTING))),
     ("--attention", "attention", dict(choices=list(ATTENTIONS))),
-    ("--lora-targets", "lora_targets", dict(help="module names (q_proj,v_proj) or all-linear; "
-                                                 "default: peft's for the architecture")),
+    ("--lora-targets", "lora_targets", dict(help="module names (q_proj,v_proj), all-linear, and for "
+                                                 "lora/qlora embed_tokens, lm_head; default: peft's "
+                                                 "for the architecture")),
     ("--lora-dropout", "lora_dropout", dict(type=float)),
     ("--adapter-dtype", "adapter_dtype", dict(help="fp32 (peft's default), bf16 or fp16")),
     ("--modules-to-save", "modules_to_save", dict(help="fully trained modules, e.g. embed_tokens,lm_head")),
@@ -54,7 +55,10 @@ SPEC_FLAGS = [
     ("--kbit-upcast", "kbit_upcast", dict(type=_on_off, metavar="on|off",
                                           help="prepare_model_for_kbit_training's fp32 upcast")),
     ("--rslora", "rslora", dict(action="store_true", help="rsLoRA scaling (no memory effect)")),
-    ("--lora-init", "lora_init", dict(default="default", choices=list(LORA_INITS))),
+    ("--lora-init", "lora_init", dict(default="default", choices=list(LORA_INITS),
+                                      help="peft's init_lora_weights (no memory effect)")),
+    ("--rank-reduction", "rank_reduction", dict(type=float, help="welore: fraction of each target's "
+                                                "ranks pruned (default 0.5, the reference's --model_rank 50)")),
     ("--loss", "loss", dict(choices=list(LOSSES), help="full, chunked (torchtune) or fused (Liger, Cut-CE)")),
     ("--loss-chunks", "loss_chunks", dict(type=int)),
     ("--grad-accum", "grad_accum", dict(type=int, help="gradient accumulation steps (default 1)")),

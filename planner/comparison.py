@@ -4,14 +4,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .estimate import estimate
-from .methods import METHOD_IDS, get_method
+from .methods import METHOD_IDS, PEFT_DEFAULTS, get_method
 from .spec import PRECISIONS, TrainingSpec
 
 __all__ = ["compare", "compare_records", "method_specs"]
 
-_METHOD_OPTIONS = ("rank", "update_proj_gap", "scale", "proj_type")
-_ADAPTER_OPTIONS = ("lora_targets", "lora_dropout", "adapter_dtype", "modules_to_save", "base_quant",
-                    "kbit_upcast")
+_METHOD_OPTIONS = ("rank", "update_proj_gap", "scale", "proj_type", "rank_reduction")
 
 
 def method_specs(base: TrainingSpec, methods: Iterable[str] | None = None,
@@ -22,8 +20,9 @@ def method_specs(base: TrainingSpec, methods: Iterable[str] | None = None,
     for mid in methods or METHOD_IDS:
         method = get_method(mid)
         drop = {o: None for o in _METHOD_OPTIONS if o not in method.options}
-        if method.kind != "adapter":        # adapter options mean nothing to other methods
-            drop |= {o: None for o in _ADAPTER_OPTIONS}
+        # LoRA settings mean nothing to a method that does not take them (svfit has no dropout)
+        drop |= {o: unset for o, unset in {"lora_targets": None, **PEFT_DEFAULTS}.items()
+                 if not method.takes(o)}
         fixed = {"states": None} if method.eight_bit or method.states_fixed else {}
         for precision in precisions or [base.precision]:
             specs.append(base.replace(method=method.id, precision=precision, **drop, **fixed))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .families import Family
-from .methods import Method
+from .methods import PEFT_DEFAULTS, Method
 from .spec import TrainingSpec
 
 __all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
@@ -61,6 +61,7 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
     """(field, value from the spec so far, reason): derived defaults, applied in this order."""
     adapters = method.kind == "adapter"
     kbit = lambda s: adapters and s["base_quant"] not in (None, "none")
+    dropout = adapters and method.takes("lora_dropout")
     bf16 = getattr(gpu, "bf16", True) if gpu is not None else True
     peft_targets = family.lora_default_targets if family else None
     zero = lambda s: str(s.get("sharding")).startswith("zero")
@@ -89,7 +90,7 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
          if adapters else None,
          f"peft's default target_modules for {family.model_types[0] if family else 'this model'}"
          if peft_targets else "peft has no default targets for this architecture: all linears"),
-        ("lora_dropout", lambda s: 0.0 if adapters else None, "peft's default lora_dropout"),
+        ("lora_dropout", lambda s: 0.0 if dropout else None, "peft's default lora_dropout"),
         ("adapter_dtype", lambda s: None, ""),      # resolved against the base dtype in resolve
         ("loss", lambda s: "full", "transformers' loss: the whole fp32-upcast logits"),
         ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if s["loss"] == "chunked" else None,
@@ -97,7 +98,7 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
         ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
         ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
-        ("double_quant", lambda s: True, ""),
+        ("double_quant", lambda s: True if not adapters or method.takes("double_quant") else None, ""),
     ]
 
 
@@ -113,6 +114,8 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
                 assumed.append(f"{name.replace('_', ' ')} {value} ({reason})")
 
     for name, value, source in _stack_defaults(spec, method):
+        if name in PEFT_DEFAULTS and not method.takes(name):
+            continue        # a stack's LoRA setting means nothing to this adapter method
         choose(name, value, source)
     for name, value in method.defaults.items():
         choose(name, value, f"{method.id}'s default")

@@ -66,7 +66,7 @@ def _filled_spec(r: Resolved, gpu) -> TrainingSpec:
                           weights=r.frozen if adapters else r.weights, grads=r.grads, states=r.states,
                           projection=r.projection if r.method.kind == "projected" else None,
                           lora_targets=",".join(r.lora_targets) if adapters else None,
-                          adapter_dtype=r.adapter if adapters else None)
+                          adapter_dtype=r.adapter if adapters and r.method.takes("adapter_dtype") else None)
 
 
 def estimate(spec: TrainingSpec, *, kernels: str = "cuda", engine_options: dict | None = None) -> MemoryBreakdown:

@@ -8,15 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from . import adapter_activations as aa
 from . import transients as t
 from .names import normalize, resolve
 from .rules import (Adapter, FullRank, Projected, adafactor_states, adam8_states, adam_states,
-                    apollo_extra, bnb_qmaps, dct_bases, dct_indices, fira_extra, gradnorm_extra,
-                    gradnorm_reference_extra, int4_projection, int8_trained_weight,
-                    lora_pro_states, no_shared, qgalore_extra, seeded_projection, sgd_states)
+                    apollo_extra, bnb_qmaps, dct_bases, dct_indices, dora_tensors, fira_extra,
+                    ggpo_states, gradnorm_extra, gradnorm_reference_extra, int4_projection,
+                    int8_trained_weight, lora_pro_states, no_shared, qgalore_extra, reduced_rank,
+                    replaced_weight, seeded_projection, sgd_states, svfit_frozen, svfit_tensors,
+                    welore_tensors)
 
 __all__ = ["Method", "MethodSharding", "METHODS", "METHOD_IDS", "RECOMMENDATION_ORDER", "get_method",
-           "PROJ_TYPES", "LAYOUTS"]
+           "PROJ_TYPES", "LAYOUTS", "PEFT_OPTIONS", "PEFT_DEFAULTS"]
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 #: how data-parallel engines lay parameters out (`planner.sharding`): DDP replicates them, FSDP2
@@ -53,6 +56,13 @@ _SHARDS_ROWS = MethodSharding(("replicated", "dim0"), gathers_gradient=True,
 _SHARDS_ROWS_SEEDED = MethodSharding(("replicated", "dim0"), note=_SHARDS_ROWS.note)
 _ONE_DEVICE = MethodSharding((), note="its INT8 weights are frozen parameters whose gradients arrive through "
                                       "hooks, outside what DDP, FSDP2 or ZeRO reduce across devices")
+#: the LoRA settings an adapter method may take (`Method.adapter_options`), with the value that
+#: means "not asked for"; "head_targets" is LoRA on the embeddings or the output layer
+#: (`--lora-targets embed_tokens,lm_head`), not a spec field of its own.
+PEFT_DEFAULTS: Mapping[str, object] = {
+    "lora_dropout": None, "adapter_dtype": None, "modules_to_save": None, "base_quant": None,
+    "double_quant": None, "kbit_upcast": None, "rslora": False, "lora_init": "default"}
+PEFT_OPTIONS = (*PEFT_DEFAULTS, "head_targets")
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,16 @@ class Method:
     defaults: spec fields the method sets when the user leaves them unset.
     states_follow_params: torch's own optimizer keeps states like the parameters (zeros_like).
     optimizer: the `lowrank.OPTIMIZERS` id that trains it; wrapper: what the builder does to the
-        model first ("adapters": peft LoRA; "int8-linears": Q-GaLore's INT8 layers; None);
-        groups: how its parameter groups are made ("trainable", "projected", "lora-pairs").
+        model first (`profiler.build.WRAPPERS`: "adapters": peft LoRA with `wrapper_options`
+        such as DoRA's use_dora; "svfit", "welore": lowrank's layers; "int8-linears":
+        Q-GaLore's INT8 layers; None); groups: how its parameter groups are made ("trainable",
+        "projected", "lora-pairs"); step_hook: the `lowrank.STEP_HOOKS` id wrapped around each
+        forward and backward (LoRA-GGPO's perturbation).
+    Adapter methods also say: adapter_options (which LoRA settings of PEFT_OPTIONS they take),
+    adapter_dtype_default ("fp32" as peft keeps adapters, or "base": the weights' dtype),
+    activation (their rule in `planner.adapter_activations`), forward_temporaries (bytes alive
+    inside a layer's forward: DoRA's weight norm), base_quants (the frozen bases they run on) and
+    rank_reduction (WeLore's default fraction of ranks pruned).
     """
     id: str
     name: str
@@ -122,13 +140,30 @@ class Method:
     fixed: tuple[str, ...] = ()    # options the method defines rather than takes (APOLLO-Mini's rank 1)
     sharding: MethodSharding = MethodSharding()   # what it can do under DDP, FSDP2 and ZeRO
     adapts_parameters: bool = False   # adapters on bare parameters (fused experts: peft target_parameters)
+    rank_reduction: float | None = None   # WeLore: default fraction of each target's ranks pruned
+    # adapter methods (kind "adapter"): how they are configured, activate and train
+    adapter_options: tuple[str, ...] = ()     # of PEFT_OPTIONS: the LoRA settings it takes
+    adapter_dtype_default: str = "fp32"       # "fp32" (peft's autocast_adapter_dtype) or "base"
+    activation: Callable | None = None        # planner.adapter_activations rule (adapter methods)
+    forward_temporaries: Callable = t.no_forward_temporaries
+    step_hook: str | None = None              # lowrank.STEP_HOOKS id wrapped around forward/backward
+    wrapper_options: Mapping[str, object] = field(default_factory=dict)
+    base_quants: tuple[str, ...] = ("none", "int8", "nf4")   # frozen bases it runs on (planner.bases)
+    base_note: str = ""                       # why a base is missing from base_quants
 
     @property
     def options(self) -> tuple[str, ...]:
         names = [("rank", self.rank), ("update_proj_gap", self.update_proj_gap),
-                 ("scale", self.scale)]
+                 ("scale", self.scale), ("rank_reduction", self.rank_reduction)]
         return tuple(n for n, v in names if v is not None and n not in self.fixed) + (
             ("proj_type",) if self.proj_types else ())
+
+    def takes(self, option: str) -> bool:
+        """Whether a spec field means something to this method: its own options, and for an
+        adapter method its targets and the LoRA settings of `adapter_options`."""
+        if option in self.options:
+            return True
+        return self.kind == "adapter" and (option == "lora_targets" or option in self.adapter_options)
 
     @property
     def trains_adapters(self) -> bool:
@@ -190,7 +225,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "linears, with their gradients and AdamW moments; everything else frozen. Adapters are "
            "fp32, as peft keeps them by default on a 16-bit base.",
            "mn·b_w + r(m+n)·(4 + 4 + 2·4)", *_LORA, rank=16,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=14, states_follow_params=True, wrapper="adapters", adapts_parameters=True, sharding=_SHARDS_ANYWHERE),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=17, states_follow_params=True, wrapper="adapters",
+           adapter_options=PEFT_OPTIONS, activation=aa.lora, adapts_parameters=True, sharding=_SHARDS_ANYWHERE),
     Method("qlora", "QLoRA", "adapter",
            "LoRA on a base quantised to NF4 (bitsandbytes, block 64, double-quantised absmax: "
            "8-bit absmax with an fp32 absmax per 256 blocks, plus the 256-entry nested code and "
@@ -199,7 +235,8 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "mn/2 + ⌈mn/64⌉ + 4⌈mn/16384⌉ + 1092 + r(m+n)·(4 + 4 + 2·4)",
            "QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al., NeurIPS 2023)",
            "https://arxiv.org/abs/2305.14314", "https://github.com/artidoro/qlora", rank=64,
-           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=15, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"}, adapts_parameters=True),
+           storage=Adapter(), temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=19, states_follow_params=True, wrapper="adapters", defaults={"base_quant": "nf4"},
+           adapter_options=PEFT_OPTIONS, activation=aa.lora, adapts_parameters=True),
     Method("lora-pro", "LoRA-Pro", "adapter",
            "LoRA whose adapter gradients are adjusted in closed form (a Sylvester equation) so the "
            "low-rank update best matches full-rank AdamW; needs full m×n moments of the equivalent "
@@ -209,7 +246,79 @@ METHODS: dict[str, Method] = {m.id: m for m in [
            "https://arxiv.org/abs/2407.18242", "https://github.com/mrflogs/LoRA-Pro", rank=8,
            reference="the reference lives inside a patched DeepSpeed ZeRO-1/2 (fp32 master and "
            "gradient partitions) with the LoRA scaling hard-coded to 2.",
-           storage=Adapter(lora_pro_states), temporaries=t.per_parameter_copies, step_copies=2, optimizer="lora-pro", recommend=13, wrapper="adapters", groups="lora-pairs", layerwise=False, layerwise_note="lora-pro adjusts A and B together, so it has no layer-wise mode"),
+           storage=Adapter(states=lora_pro_states), temporaries=t.per_parameter_copies, step_copies=2, optimizer="lora-pro", recommend=14, wrapper="adapters", groups="lora-pairs", layerwise=False, layerwise_note="lora-pro adjusts A and B together, so it has no layer-wise mode",
+           # its optimizer takes (A, B) pairs only: no fully trained modules, no embedding adapters
+           adapter_options=tuple(o for o in PEFT_OPTIONS if o not in ("modules_to_save", "head_targets")),
+           activation=aa.lora),
+    Method("dora", "DoRA", "adapter",
+           "LoRA with a trainable magnitude per output row: W' = m ⊙ (W0 + sBA) / ‖W0 + sBA‖_row "
+           "(peft use_dora=True). The row norm is recomputed from the full m×n weight in every "
+           "forward (detached), through an n×n identity and m×n temporaries, and the layer saves "
+           "its base and adapter outputs besides LoRA's tensors.",
+           "mn·b_w + (r(m+n) + m)·(4 + 4 + 2·4)",
+           "DoRA: Weight-Decomposed Low-Rank Adaptation (Liu et al., ICML 2024)",
+           "https://arxiv.org/abs/2402.09353",
+           "https://github.com/huggingface/peft/blob/main/src/peft/tuners/lora/dora.py", rank=16,
+           reference="the authors' code (NVlabs/DoRA) is a patched peft; memfit runs peft's own "
+           "DoRA layer, which stores the same tensors.",
+           storage=Adapter(tensors=dora_tensors), temporaries=t.adapter_foreach_adamw,
+           forward_temporaries=t.dora_weight_norm, optimizer="adamw", recommend=15,
+           states_follow_params=True, wrapper="adapters", wrapper_options={"use_dora": True},
+           base_quants=("none", "nf4"), base_note="peft's DoRA does not run on an LLM.int8 base "
+           "(its Int8Params lose their state when DoRA copies the layer)",
+           adapter_options=tuple(o for o in PEFT_OPTIONS if o != "head_targets"), activation=aa.dora),
+    Method("lora-ggpo", "LoRA-GGPO", "adapter",
+           "LoRA trained at a perturbed base: before each forward W0 += ε, ε from AdamW's momentum "
+           "in weight space scaled by an EMA of the gradient norm; removed after the backward "
+           "(the authors' LoRA-MGPO trainer). One fp32 scalar per adapted layer and fp32 m×n "
+           "temporaries, one layer at a time; no extra forward or backward pass.",
+           "mn·b_w + r(m+n)·(4 + 4 + 2·4) + 4",
+           "LoRA-GGPO: Mitigating Double Descent in LoRA Fine-Tuning via Gradient-Guided "
+           "Perturbation Optimization (Chang et al., 2025; v2 LoRA-MGPO, EMNLP 2025 Findings)",
+           "https://arxiv.org/abs/2502.14538", "https://github.com/llm172/LoRA-GGPO", rank=16,
+           reference="the released code (now llm172/LoRA-MGPO, lora_mgpo/trainer.py) keeps the "
+           "same state; memfit follows it step for step.",
+           storage=Adapter(states=ggpo_states), temporaries=t.ggpo_step, optimizer="adamw",
+           recommend=16, states_follow_params=True, wrapper="adapters", step_hook="lora-ggpo",
+           layerwise=False, layerwise_note="lora-ggpo removes its perturbation after the backward "
+           "by recomputing it from AdamW's momentum, which layer-wise updates would already have "
+           "changed: it has no layer-wise mode",
+           # the perturbation needs a float base (peft's k-bit layers are not lora.Linear)
+           adapter_options=("lora_dropout", "adapter_dtype", "modules_to_save", "rslora", "lora_init"),
+           activation=aa.lora),
+    Method("svfit", "SVFit", "adapter",
+           "Only the top-r singular values of each target matrix train: W = W_e + U_r diag(σ) V_rᵀ, "
+           "with the residual W_e and the singular vectors U_r, V_r frozen (one SVD per matrix at "
+           "build) and σ fp32. The frozen part grows by r(m+n) per matrix; the factored layer "
+           "saves V_rᵀx and not its input.",
+           "(mn + r(m+n))·b_w + r·(4 + 4 + 2·4)",
+           "SVFit: Parameter-Efficient Fine-Tuning of Large Pre-Trained Models Using Singular "
+           "Values (Sun et al., 2024)", "https://arxiv.org/abs/2409.05926", "", rank=8,
+           reference="no code was released; memfit's lowrank.svfit follows the paper's section III "
+           "(the paper keeps the values holding 99 % of the spectrum, a choice that depends on the "
+           "weights: give --rank).",
+           storage=Adapter(tensors=svfit_tensors, frozen=svfit_frozen),
+           temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=18,
+           states_follow_params=True, wrapper="svfit", defaults={"lora_targets": "all-linear"},
+           adapter_options=("adapter_dtype",), activation=aa.svfit),
+    Method("welore", "WeLore", "adapter",
+           "Compresses each target matrix once to low-rank factors U (m×k), V (k×n) from its SVD "
+           "and fine-tunes only the factors and the norms (embeddings, lm_head and the matrices it "
+           "leaves dense stay frozen). The reference reads k off each matrix's singular-value "
+           "tail; the planner has no weights, so it prunes the same fraction ρ (--rank-reduction, "
+           "default 0.5 = the reference's --model_rank 50) of every target's ranks.",
+           "k(m+n)·(b_w + b_w + 2·b_w), k = min(m,n) − ⌊ρ·min(m,n)⌋",
+           "From GaLore to WeLore: How Low-Rank Weights Non-uniformly Emerge from Low-Rank "
+           "Gradients (Jaiswal et al., 2024)", "https://arxiv.org/abs/2407.11239",
+           "https://github.com/VITA-Group/WeLore", rank_reduction=0.5,
+           reference="the reference keeps factors and inputs in bf16 always and picks the ranks, "
+           "and which matrices it compresses, from the pre-trained spectra (threshold 0.175, "
+           "min_ratio 0.4999); memfit's factors take the weights' dtype.",
+           storage=Adapter(tensors=welore_tensors, frozen=replaced_weight, rank=reduced_rank,
+                           trained_roles=("norm",), component="weights"),
+           temporaries=t.adapter_foreach_adamw, optimizer="adamw", recommend=13,
+           states_follow_params=True, wrapper="welore", defaults={"lora_targets": "all-linear"},
+           adapter_dtype_default="base", activation=aa.welore),
     Method("galore", "GaLore", "projected",
            "Full-rank weights and gradients; Adam moments of the gradient projected onto r singular "
            "vectors (refreshed by SVD every update_proj_gap steps) plus the projection matrix.",

@@ -47,13 +47,22 @@ class PhasePeak:
 
 def _activations(r: Resolved, kernels: str):
     spec = r.spec
-    adapters = r.method.kind == "adapter"
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
                              attention=spec.attention, checkpointing=spec.checkpointing,
-                             lora_rank=r.rank if adapters else None,
-                             lora_dtype=r.adapter if adapters else None,
-                             lora_dropout=spec.lora_dropout if adapters else 0.0,
-                             lora_targets=r.lora_targets if adapters else None, kernels=kernels)
+                             kernels=kernels, **_adapter_activation_options(r))
+
+
+def _adapter_activation_options(r: Resolved) -> dict:
+    """An adapter method's activation settings: its record's rule, the rank on each adapted
+    module (WeLore's differ by shape), the adapters' dtype and dropout, targets and saved modules."""
+    if r.method.kind != "adapter":
+        return {}
+    ranks = {p.module: r.rank_of(p) for p in r.adapted if p.layer == 0}
+    head = [r.rank_of(p) for p in r.adapted if p.layer is None]
+    return dict(lora_rank=r.rank or (head[0] if head else 1), lora_ranks=ranks,
+                lora_dtype=r.adapter, lora_dropout=r.spec.lora_dropout or 0.0,
+                lora_targets=r.lora_targets, adapter_rule=r.method.activation,
+                modules_to_save=r.modules_to_save, base_quant=r.spec.base_quant)
 
 
 def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int, ...], int]:
@@ -122,6 +131,20 @@ def _timed(r: Resolved, act, grads, engine) -> list[tuple[int, int, dict[str, in
     return engine.instants(r, act, instants, grads[0]) if engine else [(a, g, {}) for a, g in instants]
 
 
+def _forward_transients(r: Resolved, act, instants) -> list[tuple[int, int, int]]:
+    """(activations, gradients, temporaries) where a method allocates inside a layer's forward
+    (`Method.forward_temporaries`, DoRA's weight norm): in the forward's last layer, with the
+    stack's activations held; with checkpointing again when the top layer is recomputed in
+    backward, beside the head's and that layer's gradients."""
+    extra = r.method.forward_temporaries(r)
+    if not extra:
+        return []
+    out = [(act.total - act.logits - act.head, 0, extra)]
+    if r.spec.checkpointing == "full":
+        out.append((*instants[1], extra))
+    return out
+
+
 def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
                 kernels: str = "cuda", engine=None) -> PhasePeak:
     """Every phase's total and the components resident at the worst one. `engine`: the
@@ -134,10 +157,14 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     timed = _timed(r, act, grads, engine)
     # the end of backward (the last instant) also holds a tied embedding's transient gradients
     transient = [0] * (len(timed) - 1) + [_tied_transient(rows, r)]
+    # a method's forward temporaries (DoRA's weight norm) are instants of their own
+    forward = _forward_transients(r, act, _backward_instants(act, grads, r.model.num_layers))
+    timed += [(fa, fg, {}) for fa, fg, _ in forward]
+    transient += [ft for _, _, ft in forward]
     worst_at = max(range(len(timed)), key=lambda i: sum(timed[i][:2]) + sum(timed[i][2].values())
                    + transient[i])
     at = timed[worst_at]
-    instants, fb = [(a, g) for a, g, _ in timed], (*at[:2], transient[worst_at])
+    instants, fb = [(a, g) for a, g, _ in timed[:len(timed) - len(forward)]], (*at[:2], transient[worst_at])
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
         with_grad = [i for i in instants if i[1]] or [(0, 0)]
         step_at = max(with_grad, key=lambda i: i[0] + i[1])

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from .defaults import fill_defaults
 from .dtypes import canonical_dtype, tensor_bytes
 from .gpus import get_gpu
-from .methods import Method, get_method
+from .methods import PEFT_DEFAULTS, Method, get_method
 from .models import PROJECTED_ROLES, ModelConfig, Param, get_model, load_config_file
 from .precisions import Precision, get_precision
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    SHARDINGS, TrainingSpec)
-from .storage import int8_rowwise_weight, nf4_weight
+from .bases import get_base
 
 __all__ = ["Resolved", "resolve_spec", "resolve_model", "FLOATS"]
 
@@ -54,6 +54,7 @@ class Resolved:
     requested: TrainingSpec | None = None
     lora_targets: tuple[str, ...] = ()
     modules_to_save: tuple[str, ...] = ()
+    rank_reduction: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @property
@@ -61,22 +62,52 @@ class Resolved:
         return self.spec.impl == "reference"
 
     def adapts(self, p: Param) -> bool:
-        """Whether an adapter sits on this parameter: a block linear whose module's last name is
-        a target, or a fused expert tensor named as peft's target_parameters spell it."""
-        return p.role in PROJECTED_ROLES and p.target in self.lora_targets
+        """Whether an adapter sits on this parameter: a block linear, or the embedding / output
+        layer (`--lora-targets embed_tokens,lm_head`), whose module's last name is a target, or a
+        fused expert tensor named as peft's target_parameters spell it."""
+        return (p.role in ADAPTABLE_ROLES or p.role in PROJECTED_ROLES) and p.target in self.lora_targets
+
+    def rank_of(self, p: Param) -> int:
+        """The rank on an adapted matrix (the method's storage rule: the spec's, or WeLore's)."""
+        return self.method.storage.rank(p, self)
+
+    def trains_fully(self, p: Param) -> bool:
+        """Whether an adapter method trains this parameter in full: a `modules_to_save`
+        parameter, or one of the roles its layout trains (WeLore's norms)."""
+        return (p in self.saved_modules
+                or p.role in getattr(self.method.storage, "trained_roles", ()))
+
+    @property
+    def full_states(self) -> str:
+        """Optimizer-state format of fully trained parameters under an adapter method: torch's
+        AdamW keeps them like the parameter (the frozen dtype) unless the spec says otherwise."""
+        return canonical_dtype(self.spec.states) if self.spec.states else self.frozen
+
+    @property
+    def trainable_tensors(self) -> list[tuple[int, str]]:
+        """(elements, optimizer-state dtype) of every tensor an adapter method's optimizer
+        updates, in model order: each adapted matrix's trainable tensors, every fully trained
+        parameter."""
+        if "trainable" not in self._cache:
+            out = []
+            for p in self.model.params:
+                if p.name in self.model.unused:
+                    continue
+                if self.trains_fully(p):
+                    out.append((p.numel, self.full_states))
+                elif self.adapts(p):
+                    out += [(k, self.states) for k in self.method.storage.numels(p, self)]
+            self._cache["trainable"] = out
+        return self._cache["trainable"]
 
     def base_bytes(self, p: Param) -> int:
-        """A frozen parameter under the spec's base quantisation, which (as bitsandbytes through
-        transformers) replaces the block linears only: fused experts, embeddings and norms stay
-        in the frozen format."""
-        if p.role != "block_linear":
+        """A frozen parameter under the spec's base quantisation (`planner.bases`), which (as
+        bitsandbytes through transformers) replaces the block linears only: fused experts,
+        embeddings and norms stay in the frozen format."""
+        base = get_base(self.spec.base_quant)
+        if base.weight is None or p.role != "block_linear":
             return tensor_bytes(p.numel, self.frozen)
-        quant = self.spec.base_quant
-        if quant == "nf4":
-            return nf4_weight(p.numel, double_quant=self.spec.double_quant)
-        if quant == "int8":
-            return int8_rowwise_weight(p.shape)
-        return tensor_bytes(p.numel, self.frozen)
+        return base.weight(p.shape, self.spec.double_quant)
 
     @property
     def adapted(self) -> tuple[Param, ...]:
@@ -87,22 +118,41 @@ class Resolved:
     @property
     def adapter_pairs(self) -> list[tuple[int, int]]:
         """(lora_A, lora_B) elements of each adapted matrix."""
+        return [self.adapter_pairs_of(p) for p in self.adapted]
+
+    def adapter_pairs_of(self, p: Param) -> tuple[int, int]:
+        """(in_features·rank, out_features·rank) of an adapted matrix: LoRA's A and B."""
         from .rules import lora_pairs
-        return [lora_pairs(p, self) for p in self.adapted]
+        return lora_pairs(p, self)
 
     @property
     def saved_modules(self) -> tuple[Param, ...]:
         """Parameters trained in full beside the adapters (`modules_to_save`)."""
-        return tuple(p for p in self.model.params
-                     if any(f".{m}." in f".{p.name}" for m in self.modules_to_save))
+        if "saved" not in self._cache:
+            self._cache["saved"] = tuple(p for p in self.model.params
+                                         if any(_in_module(p, m) for m in self.modules_to_save))
+        return self._cache["saved"]
 
     @property
     def trained_params(self) -> tuple[Param, ...]:
         """What the optimizer's full-size updates touch: every parameter of a full-rank or
-        projected method; an adapter method's adapted matrices and modules_to_save."""
+        projected method; an adapter method's adapted matrices and fully trained parameters."""
         if self.method.kind == "adapter":
-            return self.adapted + self.saved_modules
+            return self.adapted + tuple(p for p in self.model.params if self.trains_fully(p))
         return self.model.params
+
+
+#: parameter roles an adapter can sit on: the block linears, and the embedding and output layer
+#: when the method takes `head_targets`
+ADAPTABLE_ROLES = ("block_linear", "embedding", "lm_head")
+_HEAD_ROLES = ("embedding", "lm_head")
+
+
+def _in_module(p: Param, module: str) -> bool:
+    """Whether `p` belongs to a module whose last name (or dotted path end) is `module`, as
+    peft matches `modules_to_save` (`key.endswith(f".{name}")`)."""
+    owner = p.name.rpartition(".")[0]
+    return owner == module or owner.endswith(f".{module}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -195,9 +245,16 @@ def _option(spec: TrainingSpec, method: Method, name: str):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
             not math.isfinite(value):
         raise ValueError(f"{name} must be positive, got {value!r:.40}")
-    if name != "scale" and int(value) != value:
+    if name in _FRACTIONS and not value < 1:
+        raise ValueError(f"{name} is the fraction of each matrix's ranks pruned: give a number "
+                         f"between 0 and 1 (0.5 prunes half), not {value!r:.40}")
+    if not isinstance(default, float) and int(value) != value:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return type(default)(value)
+
+
+#: method options that are fractions in (0, 1)
+_FRACTIONS = ("rank_reduction",)
 
 
 def _check_rank(model: ModelConfig, rank: int, matrices: tuple[Param, ...]) -> None:
@@ -242,21 +299,30 @@ def _check_shape(spec: TrainingSpec, model: ModelConfig) -> None:
         _positive_int(spec, "loss_chunks", 4096)
 
 
+def _module_names(model: ModelConfig, roles: tuple[str, ...]) -> list[str]:
+    return sorted({p.module.rpartition(".")[2] for p in model.params if p.role in roles})
+
+
 def _lora_targets(spec: TrainingSpec, model: ModelConfig, method: Method) -> tuple[str, ...]:
     """What adapters go on: a comma list of module names and fused expert tensors (peft's
     target_parameters spelling, "experts.gate_up_proj"), or "all-linear" (every block linear,
-    as peft's "all-linear" does: never the output layer, never a fused expert tensor)."""
+    as peft's "all-linear" does: never the output layer, never a fused expert tensor); the
+    embedding and output layer too (embed_tokens, lm_head) for a method that takes them."""
     names = sorted({p.target for p in model.selected})
     experts = sorted({p.target for p in model.params if p.role == "expert"})
+    heads = _module_names(model, _HEAD_ROLES) if method.takes("head_targets") else []
     text = spec.lora_targets.strip()
     if text.lower() in ("all-linear", "all_linear", "all"):
         return tuple(names)
     asked = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    unknown = [t for t in asked if t not in names + experts]
+    unknown = [t for t in asked if t not in names + heads + experts]
     if unknown or not asked:
         fused = f", fused experts {', '.join(experts)}" if experts else ""
-        raise ValueError(f"{model.name} has no block linear named {', '.join(unknown) or repr(text)}: "
-                         f"LoRA targets are module names among {', '.join(names)}{fused}, or all-linear")
+        also = f"; {method.id} adapts no embedding or output layer" if not heads and any(
+            t in _module_names(model, _HEAD_ROLES) for t in unknown) else ""
+        raise ValueError(f"{model.name} has no block linear named {', '.join(unknown) or repr(text)}{also}: "
+                         f"{method.id} targets are module names among {', '.join(names + heads)}"
+                         f"{fused}, or all-linear")
     on_experts = [t for t in asked if t in experts]
     if on_experts and not method.adapts_parameters:
         raise ValueError(f"{method.id} cannot adapt fused expert tensors ({', '.join(on_experts)}): "
@@ -301,6 +367,40 @@ def _capacity(spec: TrainingSpec, model: ModelConfig, experts_dtype: str) -> lis
     return notes
 
 
+def _modules_to_save(spec: TrainingSpec, model: ModelConfig, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """peft's `modules_to_save`: modules trained in full as a copy beside the frozen original.
+    memfit sizes the embeddings and the output layer (what axolotl and LLaMA-Factory train)."""
+    asked = tuple(dict.fromkeys(m.strip() for m in (spec.modules_to_save or "").split(",") if m.strip()))
+    allowed = _module_names(model, _HEAD_ROLES)
+    for name in asked:
+        owned = [p for p in model.params if _in_module(p, name)]
+        if not owned or any(p.role not in (*_HEAD_ROLES, "bias") for p in owned):
+            tied = " (it is tied to the embeddings here)" if name == "lm_head" and model.tie_word_embeddings else ""
+            raise ValueError(f"cannot size modules_to_save {name!r}{tied}: memfit sizes the embeddings and "
+                             f"the output layer of {model.name} ({', '.join(allowed)})")
+        if name in targets:
+            raise ValueError(f"{name} is both a LoRA target and a module to save: choose one")
+    return asked
+
+
+def _check_adapter_options(spec: TrainingSpec, method: Method) -> None:
+    """A LoRA setting the method has no use for is an error that says which to drop."""
+    for name, unset in PEFT_DEFAULTS.items():
+        value = getattr(spec, name)
+        if value == unset or (name, value) in (("base_quant", "none"), ("lora_dropout", 0)):
+            continue
+        if not method.takes(name):
+            flag = f"--{name.replace('_', '-')}"
+            if name in ("base_quant", "double_quant", "kbit_upcast"):
+                raise ValueError(f"{method.id} trains on an unquantised base only; drop {flag}")
+            raise ValueError(f"{method.id} takes no {_PEFT_LABELS.get(name, name)}; drop {flag}")
+
+
+_PEFT_LABELS = {"lora_dropout": "LoRA dropout", "adapter_dtype": "adapter dtype (its trainable tensors "
+                "take the weights' dtype)", "modules_to_save": "modules_to_save", "rslora": "rsLoRA scaling",
+                "lora_init": "LoRA initialisation"}
+
+
 def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, weights: str,
                     states: str) -> tuple[str, str, str, list[str]]:
     """(adapter dtype, frozen base dtype, state dtype, assumptions) of an adapter method.
@@ -313,11 +413,16 @@ def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, we
     notes = []
     if spec.base_quant != "none" and spec.kbit_upcast:
         frozen = "fp32"
-    adapter = canonical_dtype(spec.adapter_dtype) if spec.adapter_dtype else "fp32"
+    if spec.adapter_dtype:
+        adapter = canonical_dtype(spec.adapter_dtype)
+    elif method.adapter_dtype_default == "base":
+        adapter = frozen
+        notes.append(f"{method.id}'s trainable tensors take the weights' dtype, {frozen}")
+    else:
+        adapter = "fp32"
+        notes.append("adapter dtype fp32 (peft keeps adapters in fp32: autocast_adapter_dtype=True)")
     if adapter not in FLOATS:
         raise ValueError(f"adapters are fp32, bf16 or fp16, not {adapter}")
-    if not spec.adapter_dtype:
-        notes.append("adapter dtype fp32 (peft keeps adapters in fp32: autocast_adapter_dtype=True)")
     return adapter, frozen, (states if spec.states else adapter), notes
 
 
@@ -343,6 +448,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
     gpu = get_gpu(spec.gpu) if spec.gpu else None
     requested = spec
     spec = _base_quant(spec, method)
+    asked = spec              # the user's settings (--weights nf4 read as --base-quant), no defaults yet
     if method.defaults.get("base_quant") and spec.base_quant not in (None, method.defaults["base_quant"]):
         raise ValueError(f"{method.id} quantises its base to {method.defaults['base_quant']}; "
                          f"for another base use lora with --base-quant {spec.base_quant}")
@@ -359,10 +465,13 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
     if method.kind == "adapter":
         if spec.weights and canonical_dtype(spec.weights) not in FLOATS:
             raise ValueError(f"the frozen base is fp32, bf16 or fp16, or quantised with --base-quant")
+        _check_adapter_options(asked, method)
+        if spec.base_quant not in method.base_quants:
+            raise ValueError(method.base_note or f"{method.id} does not run on a {spec.base_quant} base")
         adapter, frozen, states, notes = _adapter_dtypes(spec, method, precision, weights, states)
         assumptions += notes
         targets = _lora_targets(spec, model, method)
-        saved = tuple(m.strip() for m in (spec.modules_to_save or "").split(",") if m.strip())
+        saved = _modules_to_save(spec, model, targets)
         # the residual stream has the embeddings' dtype: an upcast (k-bit) base makes it fp32
         activations = frozen if not precision.autocast else precision.compute
         _probability(spec.lora_dropout, "lora dropout")
@@ -371,7 +480,8 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
                          "methods (lora --base-quant int8|nf4, qlora)")
     rank = _option(spec, method, "rank")
     if rank is not None:
-        matrices = tuple(p for p in model.projected if p.target in targets) \
+        matrices = tuple(p for p in model.params if (p.role in ADAPTABLE_ROLES or p.role in PROJECTED_ROLES)
+                         and p.target in targets) \
             if method.kind == "adapter" else model.projected
         _check_rank(model, rank, matrices)
     assumptions += _capacity(spec, model, frozen if method.kind == "adapter" else weights)
@@ -381,7 +491,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
                  _projection_format(spec, method, grads), adapter, frozen, activations,
                  precision.master, rank, _option(spec, method, "update_proj_gap"),
                  _option(spec, method, "scale"), _proj_type(spec, method), (), requested,
-                 targets, saved)
+                 targets, saved, _option(spec, method, "rank_reduction"))
     if spec.sharding != "none":           # more than one device: the engine must run this
         from .sharding import check_sharding
         check_sharding(r, spec.sharding, spec.devices, spec.offload, spec.shard_group)
@@ -416,13 +526,14 @@ def _per_device_line(s: TrainingSpec) -> str:
 
 def _assumptions(r: Resolved) -> tuple[str, ...]:
     s, out = r.spec, []
-    for name in ("rank", "update_proj_gap", "scale", "proj_type"):
+    for name in ("rank", "update_proj_gap", "scale", "proj_type", "rank_reduction"):
         if getattr(r.requested, name) is None and getattr(r, name) is not None:
             out.append(f"{name} {getattr(r, name)} ({r.method.id} default)")
     if r.method.kind == "adapter":
-        base = {"nf4": "NF4" + (" double-quantised" if s.double_quant else ""),
-                "int8": "LLM.int8"}.get(s.base_quant, r.frozen)
-        out.append(f"frozen base {base}, other frozen parameters {r.frozen}; adapters {r.adapter} "
+        base = get_base(s.base_quant).name + (" double-quantised" if s.base_quant == "nf4" and s.double_quant else "")
+        base = r.frozen if s.base_quant in (None, "none") else base
+        what = "adapters" if r.method.storage.component == "adapters" else "trainable factors"
+        out.append(f"frozen base {base}, other frozen parameters {r.frozen}; {what} {r.adapter} "
                    f"with {r.adapter} gradients and {r.states} optimizer states, compute "
                    f"{r.activations} ({s.precision} precision)")
     else:
@@ -436,6 +547,12 @@ def _assumptions(r: Resolved) -> tuple[str, ...]:
     if s.sharding != "none":
         out.append(_per_device_line(s))
     if r.method.kind == "adapter" and (s.rslora or s.lora_init != "default"):
-        out.append("rsLoRA and the adapter initialisation change no memory")
+        out.append("rsLoRA and the adapter initialisation change no memory (PiSSA, OLoRA and "
+                   "LoftQ run their SVD or quantisation once, when the model is built)")
+    if r.rank_reduction is not None:
+        out.append(f"{r.method.id} ranks: the reference reads each matrix's rank off its "
+                   "pre-trained singular values; without the weights the planner prunes the same "
+                   f"fraction {r.rank_reduction:g} of every target's ranks (choose the compressed "
+                   "matrices with --lora-targets)")
     out += list(r.model.notes)
     return tuple(out)

@@ -29,7 +29,9 @@ __all__ = ["FullRank", "Projected", "Adapter", "param_memory", "basis_dim", "pro
            "fira_extra", "apollo_extra", "qgalore_extra", "gradnorm_extra", "gradnorm_reference_extra",
            "float_projection", "int4_projection", "dct_indices", "seeded_projection",
            "dense_weight", "int8_trained_weight", "lora_pairs", "lora_pro_states", "lora_adam_states",
-           "no_shared", "dct_bases", "bnb_qmaps"]
+           "lora_tensors", "dora_tensors", "svfit_tensors", "welore_tensors", "spec_rank",
+           "reduced_rank", "base_weight", "svfit_frozen", "replaced_weight", "adapter_adam_states",
+           "ggpo_states", "fully_trained", "no_shared", "dct_bases", "bnb_qmaps"]
 
 StateRule = Callable[[Param, "Resolved"], int]
 
@@ -198,13 +200,88 @@ class Projected:
 
 
 def lora_pairs(p: Param, r: Resolved) -> tuple[int, int]:
-    """Elements of lora_A (r x in) and lora_B (out x r) on an adapted matrix. On a fused expert
+    """Elements of lora_A (r x in) and lora_B (out x r) on an adapted matrix. peft's
+    `lora.Embedding` reads a (V, h) table as in = V, out = h (`lora_embedding_A` (r, V),
+    `lora_embedding_B` (h, r)); a GPT-2 `Conv1D` stores its weight (in, out). On a fused expert
     tensor (E, out, in) peft's `ParamWrapper` holds lora_A (r·E, in) and lora_B (out, r·E): one
     rank-r pair per expert."""
     m, n = p.matrix
-    in_f = m if r.model.family and r.model.family.fan_in_fan_out else n
-    out_f = n if in_f == m else m
-    return r.rank * p.batch * in_f, out_f * r.rank * p.batch
+    if p.role == "embedding":
+        in_f, out_f = m, n
+    else:
+        conv = p.role == "block_linear" and r.model.family and r.model.family.fan_in_fan_out
+        in_f, out_f = (m, n) if conv else (n, m)
+    rank = r.rank_of(p)
+    return rank * p.batch * in_f, out_f * rank * p.batch
+
+
+#: a trainable tensor on an adapted matrix: (its name after the matrix's module, its shape)
+TensorShape = tuple[str, tuple[int, ...]]
+
+
+def lora_tensors(p: Param, r: Resolved) -> tuple[TensorShape, ...]:
+    """LoRA's trainable tensors on an adapted matrix: A (r, in) and B (out, r); on fused experts
+    peft's `ParamWrapper` stacks the E pairs, (r·E, in) and (out, r·E)."""
+    a, b = lora_pairs(p, r)
+    k = r.rank_of(p) * p.batch
+    return ("lora_A.weight", (k, a // k)), ("lora_B.weight", (b // k, k))
+
+
+def dora_tensors(p: Param, r: Resolved) -> tuple[TensorShape, ...]:
+    """DoRA: A, B and the magnitude, one per output row (peft `lora_magnitude_vector`)."""
+    a, b = lora_tensors(p, r)
+    return a, b, ("lora_magnitude_vector.weight", (b[1][0],))
+
+
+def svfit_tensors(p: Param, r: Resolved) -> tuple[TensorShape, ...]:
+    """SVFit: the r trainable singular values (`lowrank.svfit.SVFitLinear.singular_values`)."""
+    return (("singular_values", (r.rank_of(p),)),)
+
+
+def welore_tensors(p: Param, r: Resolved) -> tuple[TensorShape, ...]:
+    """WeLore's low-rank component: U (m, k) and V (k, n), both trained (`lowrank.welore`)."""
+    m, n = p.shape
+    k = r.rank_of(p)
+    return ("U.weight", (m, k)), ("V.weight", (k, n))
+
+
+def spec_rank(p: Param, r: Resolved) -> int:
+    """The spec's rank, the same on every adapted matrix."""
+    return r.rank
+
+
+def reduced_rank(p: Param, r: Resolved) -> int:
+    """WeLore's kept rank with the fraction ρ of the ranks pruned:
+    k = min(m, n) − ⌊ρ·min(m, n)⌋ (at least 1). The reference prunes the normalised singular
+    values below a threshold, matrix by matrix (`utils.adaptive_rank_pruning`); without the
+    weights the planner spreads the reduction evenly over the targets."""
+    side = min(p.shape)
+    return max(1, side - math.floor(r.rank_reduction * side))
+
+
+def base_weight(p: Param, r: Resolved) -> int:
+    """The frozen original of an adapted matrix: the base format (quantised or not) for a block
+    linear; an embedding or output layer stays in the frozen dtype (k-bit loading keeps them)."""
+    return r.base_bytes(p) if p.role == "block_linear" else tensor_bytes(p.numel, r.frozen)
+
+
+def svfit_frozen(p: Param, r: Resolved) -> int:
+    """SVFit's frozen residual W_e (m, n) and singular vectors U_r (m, r), V_rᵀ (r, n), in the
+    frozen dtype (the layer replaces the original weight)."""
+    m, n = p.shape
+    return tensor_bytes(m * n + r.rank_of(p) * (m + n), r.frozen)
+
+
+def replaced_weight(p: Param, r: Resolved) -> int:
+    """WeLore replaces the dense matrix by its factors: nothing of it stays."""
+    return 0
+
+
+def adapter_adam_states(p: Param, r: Resolved) -> int:
+    """torch's AdamW on each trainable tensor of an adapted matrix: two moments in the state
+    format and a `step` each."""
+    numels = r.method.storage.numels(p, r)
+    return sum(adam_moments(k, r.states) for k in numels) + len(numels) * step_bytes(r)
 
 
 def lora_adam_states(p: Param, r: Resolved) -> int:
@@ -213,25 +290,66 @@ def lora_adam_states(p: Param, r: Resolved) -> int:
     return adam_moments(a, r.states) + adam_moments(b, r.states) + 2 * step_bytes(r)
 
 
+def ggpo_states(p: Param, r: Resolved) -> int:
+    """LoRA-GGPO: AdamW on A and B, plus the gradient-norm EMA ḡ of the layer, a 0-d fp32
+    tensor held by the perturbation (`lowrank.ggpo.GGPOPerturbation.grad_ema`)."""
+    return adapter_adam_states(p, r) + 4
+
+
 def lora_pro_states(p: Param, r: Resolved) -> int:
     """LoRA-Pro: full m x n moments of the equivalent gradient, kept on lora_A with its step."""
     return adam_moments(p.numel, r.states) + step_bytes(r)
 
 
+def fully_trained(p: Param, r: Resolved) -> ParamMemory:
+    """A parameter an adapter method trains in full: peft's `modules_to_save` (a trainable
+    deep copy beside the frozen original, so the weights twice) or a role the method trains
+    (WeLore's norms). Gradient in the parameter's dtype; torch's AdamW moments like it (or the
+    spec's state format) and a `step`."""
+    copies = 2 if p in r.saved_modules else 1
+    master = _master(p.numel, r) if r.frozen != "fp32" else 0
+    return ParamMemory(weights=copies * tensor_bytes(p.numel, r.frozen),
+                       gradients=tensor_bytes(p.numel, r.frozen),
+                       optimizer_states=adam_moments(p.numel, r.full_states) + step_bytes(r) + master)
+
+
 @dataclass(frozen=True)
 class Adapter:
-    """A frozen base (in the frozen format, or quantised: `r.base_bytes`) with adapters on the
-    target linears, in the adapters' dtype with gradients of that dtype and `states`."""
-    states: StateRule = lora_adam_states
+    """A frozen base (in the frozen format, or quantised: `r.base_bytes`) with trainable tensors
+    on the target matrices, and optionally fully trained parameters (`modules_to_save`, the
+    layout's `trained_roles`).
+
+    tensors(p, r): the trainable tensors on an adapted matrix, (name, shape) each (LoRA: A, B);
+        they are held in the adapters' dtype, with gradients of that dtype and `states`.
+    frozen(p, r): bytes of what stays frozen of an adapted matrix (LoRA: the original).
+    rank(p, r): the rank on an adapted matrix (the spec's, or WeLore's per-matrix rule).
+    component: where the trainable tensors are reported: "adapters" (added beside the base) or
+        "weights" (they replace it: WeLore's factors).
+    """
+    tensors: Callable[[Param, "Resolved"], tuple[TensorShape, ...]] = lora_tensors
+    frozen: StateRule = base_weight
+    states: StateRule = adapter_adam_states
+    rank: Callable[[Param, "Resolved"], int] = spec_rank
+    trained_roles: tuple[str, ...] = ()
+    component: str = "adapters"
+
+    def numels(self, p: Param, r: Resolved) -> tuple[int, ...]:
+        """Element counts of `tensors`."""
+        return tuple(math.prod(shape) for _, shape in self.tensors(p, r))
 
     def param(self, p: Param, r: Resolved) -> ParamMemory:
+        if r.trains_fully(p):
+            return fully_trained(p, r)
         if not r.adapts(p):     # a quantised base quantises every block linear, adapted or not
-            return ParamMemory(weights=r.base_bytes(p))
-        a, b = lora_pairs(p, r)
-        master = _master(a + b, r) if r.adapter != "fp32" else 0   # fp32 adapters are the master
-        return ParamMemory(weights=r.base_bytes(p), gradients=tensor_bytes(a + b, r.adapter),
-                           optimizer_states=self.states(p, r) + master,
-                           adapters=tensor_bytes(a + b, r.adapter))
+            return ParamMemory(weights=r.base_bytes(p) if p.role == "block_linear"
+                               else tensor_bytes(p.numel, r.frozen))
+        numels = self.numels(p, r)
+        held = sum(tensor_bytes(k, r.adapter) for k in numels)
+        master = _master(sum(numels), r) if r.adapter != "fp32" else 0   # fp32 adapters are the master
+        frozen = self.frozen(p, r)
+        return ParamMemory(weights=frozen + (held if self.component == "weights" else 0),
+                           gradients=held, optimizer_states=self.states(p, r) + master,
+                           adapters=held if self.component == "adapters" else 0)
 
 
 def param_memory(p: Param, r: Resolved) -> ParamMemory:

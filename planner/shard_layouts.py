@@ -13,7 +13,7 @@ from .breakdown import Row
 from .dtypes import tensor_bytes
 from .models import Param
 from .resolve import Resolved
-from .rules import lora_pairs, param_memory
+from .rules import param_memory
 from .storage import STEP_BYTES, ParamMemory, projection_side
 
 __all__ = ["Tensor", "fsdp_rows", "zero_flat", "zero3_partition", "tensors", "groups", "template", "zero_dtype",
@@ -57,17 +57,17 @@ class Tensor:
 
 
 def expand(r: Resolved, p: Param) -> list[Tensor]:
-    """The tensors the engine holds for parameter `p`: itself, and under an adapter method peft's
-    lora_A (r, in) and lora_B (out, r) when it is adapted (`rules.lora_pairs`)."""
+    """The tensors the engine holds for parameter `p`: itself, and under an adapter method the
+    trainable tensors its storage rule puts on an adapted matrix (`rules.Adapter.tensors`: peft's
+    lora_A (r, in) and lora_B (out, r) for LoRA)."""
     if r.method.kind != "adapter":
         return [Tensor(p, p.name not in r.model.unused, "weights", r.weights)]
     out = [Tensor(p, False, "weights", r.frozen)]
     if r.adapts(p):
-        a, b = lora_pairs(p, r)
         stem = p.name.rsplit(".", 1)[0]
-        for name, shape in ((f"{stem}.lora_A.weight", (r.rank, a // r.rank)),
-                            (f"{stem}.lora_B.weight", (b // r.rank, r.rank))):
-            out.append(Tensor(Param(name, shape, "adapter", p.layer), True, "adapters", r.adapter))
+        for name, shape in r.method.storage.tensors(p, r):
+            out.append(Tensor(Param(f"{stem}.{name}", shape, "adapter", p.layer), True,
+                              r.method.storage.component, r.adapter))
     return out
 
 

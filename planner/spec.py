@@ -57,6 +57,7 @@ class TrainingSpec:
     kbit_upcast: bool | None = None       # peft prepare_model_for_kbit_training's fp32 upcast
     rslora: bool = False                  # rsLoRA scaling: no memory effect
     lora_init: str = "default"            # default | gaussian | pissa | olora: no memory effect
+    rank_reduction: float | None = None   # WeLore: the fraction of each target's ranks pruned (default 0.5)
     # the training stack (issue 12)
     loss: str | None = None               # full | chunked | fused
     loss_chunks: int | None = None        # chunked cross-entropy's chunk count

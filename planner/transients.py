@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .resolve import Resolved
 
 __all__ = ["FOREACH_BUCKET_NUMEL", "in_place", "foreach_adamw", "adapter_foreach_adamw", "partition_foreach_adamw",
+           "no_forward_temporaries", "dora_weight_norm", "ggpo_step",
            "projected_step", "per_parameter_copies", "svd_workspace", "dct_workspace",
            "random_workspace"]
 
@@ -37,10 +38,53 @@ def foreach_adamw(r: Resolved) -> int:
 
 
 def adapter_foreach_adamw(r: Resolved) -> int:
-    """foreach AdamW over the adapters (and any fully trained `modules_to_save`): one sqrt list
-    of their size; layer-wise, the largest single tensor's."""
-    sizes = [a + b for a, b in r.adapter_pairs] + [p.numel for p in r.saved_modules]
-    return tensor_bytes(max(sizes) if r.spec.layerwise else sum(sizes), r.states)
+    """foreach AdamW over an adapter method's trainable tensors (`Resolved.trainable_tensors`:
+    adapters, fully trained `modules_to_save`, WeLore's factors and norms): one sqrt list of
+    their size, each in its state dtype (torch groups the tensors by dtype and keeps the previous
+    group's list while it builds the next, so two groups add up); layer-wise, the largest single
+    tensor's."""
+    sizes = [tensor_bytes(k, dtype) for k, dtype in r.trainable_tensors]
+    return max(sizes) if r.spec.layerwise else sum(sizes)
+
+
+def no_forward_temporaries(r: Resolved) -> int:
+    """Most methods allocate nothing in the forward beyond what autograd saves."""
+    return 0
+
+
+def dora_weight_norm(r: Resolved) -> int:
+    """DoRA recomputes ‖W0 + s·BA‖_row inside each adapted layer's forward (peft
+    `DoraLinearLayer.forward`): `eye(n)` (saved by lora_A, which trains), A(eye) (n, r), the
+    lora weight (n, m), s·lora_weight and the sum (m, n), all in the adapters' dtype, plus W0's
+    copy in that dtype when the base is held in another: a·(n² + n·r + 3mn) (+ a·mn). Measured
+    on a tiny LLaMA within 0.5 % (docs/storage-contract.md). The largest adapted matrix's."""
+    a = tensor_bytes(1, r.adapter)
+    cast = r.adapter != r.frozen or r.spec.base_quant != "none"
+    return max(a * ((n := _in_out(p, r)[0]) * n + n * r.rank_of(p) + (3 + cast) * p.numel)
+               for p in r.adapted)
+
+
+def ggpo_step(r: Resolved) -> int:
+    """LoRA-GGPO's perturbation removal and gradient-norm update, after the backward (every
+    gradient alive), before AdamW's own step (`lowrank.ggpo.GGPOPerturbation`, after the
+    authors' `LoraMGPOTrainer`). One layer at a time, in fp32: V = s(M_B A + B M_A) holds three
+    (m, n) tensors at the sum (12mn; the fp32 copies of bf16 A, B and momenta are freed by then),
+    while the layer handled just before (removal runs in reverse model order) still holds its ε
+    in the base dtype (b_w·mn). The gradient-norm EMA: 12mn per layer. Measured on a tiny
+    LLaMA: 16mn on an fp32 base, 14mn on a bf16 one, with fp32 or bf16 adapters
+    (docs/storage-contract.md). The larger of these and AdamW's foreach step."""
+    layers = list(r.adapted)
+    w = tensor_bytes(1, r.frozen)
+    remove = max(12 * p.numel + (w * layers[i + 1].numel if i + 1 < len(layers) else 0)
+                 for i, p in enumerate(layers))
+    return max(remove, adapter_foreach_adamw(r))
+
+
+def _in_out(p, r: Resolved) -> tuple[int, int]:
+    """(in_features, out_features) of an adapted matrix (a GPT-2 Conv1D stores (in, out))."""
+    a, b = r.adapter_pairs_of(p)
+    rank = r.rank_of(p)
+    return a // rank, b // rank
 
 
 def partition_foreach_adamw(numel: int, r: Resolved) -> int:

@@ -19,8 +19,8 @@ from planner.dtypes import TORCH_NAMES
 from planner.resolve import Resolved
 
 __all__ = ["LR", "torch_dtype", "hf_config", "build_model", "selected_names", "param_groups",
-           "build_optimizer", "build_training", "unsupported_reason", "synthetic_batch", "train_step",
-           "WRAPPERS", "BASES"]
+           "build_optimizer", "build_training", "build_step_hook", "unsupported_reason",
+           "synthetic_batch", "train_step", "WRAPPERS", "BASES", "LORA_INITS"]
 
 LR = 1e-3            # any small learning rate: memory does not depend on it
 _CONFIG_SKIP = ("aliases", "source", "architectures", "_name_or_path", "transformers_version",
@@ -120,13 +120,29 @@ def _to_int8(model: nn.Module, r: Resolved) -> None:
         _replace(model, name, QGaLoreLinear.from_linear(lin))
 
 
+#: peft's `init_lora_weights` for each `TrainingSpec.lora_init` the builder can run here (LoftQ
+#: quantises the base itself and EVA needs a data loader: neither changes the memory of a step)
+LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+def _split_targets(r: Resolved) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(block-linear targets, embedding / output-layer targets) of the spec."""
+    heads = {p.module.rpartition(".")[2] for p in r.model.params if p.role in ("embedding", "lm_head")}
+    return (tuple(t for t in r.lora_targets if t not in heads),
+            tuple(t for t in r.lora_targets if t in heads))
+
+
 def _add_adapters(model: nn.Module, r: Resolved) -> nn.Module:
-    """peft LoRA on the spec's targets (and `modules_to_save`), in the spec's adapter dtype."""
+    """peft LoRA on the spec's targets (and `modules_to_save`), in the spec's adapter dtype, with
+    the method record's peft options (DoRA: `use_dora`), rsLoRA and the adapter initialisation
+    (PiSSA / OLoRA: one SVD or QR of each target at build, which replaces W0 by its residual)."""
     from lowrank.lora import apply_lora
+    blocks, outside = _split_targets(r)
     with contextlib.redirect_stderr(io.StringIO()):
-        model = apply_lora(model, rank=r.rank, targets=r.lora_targets, dropout=r.spec.lora_dropout,
-                           modules_to_save=r.modules_to_save or None,
-                           use_rslora=bool(r.spec.rslora))
+        model = apply_lora(model, rank=r.rank, targets=blocks, dropout=r.spec.lora_dropout or 0.0,
+                           modules_to_save=r.modules_to_save or None, outside_targets=outside,
+                           use_rslora=bool(r.spec.rslora), init_lora_weights=LORA_INITS[r.spec.lora_init],
+                           **r.method.wrapper_options)
     adapter = torch_dtype(r.adapter)
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -134,8 +150,37 @@ def _add_adapters(model: nn.Module, r: Resolved) -> nn.Module:
     return model
 
 
+def _add_svfit(model: nn.Module, r: Resolved) -> nn.Module:
+    """SVFit on the spec's targets: frozen W_e, U_r, V_rᵀ and trainable σ in the adapter dtype."""
+    from lowrank.svfit import apply_svfit
+    return apply_svfit(model, rank=r.rank, targets=r.lora_targets, dtype=torch_dtype(r.adapter))
+
+
+def _add_welore(model: nn.Module, r: Resolved) -> nn.Module:
+    """WeLore with the planner's ranks (`Resolved.rank_of`): every target a low-rank component,
+    every other block linear dense and frozen. A burst's random weights have no singular-value
+    tail for WeLore's own rule to read, so the ranks are imposed rather than found
+    (`lowrank.welore.welore_ranks` finds them on pre-trained weights)."""
+    from lowrank.welore import apply_welore
+    # by module path inside a layer, so a model cut to fewer layers (traces) gets the same ranks
+    by_module = {p.module: (r.rank_of(p) if r.adapts(p) else None) for p in r.model.selected}
+    ranks = {name: by_module[module] for name, _ in model.named_modules()
+             for module in [_module_in_layer(name)] if module in by_module}
+    return apply_welore(model, ranks=ranks)
+
+
+def _module_in_layer(name: str) -> str | None:
+    """"model.layers.3.self_attn.q_proj" -> "self_attn.q_proj" (planner.models.Param.module)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit() and i + 1 < len(parts):
+            return ".".join(parts[i + 1:])
+    return None
+
+
 #: what `Method.wrapper` asks the builder to do to the model (after any base quantisation)
-WRAPPERS = {"adapters": _add_adapters, "int8-linears": lambda model, r: _to_int8(model, r) or model}
+WRAPPERS = {"adapters": _add_adapters, "int8-linears": lambda model, r: _to_int8(model, r) or model,
+            "svfit": _add_svfit, "welore": _add_welore}
 #: how a k-bit frozen base is made (`TrainingSpec.base_quant`)
 BASES = {"nf4": lambda model, r, device: _to_nf4(model, r, device),
          "int8": lambda model, r, device: _to_llm_int8(model, r, device)}
@@ -224,16 +269,27 @@ def build_optimizer(model: nn.Module, r: Resolved):
     return opt
 
 
+def build_step_hook(model: nn.Module, optimizer, r: Resolved):
+    """The method's step hook (`Method.step_hook`, from `lowrank.STEP_HOOKS`: LoRA-GGPO's
+    perturbation), wrapped around each forward and backward by `train_step`; None for most."""
+    if not r.method.step_hook:
+        return None
+    from lowrank.registry import STEP_HOOKS
+    return STEP_HOOKS[r.method.step_hook](model, getattr(optimizer, "optimizer", optimizer))
+
+
 def build_training(spec, device: str = "cpu"):
-    """(model, optimizer) for a spec, exactly as the profiler trains it: the one builder for
-    bursts, traces and users (`profiler.build_training(TrainingSpec(...))`)."""
+    """(model, optimizer, step hook) for a spec, exactly as the profiler trains it: the one
+    builder for bursts, traces and users (`profiler.build_training(TrainingSpec(...))`). The hook
+    is None except for a method with one (LoRA-GGPO): pass it to `train_step`."""
     from planner.resolve import resolve_spec
     r = resolve_spec(spec)
     reason = unsupported_reason(r, device)
     if reason:
         raise ValueError(f"cannot build this spec here: {reason}")
     model = build_model(r, device)
-    return model, build_optimizer(model, r)
+    optimizer = build_optimizer(model, r)
+    return model, optimizer, build_step_hook(model, optimizer, r)
 
 
 #: spec settings the profiler's training loop does not run yet, and what to use instead
@@ -267,6 +323,9 @@ def unsupported_reason(r: Resolved, device: str = "cpu") -> str | None:
     reason = _unrun(r)
     if reason:
         return reason
+    if r.method.kind == "adapter" and r.spec.lora_init not in LORA_INITS:
+        return (f"peft's {r.spec.lora_init} initialisation needs {'a data loader' if r.spec.lora_init == 'eva' else 'to quantise the base itself'}; "
+                "it changes no memory of a step: burst it with --lora-init default")
     held = r.adapter if r.method.kind == "adapter" else r.weights
     if r.grads != held and r.method.kind != "adapter":     # adapters' gradients follow the adapters
         return f"autograd keeps gradients in the parameters' dtype ({held}), not {r.grads}"
@@ -284,16 +343,21 @@ def synthetic_batch(r: Resolved, device: str = "cpu", seed: int = 0) -> torch.Te
     return ids.to(device)
 
 
-def train_step(model: nn.Module, optimizer, input_ids: torch.Tensor, on_phase=lambda name: None) -> torch.Tensor:
+def train_step(model: nn.Module, optimizer, input_ids: torch.Tensor, on_phase=lambda name: None,
+               hook=None) -> torch.Tensor:
     """One step as HF's Trainer takes it: forward keeping only the loss, backward, step, zero_grad.
 
     `on_phase(name)` is called as each phase starts: forward, backward, optimizer_step, done.
+    `hook` (`build_step_hook`): its `perturbed()` context spans the forward and backward, as the
+    LoRA-GGPO trainer's `training_step` does; its exit (the perturbation's removal and the
+    gradient-norm update) belongs to the optimizer step.
     """
     on_phase("forward")
-    loss = model(input_ids=input_ids, labels=input_ids).loss
-    on_phase("backward")
-    loss.backward()
-    on_phase("optimizer_step")
+    with hook.perturbed() if hook is not None else contextlib.nullcontext():
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        on_phase("backward")
+        loss.backward()
+        on_phase("optimizer_step")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     on_phase("done")

@@ -13,14 +13,16 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 __all__ = ["PROJECTION_KEYS", "ADAPTER_MARKERS", "CATEGORY_NAMES", "StorageCounter", "local_tensor", "storage_key", "held_bytes",
-           "gradient_tensors", "optimizer_tensors", "weight_extras", "PhaseTracker"]
+           "gradient_tensors", "optimizer_tensors", "weight_extras", "hook_tensors", "PhaseTracker"]
 
 #: optimizer-state keys that hold a projection (docs/storage-contract.md); every other key is an
 #: optimizer state. `optimizer.shared_buffers` (DCT bases) are projections too.
 PROJECTION_KEYS = frozenset({"projection", "projection_right", "projection_scale", "projection_zero",
                              "indices"})
-#: a parameter whose name contains one of these is an adapter (peft's LoRA A and B).
-ADAPTER_MARKERS = ("lora_",)
+#: a parameter whose name contains one of these is an adapter: peft's LoRA A and B, DoRA's
+#: `lora_magnitude_vector`, SVFit's trainable `singular_values` (WeLore's factors replace the
+#: weights and count as weights).
+ADAPTER_MARKERS = ("lora_", "singular_values")
 #: MemTracker's categories under the names memfit reports.
 CATEGORY_NAMES = {_MemRefType.PARAM: "parameters", _MemRefType.BUFFER: "buffers",
                   _MemRefType.GRAD: "gradients", _MemRefType.ACT: "activations",
@@ -68,9 +70,35 @@ def _quant_state_tensors(state, depth: int = 0) -> list[torch.Tensor]:
     return out
 
 
+#: LLM.int8's tensors beside the parameter: bitsandbytes' `Int8Params` holds the int8 codes `CB`
+#: (the parameter's own storage) and the per-row fp32 absmax `SCB` as attributes until the first
+#: forward, when `Linear8bitLt.init_8bit_state` moves both to the layer's `MatmulLtState`
+_INT8_ATTRIBUTES = ("CB", "SCB")
+
+
 def weight_extras(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Weight storage that is neither a parameter nor a buffer: packed-4-bit quantisation state."""
-    return [t for p in model.parameters() for t in _quant_state_tensors(getattr(p, "quant_state", None))]
+    """Weight storage that is neither a parameter nor a buffer: packed-4-bit quantisation state,
+    and LLM.int8's `CB`/`SCB` wherever they are (each storage is counted once, so `CB`, the
+    parameter's own data, adds nothing)."""
+    out = []
+    for p in model.parameters():
+        out += _quant_state_tensors(getattr(p, "quant_state", None))
+        out += _int8_tensors(p)
+    for m in model.modules():
+        state = getattr(m, "state", None)
+        if type(state).__name__ == "MatmulLtState":
+            out += _int8_tensors(state)
+    return out
+
+
+def _int8_tensors(owner) -> list[torch.Tensor]:
+    return [t for t in (getattr(owner, a, None) for a in _INT8_ATTRIBUTES) if torch.is_tensor(t)]
+
+
+def hook_tensors(hook) -> list[torch.Tensor]:
+    """The state a method's step hook keeps between steps (LoRA-GGPO's gradient-norm EMAs), which
+    the planner counts as optimizer state."""
+    return list(hook.state_tensors()) if hook is not None else []
 
 
 def _buffers(model: torch.nn.Module) -> tuple[list, list]:
@@ -90,9 +118,10 @@ def gradient_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return grads + [m.weight_grad for m in model.modules() if torch.is_tensor(getattr(m, "weight_grad", None))]
 
 
-def optimizer_tensors(optimizer) -> list[tuple[str, torch.Tensor]]:
-    """(component, tensor) for every tensor in `optimizer.state` and `optimizer.shared_buffers`."""
-    out = []
+def optimizer_tensors(optimizer, hook=None) -> list[tuple[str, torch.Tensor]]:
+    """(component, tensor) for every tensor in `optimizer.state` and `optimizer.shared_buffers`,
+    and the step hook's state (`hook_tensors`)."""
+    out = [("optimizer_states", t) for t in hook_tensors(hook)]
     for state in optimizer.state.values():
         for key, value in state.items():
             if torch.is_tensor(value):
@@ -101,7 +130,7 @@ def optimizer_tensors(optimizer) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def held_bytes(model: torch.nn.Module, optimizer=None, gradients: bool = True) -> dict[str, int]:
+def held_bytes(model: torch.nn.Module, optimizer=None, gradients: bool = True, hook=None) -> dict[str, int]:
     """Bytes of every distinct storage the model and optimizer hold, per planner component.
 
     weights: parameters (frozen or not) + persistent buffers + packed-weight quantisation state;
@@ -119,7 +148,7 @@ def held_bytes(model: torch.nn.Module, optimizer=None, gradients: bool = True) -
         c.add("buffers", t)
     for t in gradient_tensors(model) if gradients else []:
         c.add("gradients", t)
-    for component, t in optimizer_tensors(optimizer) if optimizer is not None else []:
+    for component, t in optimizer_tensors(optimizer, hook) if optimizer is not None else []:
         c.add(component, t)
     return c.bytes
 

@@ -7,6 +7,8 @@ gives the device's used memory.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
 import warnings
@@ -16,7 +18,7 @@ import torch
 from planner.resolve import resolve_spec
 from planner.spec import TrainingSpec
 
-from .build import build_model, build_optimizer, synthetic_batch, train_step
+from .build import build_model, build_optimizer, build_step_hook, synthetic_batch, train_step
 from .memory import PhaseTracker, held_bytes, optimizer_tensors, weight_extras
 from .rss import limit_address_space, process_rss, reset_peak_rss
 
@@ -61,36 +63,59 @@ class _Progress:
             self.report({"step": self.step, "total": self.total, "phase": phase})
 
 
-def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=()) -> tuple[torch.Tensor, dict]:
+def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=(), hook=None) -> tuple[torch.Tensor, dict]:
     """One measured step under a PhaseTracker (CPU, or fake tensors); returns (loss, measured).
-    `aliases`: tensors whose storage is already counted elsewhere (see PhaseTracker.alias)."""
+    `aliases`: tensors whose storage is already counted elsewhere (see PhaseTracker.alias);
+    `hook`: the method's step hook (`build.build_step_hook`)."""
     inner = getattr(opt, "optimizer", opt)         # a LayerwiseOptimizer wraps the real one
     tracker = PhaseTracker()
     tracker.track_external(model, inner, ids)
     tracker.track(weight_extras(model), "parameters")
     tracker.alias(aliases)
-    tracker.track([t for _, t in optimizer_tensors(inner)], "optimizer")
+    tracker.track([t for _, t in optimizer_tensors(inner, hook)], "optimizer")
     seen = {}
 
     def on_phase(name: str) -> None:
         if name == "backward":
+            gc.collect()             # see _collect_between_layers
             seen["activations"] = tracker.current()["activations"]
         if name == "optimizer_step":
             seen["gradients"] = held_bytes(model)["gradients"]
         if name in PHASES:
             tracker.set_phase(name)
         progress(name)
-    with tracker, warnings.catch_warnings():
+    with tracker, warnings.catch_warnings(), _collect_between_layers(model):
         # layer-wise updates free a gradient inside its post-accumulate hook, before MemTracker's
         # own hook looks at it; MemTracker then warns about a None gradient (harmless).
         warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
-        loss = train_step(model, opt, ids, on_phase)
+        loss = train_step(model, opt, ids, on_phase, hook)
     if layerwise:
         seen["gradients"] = tracker.category_peaks.get("gradients", 0)
     return loss, {**seen, "phase_categories": tracker.phase_peaks}
 
 
-def _cuda_step(model, opt, ids, progress, fence: Fence) -> tuple[torch.Tensor, dict]:
+@contextlib.contextmanager
+def _collect_between_layers(model):
+    """Run the cycle collector before each decoder layer's forward while measuring.
+
+    MemTracker's module hooks put tensors a layer makes and drops (DoRA's n x n identity and
+    the small graph that saves it, `peft.tuners.lora.dora.DoraLinearLayer.get_lora_weight`) into
+    reference cycles, which a plain run never forms: without a collection they would stay
+    counted until the collector happens to run, inflating the forward's peak by one identity
+    per DoRA layer so far. Collecting at each layer boundary keeps at most one layer's."""
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)
+              and all(type(child) is type(m[0]) for child in m)]
+    def collect(module, args) -> None:       # a pre-hook's return value would replace the args
+        gc.collect()
+    handles = [layer.register_forward_pre_hook(collect) for stack in stacks for layer in stack]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _cuda_step(model, opt, ids, progress, fence: Fence, hook=None) -> tuple[torch.Tensor, dict]:
     """One measured CUDA step: allocator peak per phase, activations as the forward's growth."""
     seen, phases, start = {}, {}, {}
 
@@ -106,14 +131,14 @@ def _cuda_step(model, opt, ids, progress, fence: Fence) -> tuple[torch.Tensor, d
             start["forward"] = torch.cuda.memory_allocated(fence.device)
         torch.cuda.reset_peak_memory_stats(fence.device)
         progress(name)
-    loss = train_step(model, opt, ids, on_phase)
+    loss = train_step(model, opt, ids, on_phase, hook)
     return loss, {**seen, "phase_categories": phases,
                   "reserved": torch.cuda.max_memory_reserved(fence.device)}
 
 
-def merge_steps(steps: list[dict], model, opt) -> dict:
+def merge_steps(steps: list[dict], model, opt, hook=None) -> dict:
     """The measured steps' maxima (each phase at its worst step) and the bytes held after them."""
-    held = held_bytes(model, getattr(opt, "optimizer", opt), gradients=False)
+    held = held_bytes(model, getattr(opt, "optimizer", opt), gradients=False, hook=hook)
     comps = {k: held[k] for k in ("weights", "adapters", "buffers", "optimizer_states", "projection")}
     comps["gradients"] = max(s.get("gradients", 0) for s in steps)
     comps["activations"] = max(s.get("activations", 0) for s in steps)
@@ -203,6 +228,7 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
     progress("build")             # step 0: the caller can say what the first seconds are spent on
     model = build_model(r, device)
     opt = build_optimizer(model, r)
+    hook = build_step_hook(model, opt, r)
     ids = synthetic_batch(r, device, seed)
     losses, seconds, measured = [], [], []
     for k in range(1, warmup + steps + 1):
@@ -211,17 +237,17 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
             fence.reset_peak()
         t0 = time.perf_counter()
         if k <= warmup:
-            loss = train_step(model, opt, ids, progress)
+            loss = train_step(model, opt, ids, progress, hook)
         elif fence.cuda:
-            loss, seen = _cuda_step(model, opt, ids, progress, fence)
+            loss, seen = _cuda_step(model, opt, ids, progress, fence, hook)
             measured.append(seen)
         else:
-            loss, seen = tracked_step(model, opt, ids, progress, r.spec.layerwise)
+            loss, seen = tracked_step(model, opt, ids, progress, r.spec.layerwise, hook=hook)
             measured.append(seen)
         fence.sync()
         seconds.append(time.perf_counter() - t0)
         losses.append(float(loss))
-    result = merge_steps(measured, model, opt)
+    result = merge_steps(measured, model, opt, hook)
     result["device_stats"] = _device_stats(fence, measured, nvml_before)
     result["kernels"] = "cuda" if fence.cuda else "cpu"
     return {"losses": losses, "step_seconds": seconds, "measurement": result, "pid": os.getpid()}

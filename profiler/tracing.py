@@ -74,7 +74,9 @@ def _fake_friendly(bitsandbytes: bool = True):
     reads the position ids' values; a fake tensor cannot answer, so transformers assumes packing
     and materialises a (b, 1, s, s) mask a real run never makes): the traced batch is one
     unpadded sequence per row, which a real run detects as not packed. `bitsandbytes=False`:
-    nothing traced uses it (its import alone takes seconds)."""
+    nothing traced uses it (its import alone takes seconds). LoRA-GGPO perturbs every layer
+    (whether a momentum is finite and non-zero is read off values; a real run perturbs every
+    layer once it has momentum)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.nn import Module
     patches = [(Module, "_apply", _fake_apply)]
@@ -100,6 +102,11 @@ def _fake_friendly(bitsandbytes: bool = True):
         patches.append((qg, "next_proj_gap", lambda history, gap, *args, **kwargs: gap))
     except ImportError:
         pass
+    try:       # LoRA-GGPO perturbs every layer (it skips one only for a non-finite or ~0 momentum)
+        import lowrank.ggpo as ggpo
+        patches.append((ggpo, "skipped", lambda direction, norm, eps: False))
+    except ImportError:
+        pass
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     if Module._apply is not _fake_apply:          # re-entered: torch's own is already saved
         _TORCH_APPLY[:] = [Module._apply]
@@ -117,19 +124,20 @@ def trace_layers(r: Resolved, layers: int) -> dict:
     import torch
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-    from .build import build_model, build_optimizer, synthetic_batch, train_step
+    from .build import build_model, build_optimizer, build_step_hook, synthetic_batch, train_step
     from .runner import merge_steps, tracked_step
     torch.manual_seed(0)
     with _fake_friendly(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         model = build_model(r, "cpu", layers=layers)
         opt = build_optimizer(model, r)
+        hook = build_step_hook(model, opt, r)
         ids = synthetic_batch(r, "cpu")
         # a real parameter in the fake model (NF4 codes, see build._nf4_weight) is seen by the ops
         # as its memoised fake conversion; the tracker counts the real one and aliases the fake.
         converted = [mode.from_tensor(p) for p in model.parameters() if not isinstance(p, FakeTensor)]
-        train_step(model, opt, ids)
-        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise, converted)
-        return merge_steps([seen], model, opt)
+        train_step(model, opt, ids, hook=hook)
+        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise, converted, hook)
+        return merge_steps([seen], model, opt, hook)
 
 
 def _affine(q1: int, q2: int, layers: int) -> int:

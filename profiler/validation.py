@@ -17,9 +17,40 @@ from .burst import run_burst
 from .compare import compare
 from .env import versions
 
-__all__ = ["MODES", "validate", "validation_specs"]
+__all__ = ["MODES", "ADAPTER_CASES", "adapter_case_spec", "validate", "validation_specs"]
 
 MODES = ("burst", "trace")
+
+#: LoRA as people configure it, and the adapter methods' own options (issue 11): the settings
+#: beyond each method's defaults that the burst tests and docs/validation.md's adapter table run
+#: (`adapter_case_spec`: rank 8 where there is one, bf16, micro-batch 2, sequence 32)
+ADAPTER_CASES = {
+    "lora dropout": dict(method="lora", lora_dropout=0.1),
+    "dora dropout": dict(method="dora", lora_dropout=0.1),
+    "dora checkpointing": dict(method="dora", lora_targets="all-linear", checkpointing="full"),
+    "ggpo bf16 adapters, all linears": dict(method="lora-ggpo", lora_targets="all-linear", adapter_dtype="bf16"),
+    "lora fp16 adapters on bf16": dict(method="lora", adapter_dtype="fp16"),
+    "lora modules_to_save": dict(method="lora", modules_to_save="embed_tokens,lm_head"),
+    "lora on embed_tokens and lm_head": dict(method="lora", lora_targets="q_proj,v_proj,embed_tokens,lm_head"),
+    "lora int8 base": dict(method="lora", base_quant="int8"),
+    "lora int8 base, no checkpointing, fp32 adapters cast": dict(method="lora", base_quant="int8",
+                                                                 checkpointing="none", kbit_upcast=False),
+    "lora nf4 base, single quantisation, no upcast": dict(method="lora", base_quant="nf4",
+                                                          double_quant=False, kbit_upcast=False),
+    "dora nf4 base, dropout": dict(method="dora", base_quant="nf4", checkpointing="none", lora_dropout=0.1),
+    "lora rslora pissa": dict(method="lora", rslora=True, lora_init="pissa"),
+    "svfit bf16 values": dict(method="svfit", adapter_dtype="bf16"),
+    "welore attention only, 75 %": dict(method="welore", lora_targets="q_proj,k_proj,v_proj,o_proj",
+                                        rank_reduction=0.75),
+}
+
+
+def adapter_case_spec(model: str, case: str) -> TrainingSpec:
+    """The spec of one `ADAPTER_CASES` entry on `model`."""
+    from planner.methods import get_method
+    kw = ADAPTER_CASES[case]
+    rank = {"rank": 8} if "rank" in get_method(kw["method"]).options else {}
+    return TrainingSpec(model=model, batch=2, seq=32, precision="bf16", **rank, **kw)
 
 
 def validation_specs(base: TrainingSpec, methods: Iterable[str] | None = None) -> list[TrainingSpec]:

@@ -179,7 +179,7 @@ def test_landing_preselects_the_local_gpu(nvml):
 def _fit_page(**widgets) -> AppTest:
     at = run(PAGE["Fit_check"])
     for key, value in widgets.items():
-        for kind in ("selectbox", "number_input", "checkbox", "radio"):
+        for kind in ("selectbox", "number_input", "checkbox", "radio", "text_input", "multiselect"):
             found = [w for w in getattr(at, kind) if w.key == f"fit_{key}"]
             if found:
                 found[0].set_value(value)
@@ -252,6 +252,30 @@ def test_fit_page_bad_input_is_an_inline_message(widgets, message):
     at = _fit_page(**widgets)
     assert message in read(at.error[0])
     assert not at.get("plotly_chart")
+
+
+def test_fit_page_adapter_options_reach_the_planner():
+    """LoRA as people configure it: the adapter widgets set the spec the verdict is for."""
+    at = _fit_page(method="dora", gpu="rtx-4090")          # the method first: it enables its options
+    at.text_input(key="fit_lora_targets").input("q_proj,k_proj,v_proj,o_proj")
+    at.number_input(key="fit_lora_dropout").set_value(0.05)
+    at.selectbox(key="fit_adapter_dtype").set_value("bf16")
+    at.multiselect(key="fit_modules_to_save").set_value(["lm_head"])
+    rerun(at)
+    spec = TrainingSpec(model="llama-7b", method="dora", gpu="rtx-4090", lora_targets="q_proj,k_proj,v_proj,o_proj",
+                        lora_dropout=0.05, adapter_dtype="bf16", modules_to_save="lm_head")
+    report = fit_report(spec)
+    verdict = (at.success if report.fits else at.error)[0].value
+    default = fit_report(TrainingSpec(model="llama-7b", method="dora", gpu="rtx-4090"))
+    assert human_bytes(report.peak_bytes) in verdict and report.peak_bytes != default.peak_bytes
+    assert at.number_input(key="fit_rank_reduction").disabled       # welore's alone
+
+
+def test_fit_page_adapter_options_a_method_does_not_take_are_disabled():
+    at = _fit_page(method="svfit")
+    assert at.number_input(key="fit_lora_dropout").disabled and not at.selectbox(key="fit_adapter_dtype").disabled
+    at = _fit_page(method="adamw")
+    assert at.text_input(key="fit_lora_targets").disabled
 
 
 def test_fit_page_rank_is_disabled_for_a_method_without_one():

@@ -13,6 +13,7 @@ from planner.methods import PROJ_TYPES
 from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, OFFLOADS, PRECISIONS, SHARDINGS
 
 from . import cached
+from .adapter_inputs import adapter_inputs
 from .uploads import MAX_CONFIG_BYTES, UPLOAD_DIR, check_size, save_upload
 from .views import show_error
 
@@ -156,6 +157,7 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                                  disabled="proj_type" not in takes)
         impl = st.selectbox("Storage", list(IMPLS), key=f"{key}_impl",
                             help="memfit's own optimizers, or what the authors' reference code stores.")
+    adapters = adapter_inputs(key, method_id if method else None)
     if model is None:
         return None
     keep = lambda name, value: value if name in takes else None
@@ -165,4 +167,4 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                         scale=keep("scale", scale),
                         proj_type=keep("proj_type", None if proj_type == DEFAULT_FORMAT else proj_type),
                         precision=precision, checkpointing=checkpointing, attention=attention,
-                        layerwise=layerwise, impl=impl, **formats, **parallel)
+                        layerwise=layerwise, impl=impl, **formats, **parallel, **adapters)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from planner import METHODS, TrainingSpec, estimate
+from planner import METHOD_IDS, TrainingSpec, estimate
 from planner.ask import ask, parse_question
 from planner.cli import main
 from planner.fit import fit_all, fit_report, largest
@@ -44,7 +44,7 @@ def test_suggestions_make_it_fit_and_are_minimal():
 
 def test_fit_all_covers_every_method():
     reports = fit_all(TrainingSpec(model="llama-130m", gpu="t4"))
-    assert len(reports) == len(METHODS) and all(r.fits for r in reports if r.method in ("lora", "qlora"))
+    assert len(reports) == len(METHOD_IDS) and all(r.fits for r in reports if r.method in ("lora", "qlora"))
 
 
 @pytest.mark.parametrize("question, model, gpu, method", [
@@ -159,7 +159,7 @@ def test_fit_offers_a_lower_rank_at_the_default_rank():
 def test_ask_answers_every_method_and_states_defaults():
     answer = ask("will llama-7b fit on my 4090")
     assert answer["model"] == "llama-7b" and answer["gpu"] == "rtx-4090"
-    assert len(answer["results"]) == len(METHODS)
+    assert len(answer["results"]) == len(METHOD_IDS)
     assert any("sequence length 512" in a for a in answer["assumptions"])
     for rec in answer["results"]:
         if not rec["error"]:
@@ -208,7 +208,7 @@ def test_fit_records_say_why_a_method_cannot_take_the_spec(tmp_path, capsys):
     from planner.fit import fit_records
     records = fit_records(TrainingSpec(model=str(cfg), gpu="t4", seq=32))
     by_method = {r["method"]: r for r in records}
-    assert len(records) == len(METHODS) and by_method["adamw"]["fits"] is True
+    assert len(records) == len(METHOD_IDS) and by_method["adamw"]["fits"] is True
     assert by_method["galore"]["fits"] is None and "choose a rank of at most 64" in by_method["galore"]["error"]
     assert main(["fit", "--config", str(cfg), "--gpu", "t4", "--seq", "32"]) == 0
     assert "galore: rank 128 is larger than" in capsys.readouterr().out

@@ -18,7 +18,7 @@ def _spec(method, rank=None, **kw):
 @settings(max_examples=60, deadline=None)
 @given(methods, ranks, st.sampled_from(list(PRECISIONS)), st.booleans())
 def test_components_sum_to_total(method, rank, precision, layerwise):
-    if method == "lora-pro":
+    if not METHODS[method].layerwise:       # lora-pro, lora-ggpo: no layer-wise mode
         layerwise = False
     b = estimate(_spec(method, rank, precision=precision, layerwise=layerwise))
     assert b.peak_bytes == sum(b.components.as_dict().values()) == max(b.phases.values())
@@ -89,7 +89,7 @@ def test_checkpointing_and_layerwise_never_increase_the_peak(spec):
     mask = width * spec.batch * spec.seq ** 2 if spec.attention == "eager" else 0   # checkpointed kwargs
     layer_input = spec.batch * spec.seq * 512 * width + 8 * spec.seq + mask
     assert estimate(spec.replace(checkpointing="full")).peak_bytes <= base.peak_bytes + 1.05 * layer_input
-    if spec.method != "lora-pro":
+    if METHODS[spec.method].layerwise:
         layerwise = estimate(spec.replace(layerwise=True))
         assert layerwise.peak_bytes <= base.peak_bytes + 1.05 * layerwise.components.temporaries
         if base.sizes.gradients > base.sizes.activations + layerwise.components.temporaries:

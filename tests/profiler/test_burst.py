@@ -12,6 +12,7 @@ import pytest
 
 from planner import METHOD_IDS, METHODS, TrainingSpec, estimate
 from profiler import compare, run_burst
+from profiler.validation import ADAPTER_CASES, adapter_case_spec
 
 STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 PRECISIONS = ("fp32", "bf16")
@@ -128,3 +129,41 @@ def test_every_family_burst_equals_the_planner(tmp_path, family, method):
     assert not wrong, f"{family} {method}: (predicted, measured) {wrong}"
     for component in ("activations", "peak"):
         assert abs(comparison[component].relative_error) <= 0.10, comparison[component]
+
+
+@pytest.fixture(scope="module")
+def adapter_burst(tiny_config):
+    """LoRA as people configure it and the new methods' options (`profiler.validation.ADAPTER_CASES`),
+    sized with the CPU kernels (dropout noise in D)."""
+    cache = {}
+
+    def get(case: str):
+        if case not in cache:
+            spec = adapter_case_spec(tiny_config, case)
+            cache[case] = (spec, run_burst(spec, steps=1, warmup=1, history=False))
+        spec, result = cache[case]
+        assert result.ok, f"{case}: {result.status}: {result.message}"
+        return spec, compare(estimate(spec, kernels="cpu"), result.measurement), result
+    return get
+
+
+@pytest.mark.parametrize("case", ADAPTER_CASES)
+def test_adapter_options_equal_the_planner(adapter_burst, case):
+    """Held bytes exactly (an LLM.int8 base's per-row absmax SCB included, wherever
+    bitsandbytes keeps it); activations and the peak within 10 % (they land within a few bytes)."""
+    spec, comparison, _ = adapter_burst(case)
+    wrong = {c: (comparison[c].predicted_bytes, comparison[c].measured_bytes)
+             for c in STATIC if comparison[c].abs_error}
+    assert not wrong, f"{case}: (predicted, measured) {wrong}"
+    for component in ("activations", "peak"):
+        assert abs(comparison[component].relative_error) <= 0.10, (case, comparison[component])
+
+
+def test_ggpo_step_temporaries(adapter_burst):
+    """LoRA-GGPO's perturbation removal and gradient-norm update run in the optimizer step
+    phase, beside every gradient: that phase within 2 % (12 m n fp32 of the widest layer, plus
+    the next layer's ε in the base dtype, docs/storage-contract.md)."""
+    spec, _, result = adapter_burst("ggpo bf16 adapters, all linears")
+    b = estimate(spec, kernels="cpu")
+    predicted = b.phases["optimizer_step"] - b.components.overhead
+    assert abs(predicted / result.measurement.phases["optimizer_step"] - 1) <= 0.02
