@@ -28,12 +28,15 @@ t bytes per LayerNorm mean/rstd element (fp32 on CUDA, D on CPU).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
-from .activation_blocks import Dims, FirstLayer, logits_backward_bytes, logits_bytes
+from . import amp
+from .activation_blocks import Dims, FirstLayer
 from .dtypes import canonical_dtype, tensor_bytes
 from .families import Family
+from .loss import LossContext, chunk_rows, get_loss_impl
 from .models import ModelConfig
+from .offload import offloaded
 
 __all__ = ["ActivationBreakdown", "activation_memory", "ATTENTIONS", "CHECKPOINTING", "KERNELS",
            "ACTIVATION_SAVES"]
@@ -56,11 +59,20 @@ class ActivationBreakdown:
     recompute: with checkpointing, one layer's recomputed activations (adapters' included)
         alive during its backward; 0 otherwise.
     embeddings: saved before the first layer (rotary cos/sin, embedding dropout, ...).
-    head: the final norm's and the LM head's saved inputs.
-    logits: the loss's saved log-softmax and labels.
+    head: the final norm's and the LM head's saved inputs (and, under autocast, the head
+        weight's saved 16-bit cast).
+    logits: what the loss keeps at the forward's end (`planner.loss`): log-softmax and labels,
+        or a fused loss's input and weight gradients.
     lora: adapter extras held at the forward's end (rank-r intermediates, input copies).
-    total: alive at the end of the forward: layers + embeddings + head + logits + lora.
+    autocast_cache: autocast's weight casts no backward needs, held by its cache until the
+        forward's autocast region ends (biases; every layer's with checkpointing); 0 without.
+    total: alive at the end of the forward: layers + embeddings + head + logits + lora +
+        autocast_cache.
     peak_backward: activations plus gradient temporaries at the backward's peak.
+    peak_forward: at the loss's own forward peak (chunk logits, fp32 copies), before `logits`
+        is all that remains of it.
+    host: with activation offloading, the pinned host memory the offloaded tensors take (the
+        other fields are then what stays on the device); 0 without.
     """
     per_layer: int
     layers: int
@@ -71,11 +83,14 @@ class ActivationBreakdown:
     lora: int
     total: int
     peak_backward: int
+    autocast_cache: int = 0
+    peak_forward: int = 0
+    host: int = 0
 
     @property
     def peak(self) -> int:
         """Activation-side bytes at the step's peak, to add to weights, gradients and states."""
-        return max(self.total, self.peak_backward)
+        return max(self.total, self.peak_forward, self.peak_backward)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"peak": self.peak}
@@ -100,7 +115,8 @@ def adapted_linears(model: ModelConfig, targets: tuple[str, ...] | None = None) 
 
 
 def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d: int,
-                     lora_m: int, groups: list[tuple[str, int]] | None = None) -> int:
+                     lora_m: int, groups: list[tuple[str, int]] | None = None,
+                     cast: bool = False) -> int:
     """Adapter extras of one layer; peft's `lora.Linear` computes
     base(x) + B(A(dropout(x.to(A.dtype)))) · scaling.
 
@@ -109,16 +125,17 @@ def lora_layer_bytes(x: Dims, linears: list[tuple[str, int]], rank: int, lora_d:
     its own copy lora_d·bs·in and the dropout mask lora_m·bs·in. A frozen base linear saves
     nothing, so an input (of `groups`, every block linear's input; default: the adapted ones')
     that no adapter reads as it is is released: −D·bs·in once per distinct input (not ctx under
-    flash, which SDPA saves as its output).
+    flash, which SDPA saves as its output). `cast`: the input reaches A as a copy even in D
+    (under autocast, fp32 adapters: peft's `x.to(fp32)`, then autocast's cast back to D).
     """
     extra = len(linears) * lora_d * x.bs * rank
-    copies = lora_d != x.D or lora_m > 0
+    copies = cast or lora_d != x.D or lora_m > 0
     if copies:
         extra += sum((lora_d + lora_m) * x.bs * n for _, n in linears)
     read_as_is = set() if copies else {key for key, _ in linears}
     released = {(key, n) for key, n in (groups if groups is not None else linears)
                 if key not in read_as_is and not (key == "ctx" and x.core == "flash")}
-    return extra - sum(x.D * x.bs * n for _, n in released)
+    return extra - sum((x.M if key == "mlp_act" else x.D) * x.bs * n for key, n in released)
 
 
 def lora_grad_bytes(x: Dims, linears: list[tuple[str, int]], lora_d: int, lora_m: int) -> int:
@@ -154,8 +171,9 @@ def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
 
 def layer_backward_bytes(x: Dims, family: Family, lora_saved: int = 0, lora_grads: int = 0) -> int:
     """One layer's saved tensors (adapters' included) plus its backward's gradient peak: the
-    family's candidate phases, with the layer output's gradient D·bsh alive throughout."""
-    return max(family.activation.backward_phases(x, lora_saved, lora_grads)) + x.D * x.bsh
+    family's candidate phases, with the layer output's gradient (the stream's dtype, R·bsh)
+    alive throughout."""
+    return max(family.activation.backward_phases(x, lora_saved, lora_grads)) + x.R * x.bsh
 
 
 # ---- the entry point ------------------------------------------------------------------------
@@ -164,8 +182,13 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
                       attention: str = "sdpa", checkpointing: str = "none",
                       lora_rank: int | None = None, lora_dropout: float = 0.0,
                       lora_dtype: str | None = None, dropout: float | None = None,
-                      kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None
-                      ) -> ActivationBreakdown:
+                      kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None,
+                      autocast: bool = False, stream_dtype: str | None = None,
+                      loss: str = "full", loss_impl: str | None = None,
+                      loss_chunks: int | None = None, loss_chunk_size: int | None = None,
+                      head_dtype: str | None = None, offload: bool = False,
+                      base_keeps_input_dtype: bool = False,
+                      quantized_linears: bool = False) -> ActivationBreakdown:
     """Activation bytes of one training step of `model` on a (batch, seq) micro-batch.
 
     dtype: the compute dtype of weights and activations. attention: "sdpa" (transformers'
@@ -177,37 +200,95 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     dropout: one probability for every dropout (None: the config's, 0.1 for GPT-2 and
     RoBERTa). kernels: "cuda" (the planner's case) or "cpu" (dropout noise and LayerNorm stats
     in D, SDPA's math fallback under attention dropout).
+    autocast: the step runs under `torch.autocast(dtype)` with weights, and so the residual
+    stream, in `stream_dtype` (`planner.amp`). loss, loss_impl, loss_chunks, loss_chunk_size:
+    the loss's kind, implementation and chunking (`planner.loss`); head_dtype: the LM head
+    weight's dtype (default: the stream's), which a fused loss's weight gradient takes.
+    offload: torchtune's activation offloading (`planner.offload`; needs full checkpointing):
+    the fields are then what stays on the device, and `host` what went to pinned host memory.
+    base_keeps_input_dtype: the frozen base's linears return their input's dtype
+    (bitsandbytes' `Linear4bit`): under autocast over an fp32 stream the MLP's intermediates are
+    then fp32. quantized_linears: the block linears are Q-GaLore's INT8 layers, which under
+    autocast save their input as it arrives and have no weight of their own to cast.
 
     `peak_backward` is the larger of two moments: the backward's start (`total` plus the loss
     gradients) and the last layer's backward (the stored layers plus that layer's saved or
-    recomputed tensors and gradient peak, the head and loss tensors released by then).
+    recomputed tensors and gradient peak, the head and loss tensors released by then);
+    `peak_forward` is the loss's own forward peak.
     Raises ValueError, saying what to change, for an input it cannot model.
     """
     family = _family(model)
     _check(model, batch, seq, attention, checkpointing, kernels, lora_rank)
-    x = _dims(model, family, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels,
-              dropout, lora_rank is not None, checkpointing == "full")
-    rule = family.activation
-    lora_layer, lora_grads, discount, copies = 0, 0, 0, False
+    D = _compute_bytes(dtype, "dtype")
+    R = _compute_bytes(stream_dtype, "stream_dtype") if stream_dtype else D
+    if R != D and not autocast:
+        raise ValueError("a residual stream in another dtype than the compute dtype needs autocast")
+    x = _dims(model, family, batch, seq, D, attention, kernels, dropout, lora_rank is not None,
+              checkpointing == "full", R, autocast, R if base_keeps_input_dtype else D,
+              quantized_linears)
+    rule, full = family.activation, checkpointing == "full"
+    lora_layer, lora_grads, discount, copies, casts = 0, 0, 0, False, amp.NO_CASTS
     if lora_rank is not None:
-        lora_layer, lora_grads, discount, copies = _lora_terms(
-            x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, kernels, lora_targets)
-    per_layer, full = rule.layer(x), checkpointing == "full"
-    embeddings, head = rule.embeddings(x, full), rule.head(x)
-    logits = logits_bytes(x, rule.causal_loss_upcast)
-    top = layer_backward_bytes(x, family, lora_layer, lora_grads)    # the last layer in its backward
+        lora_layer, lora_grads, discount, copies, casts = _lora_terms(
+            x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, kernels, lora_targets,
+            autocast)
+        lora_layer += casts.layer_saved
+        if autocast and R != D:     # a frozen head outside D: cast afresh, kept for backward
+            casts = replace(casts, head_saved=amp.frozen_head_cast(model, D))
+    elif autocast:
+        casts = amp.weight_casts(model, D, trained=True, block_linears=not quantized_linears)
+    loss_part = _loss(x, model, rule, autocast, loss, loss_impl, loss_chunks, loss_chunk_size,
+                      head_dtype or stream_dtype or dtype)
+    per_layer = rule.layer(x) + (0 if lora_rank is not None else casts.layer_saved)
+    embeddings = rule.embeddings(x, full)
+    head, head_cached = rule.head(x) + casts.head_saved, casts.head_cached
+    if loss_part.releases_head_input:       # the head's matmul ran inside the loss
+        head -= casts.head_saved + (0 if x.frozen else x.D * x.bsh)
+        head_cached += casts.head_saved
+    top = layer_backward_bytes(x, family, lora_layer, lora_grads) + (
+        0 if lora_rank is not None else casts.layer_saved)      # the last layer in its backward
+    host = 0
+    if offload and not full:
+        raise ValueError("activation offloading is modelled as torchtune runs it, with activation "
+                         "checkpointing (its recipes require both): add --checkpointing full")
     if full:
-        layers = x.L * x.D * x.bsh + rule.checkpoint_held(x)
+        layers = x.L * x.R * x.bsh + rule.checkpoint_held(x)
         recompute, lora = per_layer + lora_layer, 0
-        shared = x.D * x.bsh if rule.input_saved_by_layer(x, copies) else 0
+        shared = x.R * x.bsh if rule.input_saved_by_layer(x, copies) else 0
         in_layers = layers + embeddings + top - shared
+        cache = x.L * (casts.layer_saved + casts.layer_cached) + head_cached
+        if offload:
+            kept = (0 if loss_part.releases_head_input else casts.head_saved) + (
+                0 if x.frozen or loss_part.releases_head_input else x.D * x.bsh)
+            moved = offloaded(x, head - kept, rule.head_norm_repeats(x), not x.frozen)
+            layers = rule.checkpoint_held(x) + moved.stash
+            head, host = kept, moved.host
+            in_layers = rule.checkpoint_held(x) + embeddings + x.R * x.bsh + top - shared
     else:
-        layers, recompute, lora = x.L * per_layer - discount, 0, x.L * lora_layer
+        layers, recompute = x.L * per_layer - discount, 0
+        lora = x.L * lora_layer - casts.first_cached
         in_layers = layers - per_layer + embeddings + lora - lora_layer + top
-    total = layers + embeddings + head + logits + lora
-    start = total + logits_backward_bytes(x, rule.causal_loss_upcast)
-    return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, logits, lora,
-                               total, max(start, in_layers))
+        cache = x.L * casts.layer_cached + casts.first_cached + head_cached
+    total = layers + embeddings + head + loss_part.saved + lora + cache
+    start = total - cache + loss_part.backward - loss_part.saved
+    return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, loss_part.saved,
+                               lora, total, max(start, in_layers), cache,
+                               total - loss_part.saved + loss_part.forward, host)
+
+
+def _loss(x: Dims, model: ModelConfig, rule, autocast: bool, kind: str, impl_id, chunks,
+          chunk_size, head_dtype: str):
+    """The loss record's bytes for this step (`planner.loss`)."""
+    impl = get_loss_impl(kind, impl_id)
+    if impl.kind != "full" and not rule.causal_loss_upcast:
+        raise ValueError(f"{model.name} is not a causal LM: chunked and fused losses split a causal "
+                         "LM's output layer; use --loss full")
+    rows = chunk_rows(impl, x.b, x.s, x.V, x.h, chunks, chunk_size)
+    ctx = LossContext(upcast=rule.causal_loss_upcast and impl.explicit_upcast, autocast=autocast,
+                      rows=rows, head_trains=not x.frozen,
+                      W=_compute_bytes(head_dtype, "head_dtype"), cuda=x.cuda,
+                      causal=rule.causal_loss_upcast)
+    return impl.rule(x, ctx)
 
 
 def _family(model: ModelConfig) -> Family:
@@ -249,8 +330,10 @@ def _compute_bytes(dtype: str, name: str) -> int:
 
 
 def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, attention: str,
-          kernels: str, dropout: float | None, frozen: bool, checkpointing: bool) -> Dims:
-    """The symbols, with dropouts from `dropout` or the config and the attention kernel."""
+          kernels: str, dropout: float | None, frozen: bool, checkpointing: bool, R: int = 0,
+          autocast: bool = False, M: int = 0, as_is: bool = False) -> Dims:
+    """The symbols, with dropouts from `dropout` or the config and the attention kernel; under
+    autocast with an fp32 stream each trained linear saves its own copy of its input."""
     (hidden_key, hidden_default), (attn_key, attn_default) = family.dropout_fields
     if dropout is not None:
         p = _probability("dropout", dropout)
@@ -266,25 +349,63 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
     mask = 1 if kernels == "cuda" else D
     core = "eager" if attention == "eager" else (
         "math" if kernels == "cpu" and p_attn > 0 else "flash")
+    R = R or D
+    cuda, copies = kernels == "cuda", R != D and not frozen and not as_is
+    reads = (lambda key: amp.linear_reads(family, key)) if copies else (lambda key: 1)
     return Dims(batch, seq, model.hidden_size, model.intermediate_size,
                 model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
-                model.num_layers, D, 4 if kernels == "cuda" else D,
+                model.num_layers, D, 4 if cuda else D,
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
-                bool(model.hf_config.get("use_cache", True)) and not checkpointing)
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing,
+                R=R, attn_reads=reads("attn_in"), mlp_reads=reads("mlp_in"),
+                m_stream=((1 if cuda else R) if p_hidden > 0 else 0), cuda=cuda,
+                autocast_cuda=autocast and cuda,
+                act_fp32=amp.CUDA_AUTOCAST_FP32_SAVES.get(act, 0) if autocast and cuda else 0, M=M,
+                I=R if as_is else D)
 
 
 def _lora_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
-                lora_dtype: str, kernels: str, targets) -> tuple[int, int, int, bool]:
+                lora_dtype: str, kernels: str, targets, autocast: bool = False
+                ) -> tuple[int, int, int, bool, amp.Casts]:
     """(adapter extras per layer, their backward gradients, layer 0's frozen-input saving,
-    whether the adapters copy their inputs)."""
+    whether the adapters copy their inputs, autocast's casts of the adapters).
+
+    Under autocast, adapters not in D are cast to D (`planner.amp`): A and B save D tensors (the
+    D copy of A's input, A's output) and hold D casts of their weights; the dropout mask stays in
+    the adapters' dtype; in backward A's input gradient (D) and its image through the cast
+    (the adapters' dtype) are alive."""
     lora_d = _compute_bytes(lora_dtype, "lora_dtype")
     p = _probability("lora_dropout", dropout)
     lora_m = (1 if kernels == "cuda" else lora_d) if p > 0 else 0
     linears = adapted_linears(model, targets)
     if not linears:
         raise ValueError(f"no block linear of {model.name} matches the LoRA targets {', '.join(targets)}")
+    first = first_layer(family, targets)
+    frozen = frozen_input_bytes(x, family, linears, lora_m, first)
+    if autocast and lora_d != x.D:
+        saved = lora_layer_bytes(x, linears, rank, x.D, lora_m, adapted_linears(model), cast=True)
+        grads = (x.D + lora_d) * x.bs * max(n for _, n in linears)
+        casts = amp.weight_casts(model, x.D, trained=False,
+                                 adapters=_adapter_elements(model, family, rank, targets, first))
+        return saved, grads, frozen, True, casts
     return (lora_layer_bytes(x, linears, rank, lora_d, lora_m, adapted_linears(model)),
-            lora_grad_bytes(x, linears, lora_d, lora_m),
-            frozen_input_bytes(x, family, linears, lora_m, first_layer(family, targets)),
-            lora_d != x.D or lora_m > 0)
+            lora_grad_bytes(x, linears, lora_d, lora_m), frozen,
+            lora_d != x.D or lora_m > 0, amp.NO_CASTS)
+
+
+def _adapter_elements(model: ModelConfig, family: Family, rank: int, targets,
+                      first: FirstLayer) -> list[tuple[int, int, bool]]:
+    """Per adapted linear of a layer: (A elements r·in, B elements out·r, whether A's input needs
+    no gradient in layer 0: the attention input, and the MLP input when no attention adapter)."""
+    frozen_inputs = {"attn_in"} | (set() if first.attention else {"mlp_in"})
+    out = []
+    for p in model.params:
+        if p.role != "block_linear" or p.layer != 0:
+            continue
+        if targets is not None and p.module.rpartition(".")[2] not in targets:
+            continue
+        n_in = family.in_features(p.shape)
+        n_out = p.numel // n_in
+        out.append((rank * n_in, n_out * rank, family.linear_inputs.get(p.module) in frozen_inputs))
+    return out

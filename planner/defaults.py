@@ -20,11 +20,14 @@ __all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
 #: spec fields whose None is filled here (rank, gap, scale and proj_type come from the method
 #: record in `planner.resolve`)
 DEFAULTED_FIELDS = ("precision", "checkpointing", "attention", "lora_targets", "lora_dropout",
-                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_chunks", "batch", "seq",
-                    "grad_accum", "layerwise", "paged", "activation_offload", "double_quant")
+                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_impl", "loss_chunks",
+                    "loss_chunk_size", "batch", "seq", "grad_accum", "layerwise", "paged",
+                    "activation_offload", "per_param_optimizer", "double_quant")
 
 #: torchtune's `CEWithChunkedOutputLoss` default (torchtune/modules/loss/ce_chunked_output_loss.py)
 DEFAULT_LOSS_CHUNKS = 8
+#: LitGPT's `chunked_cross_entropy(chunk_size=128)` (litgpt/utils.py)
+DEFAULT_LOSS_CHUNK_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,28 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("lora_dropout", lambda s: 0.0 if adapters else None, "peft's default lora_dropout"),
         ("adapter_dtype", lambda s: None, ""),      # resolved against the base dtype in resolve
         ("loss", lambda s: "full", "transformers' loss: the whole fp32-upcast logits"),
-        ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if s["loss"] == "chunked" else None,
+        ("loss_impl", lambda s: _loss_impl(s["loss"]), ""),      # named in the loss line
+        ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if _chunking(s) == "count" else None,
          "torchtune's num_output_chunks"),
+        ("loss_chunk_size", lambda s: DEFAULT_LOSS_CHUNK_SIZE if _chunking(s) == "tokens" else None,
+         "LitGPT's chunked_cross_entropy chunk_size"),
         ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
         ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
         ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
-        ("double_quant", lambda s: True, ""),
+        ("per_param_optimizer", lambda s: False, ""), ("double_quant", lambda s: True, ""),
     ]
+
+
+def _loss_impl(kind: str | None) -> str | None:
+    from .loss import DEFAULT_IMPL
+    return DEFAULT_IMPL.get(kind)
+
+
+def _chunking(s: dict) -> str:
+    """How the chosen loss implementation chunks ("none" for an unknown one: resolve says why)."""
+    from .loss import LOSS_IMPLS
+    impl = LOSS_IMPLS.get(s["loss_impl"] or _loss_impl(s["loss"]) or "")
+    return impl.chunking if impl else "none"
 
 
 def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None) -> Filled:

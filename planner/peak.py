@@ -25,6 +25,7 @@ from .breakdown import Components, Row
 from .device_memory import DeviceMemory, device_memory
 from .dtypes import tensor_bytes
 from .overhead import Overhead
+from .paged import step_temporaries
 from .resolve import Resolved
 
 __all__ = ["PhasePeak", "phase_peaks", "layer_activations", "PHASES"]
@@ -47,12 +48,20 @@ class PhasePeak:
 def _activations(r: Resolved, kernels: str):
     spec = r.spec
     adapters = r.method.kind == "adapter"
+    head = r.frozen if adapters else r.weights
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
                              attention=spec.attention, checkpointing=spec.checkpointing,
                              lora_rank=r.rank if adapters else None,
                              lora_dtype=r.adapter if adapters else None,
                              lora_dropout=spec.lora_dropout if adapters else 0.0,
-                             lora_targets=r.lora_targets if adapters else None, kernels=kernels)
+                             lora_targets=r.lora_targets if adapters else None, kernels=kernels,
+                             autocast=r.precision.autocast, stream_dtype=r.stream,
+                             loss=spec.loss, loss_impl=spec.loss_impl, loss_chunks=spec.loss_chunks,
+                             loss_chunk_size=spec.loss_chunk_size,
+                             head_dtype=head if head in ("fp32", "bf16", "fp16") else None,
+                             offload=bool(spec.activation_offload),
+                             base_keeps_input_dtype=adapters and spec.base_quant == "nf4",
+                             quantized_linears=r.method.quantized_weights is not None)
 
 
 def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int, ...], int]:
@@ -60,14 +69,17 @@ def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int,
 
     Without checkpointing a layer holds its saved tensors (`per_layer`) and its adapters' extras
     (`lora` / L); layer 0 holds less by what a frozen input spares it (L·per_layer − layers, LoRA
-    only). With full checkpointing a layer holds its input, b·s·h in the activation dtype; what
-    every checkpoint shares (an eager causal mask, position ids) is made before the stack. Outside
-    the layers: the embeddings' saved tensors, the head's inputs, the logits (and those shared
-    tensors). The parts sum to `act.total`.
+    only). With full checkpointing a layer holds its input, b·s·h in the residual stream's dtype;
+    what every checkpoint shares (an eager causal mask, position ids) is made before the stack.
+    Outside the layers: the embeddings' saved tensors, the head's inputs, the logits (and those
+    shared tensors, autocast's cached weight casts). With activation offloading the layers hold
+    nothing on the device. The parts sum to `act.total`.
     """
     layers = r.model.num_layers
-    if r.spec.checkpointing == "full":
-        held = [tensor_bytes(r.spec.batch * r.spec.seq * r.model.hidden_size, r.activations)] * layers
+    if r.spec.activation_offload:
+        held = [0] * layers
+    elif r.spec.checkpointing == "full":
+        held = [tensor_bytes(r.spec.batch * r.spec.seq * r.model.hidden_size, r.stream)] * layers
     else:
         held = [act.per_layer + act.lora // layers] * layers
         held[0] -= layers * act.per_layer - act.layers
@@ -84,14 +96,20 @@ def _gradient_split(rows: list[Row], tied: bool) -> tuple[int, int, int]:
     return total, layer, head
 
 
-def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
-    """(activation bytes, gradient bytes) alive at the start, top and end of backward."""
+def _backward_instants(act, grads: tuple[int, int, int], layers: int,
+                       accumulated: int = 0) -> list[tuple[int, int]]:
+    """(activation bytes, gradient bytes) alive at the loss's forward peak and at the start, top
+    and end of backward. `accumulated`: gradients already held from earlier micro-batches
+    (gradient accumulation: all of them from the second micro-batch on); the new gradients then
+    add into them in place (AccumulateGrad), so the top instant holds the head's and top layer's
+    new ones beside them and the end instant no more than all of them."""
     total, layer, head = grads
     stored_one = act.layers // max(layers, 1)
-    held = act.total - act.logits - act.head          # the stack and embeddings, head done
-    return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet
-            (held + act.recompute, head + layer),
-            (act.embeddings + stored_one + act.recompute, total)]
+    held = act.total - act.logits - act.head - act.autocast_cache   # the stack, head done
+    return [(act.peak_forward, accumulated),           # the loss's own forward peak
+            (act.peak_backward, accumulated),          # the loss's backward: no new gradient yet
+            (held + act.recompute, accumulated + head + layer),
+            (act.embeddings + stored_one + act.recompute, max(total, accumulated))]
 
 
 def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: Overhead,
@@ -99,9 +117,10 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     """Every phase's total and the components resident at the worst one."""
     act = _activations(r, kernels)
     grads = _gradient_split(rows, r.model.tie_word_embeddings)
-    temps = r.method.temporaries(r)
+    temps = step_temporaries(r)
     refresh = r.method.refresh(r) if r.method.refresh else 0
-    instants = _backward_instants(act, grads, r.model.num_layers)
+    accumulated = grads[0] if r.spec.grad_accum > 1 else 0
+    instants = _backward_instants(act, grads, r.model.num_layers, accumulated)
     fb = max(instants, key=sum)
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
         with_grad = [i for i in instants if i[1]] or [(0, 0)]

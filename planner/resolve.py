@@ -60,6 +60,19 @@ class Resolved:
     def reference(self) -> bool:
         return self.spec.impl == "reference"
 
+    @property
+    def stream(self) -> str:
+        """The residual stream's dtype: the embeddings' (the trained weights', or an adapter
+        method's frozen base), which autocast leaves alone; the compute dtype otherwise."""
+        if not self.precision.autocast:
+            return self.activations
+        return self.frozen if self.method.kind == "adapter" else self.weights
+
+    @property
+    def bnb_state(self) -> bool:
+        """The optimizer is bitsandbytes' (a Python-int step): the method's own, or a paged one."""
+        return self.method.bnb_state or bool(self.spec.paged)
+
     def adapts(self, p: Param) -> bool:
         """Whether an adapter sits on this parameter (its module's last name is a target)."""
         return p.role == "block_linear" and p.module.rpartition(".")[2] in self.lora_targets
@@ -139,6 +152,10 @@ def _formats(spec: TrainingSpec, method: Method, precision: Precision) -> tuple[
                 "; a 4-bit or 8-bit frozen base is an adapter method's --base-quant (qlora: nf4), "
                 "INT8 trained weights are q-galore")
         raise ValueError(f"{method.id} trains {weights} weights, which it does not support{hint}")
+    if spec.paged and not method.eight_bit:     # bitsandbytes' 32-bit PagedAdamW: fp32 moments
+        if spec.states and states != "fp32":
+            raise ValueError(f"bitsandbytes' paged 32-bit AdamW keeps fp32 states; drop --states {states}")
+        return weights, grads, "fp32"
     if method.eight_bit:
         if spec.states and states != "int8":
             raise ValueError(f"{method.id} keeps 8-bit states; drop --states {states} or pick the non-8-bit variant")
@@ -227,8 +244,9 @@ def _check_shape(spec: TrainingSpec, model: ModelConfig) -> None:
                                  (spec.sharding, SHARDINGS, "sharding"), (spec.offload, OFFLOADS, "offload"),
                                  (spec.lora_init, LORA_INITS, "lora init")):
         _choice(value, allowed, what)
-    if spec.loss_chunks is not None:
-        _positive_int(spec, "loss_chunks", 4096)
+    for name in ("loss_chunks", "loss_chunk_size"):
+        if getattr(spec, name) is not None:
+            _positive_int(spec, name, 1 << 24)
 
 
 def _lora_targets(spec: TrainingSpec, model: ModelConfig) -> tuple[str, ...]:
@@ -263,7 +281,8 @@ def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, we
         raise ValueError(f"adapters are fp32, bf16 or fp16, not {adapter}")
     if not spec.adapter_dtype:
         notes.append("adapter dtype fp32 (peft keeps adapters in fp32: autocast_adapter_dtype=True)")
-    return adapter, frozen, (states if spec.states else adapter), notes
+    # bitsandbytes' paged 32-bit AdamW keeps fp32 moments whatever the adapters' dtype
+    return adapter, frozen, (states if spec.states or spec.paged else adapter), notes
 
 
 def _base_quant(spec: TrainingSpec, method: Method) -> TrainingSpec:
@@ -321,12 +340,51 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         _check_rank(model, rank, matrices)
     if spec.layerwise and not method.layerwise:
         raise ValueError(method.layerwise_note or f"{method.id} has no layer-wise mode")
+    _check_stack_knobs(spec, method, model, precision, frozen)
     r = Resolved(spec, model, method, precision, weights, grads, states,
                  _projection_format(spec, method, grads), adapter, frozen, activations,
                  precision.master, rank, _option(spec, method, "update_proj_gap"),
                  _option(spec, method, "scale"), _proj_type(spec, method), (), requested,
                  targets, saved)
     return replace(r, assumptions=tuple(assumptions) + _assumptions(r))
+
+
+def _check_stack_knobs(spec: TrainingSpec, method: Method, model: ModelConfig, precision: Precision,
+                       frozen: str) -> None:
+    """The issue-12 knobs against the method and model: loss chunking, autocast, paged states,
+    per-parameter optimizers, activation offloading."""
+    from .loss import get_loss_impl
+    from .paged import PAGED_OPTIMIZERS
+    impl = get_loss_impl(spec.loss, spec.loss_impl)
+    causal = model.family is None or model.family.activation.causal_loss_upcast
+    if impl.kind != "full" and not causal:
+        raise ValueError(f"{model.name} is a masked LM: chunked and fused losses split a causal LM's "
+                         "output layer; use --loss full")
+    if spec.loss_chunks is not None and impl.chunking != "count":
+        raise ValueError(f"--loss-chunks counts torchtune's chunks; the {impl.id} loss does not take "
+                         "it" + ("; give --loss-chunk-size" if impl.chunking == "tokens" else ""))
+    if spec.loss_chunk_size is not None and impl.chunking != "tokens":
+        raise ValueError(f"--loss-chunk-size is a token count per chunk; the {impl.id} loss does not "
+                         "take it" + ("; give --loss-chunks" if impl.chunking == "count" else ""))
+    if precision.autocast and method.kind == "adapter" and frozen != precision.compute \
+            and spec.base_quant != "nf4":
+        raise ValueError(f"under {spec.precision} memfit holds the frozen base in {precision.compute}; "
+                         f"autocast over an {frozen} frozen base of plain or 8-bit linears (each "
+                         "linear's weight cast saved for backward) is not modelled: drop --weights, "
+                         "or use --kbit-upcast off")
+    if spec.paged and method.optimizer not in PAGED_OPTIMIZERS:
+        raise ValueError(f"bitsandbytes has paged versions of AdamW and 8-bit AdamW only; {method.id} "
+                         f"trains with {method.optimizer}: drop --paged")
+    if spec.per_param_optimizer and not spec.layerwise:
+        raise ValueError("one optimizer per parameter steps inside backward (torchtune's "
+                         "optimizer_in_bwd): add --layerwise")
+    if spec.per_param_optimizer and method.groups != "trainable":
+        raise ValueError(f"{method.id} builds its own parameter groups; one optimizer per parameter "
+                         "is for plain optimizers (adamw, adamw-8bit, sgd, adafactor, adapters)")
+
+    if spec.activation_offload and not causal:
+        raise ValueError(f"activation offloading keeps a causal LM's output layer on the GPU; "
+                         f"{model.name} is a masked LM: drop --activation-offload")
 
 
 def _probability(value, what: str) -> None:

@@ -177,6 +177,16 @@ class PhaseTracker(MemTracker):
             for p in frozen:
                 self._param_to_grad_hook_handles.pop(p, None)
 
+    def _pre_fw_hook(self, module, inputs) -> None:
+        """MemTracker's, except that a module called again from the top level (the next
+        micro-batch's model, a chunked loss's output layer called once per chunk) starts fresh
+        module statistics instead of raising: memfit reads the categories, not per-module stats."""
+        if module in self.memory_tracking and not self._mod_tracker.is_bw:
+            name = self._mod_tracker.get_known_fqn(module)
+            if set(self._mod_tracker.parents) - {name} <= {"Global"}:
+                del self.memory_tracking[module]
+        return super()._pre_fw_hook(module, inputs)
+
     def _update_peak_stats(self, peak_state) -> None:
         super()._update_peak_stats(peak_state)
         now = _by_name(self._curr_mem_snap)

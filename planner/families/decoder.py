@@ -57,8 +57,9 @@ def llama_layer_bytes(x: Dims) -> int:
 
 
 def _embeddings(x: Dims, checkpointing: bool) -> int:
-    """Rotary cos and sin, (1, s, d) in D, shared by every layer: 2·D·s·d."""
-    return 2 * x.D * x.s * x.d
+    """Rotary cos and sin, (1, s, d) in the stream's dtype (the embeddings'), shared by every
+    layer: 2·R·s·d."""
+    return 2 * x.R * x.s * x.d
 
 
 def _head(x: Dims) -> int:
@@ -88,14 +89,14 @@ def _frozen_first_layer(x: Dims, g: FirstLayer) -> int:
 
 
 def _checkpoint_held(x: Dims) -> int:
-    """Eager causal attention's additive mask, (b, 1, s, s) in D (SDPA gets `is_causal`), and
-    the position ids, int64 (1, s), passed to every layer."""
-    return (x.D * x.b * x.s * x.s if x.core == "eager" else 0) + 8 * x.s
+    """Eager causal attention's additive mask, (b, 1, s, s) in the stream's dtype (SDPA gets
+    `is_causal`), and the position ids, int64 (1, s), passed to every layer."""
+    return (x.R * x.b * x.s * x.s if x.core == "eager" else 0) + 8 * x.s
 
 
 LLAMA_ACTIVATION = ActivationRule(
     layer=llama_layer_bytes, embeddings=_embeddings, head=_head, backward_phases=_backward_phases,
     checkpoint_held=_checkpoint_held,
-    # the input RMSNorm's `x.to(fp32)` is the input itself only in fp32
-    input_saved_by_layer=lambda x, adapters_copy_input: x.D == 4,
-    frozen_first_layer=_frozen_first_layer)
+    # the input RMSNorm's `x.to(fp32)` is the input itself only in an fp32 stream
+    input_saved_by_layer=lambda x, adapters_copy_input: x.R == 4,
+    frozen_first_layer=_frozen_first_layer, head_norm_repeats=lambda x: 4 * x.bsh)

@@ -53,6 +53,8 @@ class ActivationRule:
         of its attention projections carry an adapter.
     causal_loss_upcast: the loss upcasts the logits to fp32 (`ForCausalLMLoss`); a masked LM's
         `CrossEntropyLoss` does not.
+    head_norm_repeats(x): bytes the final norm saves twice (RMSNorm's fp32 input, by `pow` and by
+        the normalising product), which activation offloading copies once per saved occurrence.
     """
     layer: Callable
     embeddings: Callable
@@ -62,6 +64,7 @@ class ActivationRule:
     input_saved_by_layer: Callable
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
+    head_norm_repeats: Callable = lambda x: 0
 
 
 @dataclass(frozen=True)
