@@ -261,7 +261,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
             kept = (0 if loss_part.releases_head_input else casts.head_saved) + (
                 0 if x.frozen or loss_part.releases_head_input else x.D * x.bsh)
             moved = offloaded(x, head - kept, rule.head_norm_repeats(x), not x.frozen)
-            layers = rule.checkpoint_held(x) + moved.stash
+            layers = rule.checkpoint_held(x) + moved.stash + moved.kept
             head, host = kept, moved.host
             in_layers = rule.checkpoint_held(x) + embeddings + x.R * x.bsh + top - shared
     else:
@@ -271,8 +271,10 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
         cache = x.L * casts.layer_cached + casts.first_cached + head_cached
     total = layers + embeddings + head + loss_part.saved + lora + cache
     start = total - cache + loss_part.backward - loss_part.saved
+    # the final norm's backward, the loss's tensors released (a fused loss leaves little behind)
+    head_back = total - cache - loss_part.saved + rule.head_backward(x)
     return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, loss_part.saved,
-                               lora, total, max(start, in_layers), cache,
+                               lora, total, max(start, in_layers, head_back), cache,
                                total - loss_part.saved + loss_part.forward, host)
 
 

@@ -35,10 +35,13 @@ FWD_STASH = 5
 @dataclass(frozen=True)
 class OffloadBytes:
     """host: pinned host memory the offloaded copies take; layers: of it, the layers' inputs;
-    stash: offloaded tensors still on the GPU at the forward's end (CUDA streams)."""
+    stash: offloaded tensors still on the GPU at the forward's end (CUDA streams); kept: what
+    stays on the GPU although a copy went to the host (frozen embeddings' output, a leaf that
+    `enable_input_require_grads` makes require grad, which its gradient accumulator holds)."""
     host: int
     layers: int
     stash: int
+    kept: int = 0
 
 
 def _big(n: int) -> int:
@@ -54,4 +57,4 @@ def offloaded(x, head_norm: int, norm_repeats: int, embeddings_train: bool) -> O
     layers = x.L * layer_input
     host = layers + head_norm + norm_repeats + (_big(8 * x.bs) if embeddings_train else 0)
     stash = head_norm + 2 * layer_input if x.cuda else 0
-    return OffloadBytes(host, layers, stash)
+    return OffloadBytes(host, layers, stash, 0 if embeddings_train else x.R * x.bsh)

@@ -99,4 +99,6 @@ LLAMA_ACTIVATION = ActivationRule(
     checkpoint_held=_checkpoint_held,
     # the input RMSNorm's `x.to(fp32)` is the input itself only in an fp32 stream
     input_saved_by_layer=lambda x, adapters_copy_input: x.R == 4,
-    frozen_first_layer=_frozen_first_layer, head_norm_repeats=lambda x: 4 * x.bsh)
+    frozen_first_layer=_frozen_first_layer, head_norm_repeats=lambda x: 4 * x.bsh,
+    # the final RMSNorm's backward: its input's gradient and five fp32 b·s·h temporaries
+    head_backward=lambda x: x.R * x.bsh + 5 * 4 * x.bsh)

@@ -55,6 +55,8 @@ class ActivationRule:
         `CrossEntropyLoss` does not.
     head_norm_repeats(x): bytes the final norm saves twice (RMSNorm's fp32 input, by `pow` and by
         the normalising product), which activation offloading copies once per saved occurrence.
+    head_backward(x): gradient temporaries of the head's backward (the final norm's), beyond the
+        saved tensors: the backward's peak when the loss leaves little behind (a fused loss).
     """
     layer: Callable
     embeddings: Callable
@@ -65,6 +67,7 @@ class ActivationRule:
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
     head_norm_repeats: Callable = lambda x: 0
+    head_backward: Callable = lambda x: x.R * x.bsh
 
 
 @dataclass(frozen=True)
