@@ -387,6 +387,31 @@ def _check_stack_knobs(spec: TrainingSpec, method: Method, model: ModelConfig, p
                          f"{model.name} is a masked LM: drop --activation-offload")
 
 
+def _knob_assumptions(r: Resolved) -> list[str]:
+    """What the issue-12 knobs mean for this run, and what a stack preset leaves unmodelled
+    (torch.compile among them)."""
+    from .loss import get_loss_impl
+    s, out = r.spec, []
+    impl = get_loss_impl(s.loss, s.loss_impl)
+    chunks = (f", {s.loss_chunks} chunks" if s.loss_chunks else "") + (
+        f", {s.loss_chunk_size}-row chunks" if s.loss_chunk_size else "")
+    out.append(f"loss {s.loss}: {impl.name} ({impl.source}){chunks}")
+    if s.grad_accum > 1:
+        out.append(f"{s.grad_accum} micro-batches per optimizer step: every gradient is held from "
+                   "the second micro-batch on")
+    if s.paged:
+        out.append("bitsandbytes paged optimizer states: buffers of tensors >= 100,000 elements in "
+                   "CUDA unified memory, outside the caching allocator (paged to host under pressure)")
+    if s.activation_offload:
+        out.append("activations offloaded to pinned host memory as torchtune's OffloadActivations does "
+                   "(the layers' checkpointed inputs and the final norm's tensors)")
+    if s.stack:
+        from .stacks import get_stack
+        stack = get_stack(s.stack)
+        out += [f"{stack.id} preset, not modelled: {item}" for item in stack.not_modelled]
+    return out
+
+
 def _probability(value, what: str) -> None:
     if value is None:
         return
@@ -415,5 +440,6 @@ def _assumptions(r: Resolved) -> tuple[str, ...]:
         out.append("storage of the authors' reference code")
     if r.method.kind == "adapter" and (s.rslora or s.lora_init != "default"):
         out.append("rsLoRA and the adapter initialisation change no memory")
+    out += _knob_assumptions(r)
     out += list(r.model.notes)
     return tuple(out)
