@@ -228,6 +228,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
               quantized_linears)
     rule, full = family.activation, checkpointing == "full"
     lora_layer, lora_grads, discount, copies, casts = 0, 0, 0, False, amp.NO_CASTS
+    first_dropped = 0       # layer 0's frozen casts that nothing keeps (their input needs no gradient)
     if lora_rank is not None:
         lora_layer, lora_grads, discount, copies, casts = _lora_terms(
             x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, kernels, lora_targets,
@@ -235,6 +236,11 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
         lora_layer += casts.layer_saved
         if autocast and R != D:     # a frozen head outside D: cast afresh, kept for backward
             casts = replace(casts, head_saved=amp.frozen_head_cast(model, D))
+            if not base_keeps_input_dtype:      # plain frozen linears outside D: the same
+                first = first_layer(family, lora_targets)
+                base, dropped = amp.frozen_base_casts(
+                    model, family, D, {"attn_in"} | (set() if first.attention else {"mlp_in"}))
+                lora_layer, first_dropped = lora_layer + base, dropped
     elif autocast:
         casts = amp.weight_casts(model, D, trained=True, block_linears=not quantized_linears)
     loss_part = _loss(x, model, rule, autocast, loss, loss_impl, loss_chunks, loss_chunk_size,
@@ -266,7 +272,7 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
             in_layers = rule.checkpoint_held(x) + embeddings + x.R * x.bsh + top - shared
     else:
         layers, recompute = x.L * per_layer - discount, 0
-        lora = x.L * lora_layer - casts.first_cached
+        lora = x.L * lora_layer - casts.first_cached - first_dropped
         in_layers = layers - per_layer + embeddings + lora - lora_layer + top
         cache = x.L * casts.layer_cached + casts.first_cached + head_cached
     total = layers + embeddings + head + loss_part.saved + lora + cache
@@ -286,10 +292,11 @@ def _loss(x: Dims, model: ModelConfig, rule, autocast: bool, kind: str, impl_id,
         raise ValueError(f"{model.name} is not a causal LM: chunked and fused losses split a causal "
                          "LM's output layer; use --loss full")
     rows = chunk_rows(impl, x.b, x.s, x.V, x.h, chunks, chunk_size)
-    ctx = LossContext(upcast=rule.causal_loss_upcast and impl.explicit_upcast, autocast=autocast,
+    ctx = LossContext(upcast=rule.causal_loss_upcast and impl.explicit_upcast,
+                      autocast=autocast and impl.in_autocast,
                       rows=rows, head_trains=not x.frozen,
                       W=_compute_bytes(head_dtype, "head_dtype"), cuda=x.cuda,
-                      causal=rule.causal_loss_upcast)
+                      causal=rule.causal_loss_upcast, amp=autocast)
     return impl.rule(x, ctx)
 
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 from .models import ModelConfig
 
-__all__ = ["Casts", "NO_CASTS", "weight_casts", "frozen_head_cast", "linear_reads", "GRAD_SCALER_BYTES",
+__all__ = ["Casts", "NO_CASTS", "weight_casts", "frozen_head_cast", "frozen_base_casts", "linear_reads",
+           "GRAD_SCALER_BYTES",
            "CUDA_AUTOCAST_FP32_SAVES", "scaler_rows"]
 
 #: GradScaler's persistent state: `_scale` (fp32) and `_growth_tracker` (int32), one element each
@@ -105,6 +106,17 @@ def frozen_head_cast(model: ModelConfig, D: int) -> int:
     no leaf that requires grad, so it is cast afresh, and its matmul saves the cast for the input's
     gradient (V·h in D)."""
     return D * model.vocab_size * model.hidden_size
+
+
+def frozen_base_casts(model: ModelConfig, family, D: int, frozen_inputs: set[str]) -> tuple[int, int]:
+    """A frozen base of plain linears outside D (loaded in fp32, as TRL's SFTTrainer and LitGPT's
+    bf16-mixed do) under autocast: each linear's weight is cast afresh at every call (no leaf
+    that requires grad, so no cache) and its matmul saves the cast for its input's gradient.
+    (One layer's casts, the part of layer 0 whose linears read an input needing no gradient,
+    where nothing is saved: `frozen_inputs`, keys of `family.linear_inputs`.)"""
+    layer = [p for p in model.params if p.role == "block_linear" and p.layer == 0]
+    dropped = sum(p.numel for p in layer if family.linear_inputs.get(p.module) in frozen_inputs)
+    return D * sum(p.numel for p in layer), D * dropped
 
 
 def linear_reads(family, key: str) -> int:

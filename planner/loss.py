@@ -22,9 +22,11 @@ chunked, `torchtune` (torchtune/modules/loss/ce_chunked_output_loss.py CEWithChu
     only the last chunk's two gradients are alive with the saved log-probs (P·bsV + 2P·cV). The
     recipe deletes the logits before backward.
 chunked, `litgpt` (litgpt/utils.py chunked_cross_entropy, v0.5.13): the same chunk by chunk
-    cross-entropy on 128-token chunks, without an explicit upcast (P is fp32 only under autocast,
-    bf16-mixed), and the fine-tuning loops (litgpt/finetune/lora.py, full.py `fit`) keep the
+    cross-entropy on 128-token chunks, without an upcast: the fine-tuning loops
+    (litgpt/finetune/lora.py, full.py `fit`) compute it after the model's forward, outside
+    Fabric's autocast (bf16-mixed wraps the module's forward only), so P = D; and they keep the
     model output `logits` referenced through backward: D·bsV more from the forward's end on.
+    Under bf16-mixed Fabric hands the output back in fp32, so both are fp32 (4·bsV each).
 fused, `liger` (liger_kernel/ops/fused_linear_cross_entropy.py, 0.8.5;
     LigerFusedLinearCrossEntropyFunction; Unsloth's fused CE, unsloth_zoo/fused_losses, computes
     the same way): the LM head's matmul runs inside the loss, chunk by chunk, with no autograd
@@ -54,12 +56,13 @@ LOSS_KINDS = ("full", "chunked", "fused")
 class LossContext:
     """What a loss rule needs beyond the formula symbols (`planner.activation_blocks.Dims`)."""
     upcast: bool          # the loss's own `.float()` of the logits (a causal LM's loss)
-    autocast: bool        # under torch.autocast: cross_entropy runs in fp32 anyway
+    autocast: bool        # the loss runs under torch.autocast: cross_entropy runs in fp32 anyway
     rows: int             # rows of the largest chunk (chunked / fused)
     head_trains: bool     # the LM head's weight trains (a fused loss then forms its gradient)
     W: int                # bytes per element of the LM head's weight (and its gradient)
     cuda: bool            # CUDA kernels (the fused loss accumulates in place there)
     causal: bool          # a causal LM (labels shifted into a new int64 tensor)
+    amp: bool = False     # the step's forward runs under autocast (the loss itself may not)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class LossImpl:
     rule: Callable[..., LossBytes]
     explicit_upcast: bool = True      # the code calls `.float()` on the logits itself
     chunking: str = "none"            # none | count (loss_chunks) | tokens (loss_chunk_size) | auto
+    in_autocast: bool = True          # runs inside the forward's autocast region
 
 
 def _log_probs_bytes(x, ctx: LossContext) -> int:
@@ -115,7 +119,14 @@ def chunked_loss(x, ctx: LossContext, keeps_logits: bool = False) -> LossBytes:
 
 
 def litgpt_loss(x, ctx: LossContext) -> LossBytes:
-    return chunked_loss(x, ctx, keeps_logits=True)
+    """LitGPT's loop (see the module docstring). Under bf16-mixed, Fabric converts the module's
+    output to fp32 (lightning_fabric/plugins/precision/amp.py `convert_output`): the logits kept
+    through backward and the cross-entropy's input are fp32, a copy made beside the D logits."""
+    if not ctx.amp:
+        return chunked_loss(x, ctx, keeps_logits=True)
+    logits = x.bs * x.V
+    saved = 4 * logits + _labels(x, ctx) + 4 * logits
+    return LossBytes(saved, max(saved, (x.D + 4) * logits), saved + 2 * 4 * ctx.rows * x.V)
 
 
 def liger_loss(x, ctx: LossContext) -> LossBytes:
@@ -138,7 +149,7 @@ LOSS_IMPLS: dict[str, LossImpl] = {i.id: i for i in (
              chunked_loss, chunking="count"),
     LossImpl("litgpt", "chunked", "LitGPT chunked_cross_entropy",
              "Lightning-AI/litgpt@v0.5.13 litgpt/utils.py", litgpt_loss, explicit_upcast=False,
-             chunking="tokens"),
+             chunking="tokens", in_autocast=False),
     LossImpl("liger", "fused", "Liger LigerFusedLinearCrossEntropyLoss",
              "linkedin/Liger-Kernel 0.8.5 liger_kernel/ops/fused_linear_cross_entropy.py",
              liger_loss, explicit_upcast=False, chunking="auto"),

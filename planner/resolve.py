@@ -367,11 +367,9 @@ def _check_stack_knobs(spec: TrainingSpec, method: Method, model: ModelConfig, p
         raise ValueError(f"--loss-chunk-size is a token count per chunk; the {impl.id} loss does not "
                          "take it" + ("; give --loss-chunks" if impl.chunking == "count" else ""))
     if precision.autocast and method.kind == "adapter" and frozen != precision.compute \
-            and spec.base_quant != "nf4":
-        raise ValueError(f"under {spec.precision} memfit holds the frozen base in {precision.compute}; "
-                         f"autocast over an {frozen} frozen base of plain or 8-bit linears (each "
-                         "linear's weight cast saved for backward) is not modelled: drop --weights, "
-                         "or use --kbit-upcast off")
+            and spec.base_quant == "int8":
+        raise ValueError(f"autocast over an LLM.int8 base with an {frozen} upcast is not modelled: "
+                         "use --kbit-upcast off, or --precision bf16")
     if spec.paged and method.optimizer not in PAGED_OPTIMIZERS:
         raise ValueError(f"bitsandbytes has paged versions of AdamW and 8-bit AdamW only; {method.id} "
                          f"trains with {method.optimizer}: drop --paged")

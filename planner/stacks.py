@@ -111,6 +111,8 @@ _HF = Stack(
         "adapter": (
             _d("precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py: the frozen base is loaded "
                "in float32 unless model_init_kwargs sets dtype; base_config.py: bf16=True"),
+            _d("weights", "fp32", f"{TRL} trl/trainer/utils.py create_model_from_path: dtype defaults to "
+               "'float32' (the frozen base stays fp32 under bf16 autocast)"),
             _d("lora_dropout", 0.0, f"{PEFT} peft/tuners/lora/config.py: lora_dropout=0.0 (TRL's "
                "`trl sft` CLI ModelConfig uses 0.05)"),
             _d("adapter_dtype", "fp32", f"{PEFT} peft/tuners/tuners_utils.py _cast_adapter_dtype: "
@@ -231,10 +233,13 @@ _LITGPT = Stack(
             _d("lora_dropout", 0.05, f"{_LIT_LORA}: lora_dropout=0.05"),
             _d("adapter_dtype", "fp32", f"{_LIT_LORA}: bf16-mixed builds the model (adapters included) "
                "in fp32 under fabric.init_module"),
+            _d("weights", "fp32", f"{_LIT_LORA}: bf16-mixed keeps the frozen base in fp32 too "
+               "(lightning_fabric/plugins/precision/amp.py: autocast over fp32 parameters)"),
         ),
         _QADAPTER: (
             _d("precision", "bf16", f"{_LIT_LORA}: quantize with a '-mixed' precision is an error; the "
                "BitsandbytesPrecision plugin takes a '-true' dtype (bf16-true)"),
+            _d("weights", "bf16", f"{_LIT_LORA}: bf16-true holds the non-quantised parameters in bf16"),
             _d("adapter_dtype", "bf16", f"{_LIT_LORA}: BitsandbytesPrecision(quantize, bf16) builds the "
                "adapters in bf16"),
             _d("base_quant", "nf4", f"{_LIT_LORA}: quantize 'bnb.nf4' / 'bnb.nf4-dq'"),

@@ -8,8 +8,9 @@ torchtune: torchtune's chunked-output algorithm (CEWithChunkedOutputLoss): the h
     copy, summed and divided by the number of labelled tokens; the logits are dropped before
     backward, as torchtune's recipes do.
 litgpt: LitGPT's (`chunked_cross_entropy`): the head on chunks of `loss_chunk_size` rows, each
-    chunk's cross-entropy without an explicit upcast (autocast's cross_entropy is fp32), and the
-    logits kept referenced until backward is done, as LitGPT's fit loops keep them.
+    chunk's cross-entropy without an upcast and outside autocast (LitGPT computes it after the
+    Fabric-wrapped forward, which under bf16-mixed hands the logits back in fp32), and the logits
+    kept referenced until backward is done, as LitGPT's fit loops keep them.
 liger: the fused linear cross-entropy algorithm of Liger-Kernel's
     `LigerFusedLinearCrossEntropyFunction`, in plain torch (Liger's Triton kernels need a GPU):
     no autograd graph inside; the rows in chunks of Liger's size, each chunk's logits computed,
@@ -81,8 +82,11 @@ def litgpt_loss(model, ids, r, offloader):
     labels = shifted_labels(ids).reshape(-1)
     size = r.spec.loss_chunk_size
     logits = [head(chunk) for chunk in rows.split(size)]
-    losses = [F.cross_entropy(part, target, ignore_index=IGNORE, reduction="none")
-              for part, target in zip(logits, labels.split(size))]
+    if torch.is_autocast_enabled(ids.device.type):   # Fabric's bf16-mixed hands the output back in fp32
+        logits = [part.float() for part in logits]
+    with torch.autocast(ids.device.type, enabled=False):
+        losses = [F.cross_entropy(part, target, ignore_index=IGNORE, reduction="none")
+                  for part, target in zip(logits, labels.split(size))]
     return torch.cat(losses).sum() / (labels != IGNORE).sum(), logits
 
 

@@ -90,6 +90,10 @@ AMP = [  # family, method, precision, attention, checkpointing, extra spec field
     ("llama", "lora", "amp-bf16", "sdpa", "full", {"rank": 8, "lora_dropout": 0.1}, {}),
     ("llama", "lora", "amp-fp16", "sdpa", "none", {"rank": 8, "lora_targets": "all-linear"}, {}),
     ("llama", "qlora", "amp-fp16", "sdpa", "none", {"rank": 8}, {}),
+    # an fp32 frozen base under autocast (TRL's and LitGPT's LoRA): every linear's cast is saved
+    ("llama", "lora", "amp-bf16", "sdpa", "none", {"rank": 8, "weights": "fp32"}, {}),
+    ("llama", "lora", "amp-bf16", "eager", "full", {"rank": 8, "weights": "fp32", "lora_dropout": 0.05}, {}),
+    ("gpt2", "lora", "amp-bf16", "sdpa", "none", {"rank": 8, "weights": "fp32"}, {"attn_pdrop": 0.0}),
     ("llama", "q-galore", "amp-bf16", "sdpa", "none", {"rank": 8}, {}),
 ]
 
