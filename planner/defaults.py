@@ -26,8 +26,6 @@ DEFAULTED_FIELDS = ("precision", "checkpointing", "attention", "lora_targets", "
 
 #: torchtune's `CEWithChunkedOutputLoss` default (torchtune/modules/loss/ce_chunked_output_loss.py)
 DEFAULT_LOSS_CHUNKS = 8
-#: LitGPT's `chunked_cross_entropy(chunk_size=128)` (litgpt/utils.py)
-DEFAULT_LOSS_CHUNK_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,7 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("loss_impl", lambda s: _loss_impl(s["loss"]), ""),      # named in the loss line
         ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if _chunking(s) == "count" else None,
          "torchtune's num_output_chunks"),
-        ("loss_chunk_size", lambda s: DEFAULT_LOSS_CHUNK_SIZE if _chunking(s) == "tokens" else None,
-         "LitGPT's chunked_cross_entropy chunk_size"),
+        ("loss_chunk_size", lambda s: _chunk_size(s), "the loss code's own chunk size"),
         ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
         ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
         ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
@@ -89,6 +86,13 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
 def _loss_impl(kind: str | None) -> str | None:
     from .loss import DEFAULT_IMPL
     return DEFAULT_IMPL.get(kind)
+
+
+def _chunk_size(s: dict) -> int | None:
+    """A token-chunked loss's own rows per chunk (LitGPT 128, TRL 256: `planner.loss`)."""
+    from .loss import LOSS_IMPLS
+    impl = LOSS_IMPLS.get(s["loss_impl"] or _loss_impl(s["loss"]) or "")
+    return impl.default_chunk_size if impl and impl.chunking == "tokens" else None
 
 
 def _chunking(s: dict) -> str:

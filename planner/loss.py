@@ -39,6 +39,15 @@ fused, `liger` (liger_kernel/ops/fused_linear_cross_entropy.py, 0.8.5;
     `addmm(out=grad_weight)` that needs only the input chunk in D when it is not (c·h·D); the
     plain-torch version memfit's profiler runs on CPU (no Triton) adds the chunk product in D
     (V·h·D) when grad_weight's dtype differs from the logits'.
+fused, `trl` (huggingface/trl@f2cd577 trl/trainer/sft_trainer.py `_chunked_cross_entropy_loss`,
+    SFTConfig loss_type='chunked_nll', the default): the output layer never runs as a module; the
+    shifted hidden states are gathered (valid tokens first: a D copy, with the argsort indices and
+    the gathered labels kept for backward) and cut into chunks of 256 rows, each chunk's head
+    matmul, log-softmax, loss and entropy run under `torch.utils.checkpoint` (nothing of them kept
+    at the forward's end) and are recomputed chunk by chunk in backward: a chunk's logits and
+    log-probabilities, the weight in the matmul's dtype (the fp32 copy of a 16-bit weight), the
+    head's gradient when it trains, and the gathered hidden's gradient, which autograd builds
+    full-size for every chunk's slice (a full-size buffer and one chunk's full-size gradient).
 """
 from __future__ import annotations
 
@@ -72,12 +81,15 @@ class LossBytes:
     saved: alive at the forward's end, once the loss is computed (the logits themselves freed
     unless the loop keeps them); forward: at the loss's own forward peak; backward: at the start
     of backward, before the head's backward; releases_head_input: the head's matmul runs inside
-    the loss, outside autograd, so the head saves neither its input nor its weight's cast.
+    the loss, outside autograd, so the head saves neither its input nor its weight's cast (which
+    stays in autocast's cache unless `caches_head_cast` is False).
     """
     saved: int
     forward: int
     backward: int
     releases_head_input: bool = False
+    caches_head_cast: bool = True     # the loss's own matmul leaves autocast's cast of the weight
+                                      # in the cache (not inside a checkpoint, which disables it)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class LossImpl:
     explicit_upcast: bool = True      # the code calls `.float()` on the logits itself
     chunking: str = "none"            # none | count (loss_chunks) | tokens (loss_chunk_size) | auto
     in_autocast: bool = True          # runs inside the forward's autocast region
+    default_chunk_size: int | None = None    # rows per chunk when `loss_chunk_size` is unset
 
 
 def _log_probs_bytes(x, ctx: LossContext) -> int:
@@ -141,6 +154,37 @@ def liger_loss(x, ctx: LossContext) -> LossBytes:
     return LossBytes(saved, saved + transient, saved, releases_head_input=True)
 
 
+def trl_loss(x, ctx: LossContext) -> LossBytes:
+    """TRL's `chunked_nll` (see the module docstring): N = b(s-1) shifted rows, chunks of c.
+
+    The dtypes inside a chunk: without autocast everything is fp32 (`h.float() @ w.float().t()`,
+    the weight's fp32 copy when W is not fp32); under autocast the matmul is cast back to D (the
+    weight's D cast, the input's D copy), and log_softmax, nll and exp run in fp32 on CUDA
+    (autocast's fp32 list) but in D on CPU, where nll casts its input to fp32 (a copy).
+    """
+    N, c, V, h, A = x.bs - x.b, ctx.rows, x.V, x.h, ctx.autocast
+    L = x.D if A else 4                                   # logits
+    P = 4 if not A or ctx.cuda else x.D                   # log-probs, exp(log-probs)
+    nll_copy = 4 * c * V if A and not ctx.cuda else 0     # CPU autocast: nll's fp32 input
+    w_up = 4 * V * h if ctx.W != 4 else 0                 # `w.float()`
+    w_mm = x.D * V * h if A else w_up                     # the weight the matmul saves
+    h_mm = (x.D if A else (4 if x.R != 4 else 0)) * c * h if ctx.head_trains else 0
+    saved = x.R * N * h + 8 * N + 8 * N                   # gathered hidden, order, gathered labels
+    copy = x.R * N * h if x.b > 1 else 0                  # the shifted hidden's reshape copy
+    h_up = 4 * c * h if x.R != 4 else 0                   # `h.float()`
+    matmul = w_up + h_up + (x.D * (V + c) * h if A else 0) + L * c * V
+    # then the logits and log-probs with nll's copy, or with the entropy's exp and product
+    chunk = max(matmul, (L + P) * c * V + max(nll_copy, 2 * P * c * V))
+    head_grad = ((x.D + 4) * V * h if A else 4 * V * h + (ctx.W * V * h if ctx.W != 4 else 0)) \
+        if ctx.head_trains else 0
+    recompute = w_mm + h_mm + 2 * P * c * V + nll_copy
+    grads = max(2 * P * c * V, P * c * V + head_grad + 4 * c * h)
+    # + the gathered hidden's gradient buffer and one chunk's full-size slice gradient
+    backward = saved + 2 * x.R * N * h + recompute + grads
+    return LossBytes(saved, saved + max(copy, chunk), backward, releases_head_input=True,
+                     caches_head_cast=False)
+
+
 LOSS_IMPLS: dict[str, LossImpl] = {i.id: i for i in (
     LossImpl("hf", "full", "transformers ForCausalLMLoss",
              "transformers 5.24 transformers/loss/loss_utils.py", full_loss),
@@ -149,10 +193,13 @@ LOSS_IMPLS: dict[str, LossImpl] = {i.id: i for i in (
              chunked_loss, chunking="count"),
     LossImpl("litgpt", "chunked", "LitGPT chunked_cross_entropy",
              "Lightning-AI/litgpt@v0.5.13 litgpt/utils.py", litgpt_loss, explicit_upcast=False,
-             chunking="tokens", in_autocast=False),
+             chunking="tokens", in_autocast=False, default_chunk_size=128),
     LossImpl("liger", "fused", "Liger LigerFusedLinearCrossEntropyLoss",
              "linkedin/Liger-Kernel 0.8.5 liger_kernel/ops/fused_linear_cross_entropy.py",
              liger_loss, explicit_upcast=False, chunking="auto"),
+    LossImpl("trl", "fused", "TRL chunked_nll (_chunked_cross_entropy_loss)",
+             "huggingface/trl@f2cd577 trl/trainer/sft_trainer.py", trl_loss, chunking="tokens",
+             default_chunk_size=256),       # sft_trainer.py _CHUNKED_LM_HEAD_CHUNK_SIZE
 )}
 #: the implementation each kind models by default
 DEFAULT_IMPL = {"full": "hf", "chunked": "torchtune", "fused": "liger"}

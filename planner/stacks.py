@@ -89,6 +89,8 @@ _HF = Stack(
         _d("loss", "fused", f"{TRL} trl/trainer/sft_config.py: loss_type defaults to 'chunked_nll' "
            "(sft_trainer.py _chunked_cross_entropy_loss: 256-token chunks, each recomputed in backward "
            "under torch.utils.checkpoint, so the logits are never whole)"),
+        _d("loss_impl", "trl", f"{TRL} trl/trainer/sft_trainer.py _chunked_cross_entropy_loss "
+           "(_CHUNKED_LM_HEAD_CHUNK_SIZE = 256): planner.loss's trl record, not Liger's algorithm"),
         _d("attention", "sdpa", f"{HF} transformers/modeling_utils.py: attn_implementation defaults "
            "to 'sdpa' where the model supports it"),
         _d("grad_accum", 1, f"{HF} transformers/training_args.py: gradient_accumulation_steps=1"),

@@ -18,6 +18,9 @@ liger: the fused linear cross-entropy algorithm of Liger-Kernel's
     grad_input and grad_weight, which are saved for backward and returned by it. Liger writes the
     gradient in one Triton pass; here the same in-place steps run as torch ops on the chunk, with
     the same tensors alive.
+trl: TRL's chunked_nll (SFTTrainer's default loss), the same algorithm in memfit's code: the
+    shifted hidden states gathered valid tokens first, chunks of 256 rows, each chunk's fp32
+    head matmul, log-softmax, NLL and logged entropy under non-reentrant checkpointing.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["IGNORE", "causal_parts", "shifted_labels", "hf_loss", "chunked_loss", "litgpt_loss",
            "fused_loss", "FusedLinearCrossEntropy", "LOSSES"]
@@ -156,6 +160,37 @@ def fused_loss(model, ids, r, offloader):
     return FusedLinearCrossEntropy.apply(x, head.weight, target, rows), None
 
 
+def trl_loss(model, ids, r, offloader):
+    """TRL's chunked_nll (module docstring): the shifted hidden states gathered valid tokens
+    first, chunks of `loss_chunk_size` rows each under non-reentrant checkpointing, the loss
+    summed and divided by the valid tokens."""
+    hidden, head = _body(model, ids, offloader)
+    rows = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
+    labels = ids[:, 1:].reshape(-1)
+    valid = labels != IGNORE
+    order = valid.to(torch.int8).argsort(descending=True, stable=True)
+    rows, labels = rows[order], labels[order]
+    n_valid, size = int(valid.sum()), r.spec.loss_chunk_size
+    total = entropy = rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, -(-n_valid // size) * size, size):
+        part, part_entropy = checkpoint(_trl_chunk, rows[start:start + size], head.weight,
+                                        labels[start:start + size], use_reentrant=False)
+        total, entropy = total + part, entropy + part_entropy.detach()
+    return total / max(n_valid, 1), None
+
+
+def _trl_chunk(h, weight, labels):
+    """One chunk as TRL computes it: fp32 logits, log-softmax, summed NLL, and the entropy it
+    logs (computed, so recomputed in backward, though no gradient flows through it)."""
+    logits = h.float() @ weight.float().t()
+    log_p = F.log_softmax(logits, dim=-1)
+    loss = F.nll_loss(log_p, labels, ignore_index=IGNORE, reduction="sum")
+    valid = labels != IGNORE
+    entropy = (-(log_p.exp() * log_p).sum(dim=-1) * valid).sum()
+    return loss, entropy
+
+
 #: planner.loss implementation id -> (model, ids, resolved, offloader) -> (loss, tensors the loop
 #: keeps until backward is done)
-LOSSES = {"hf": hf_loss, "torchtune": chunked_loss, "litgpt": litgpt_loss, "liger": fused_loss}
+LOSSES = {"hf": hf_loss, "torchtune": chunked_loss, "litgpt": litgpt_loss, "liger": fused_loss,
+          "trl": trl_loss}
