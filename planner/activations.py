@@ -250,7 +250,8 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     head, head_cached = rule.head(x) + casts.head_saved, casts.head_cached
     if loss_part.releases_head_input:       # the head's matmul ran inside the loss
         head -= casts.head_saved + (0 if x.frozen else x.D * x.bsh)
-        head_cached += casts.head_saved if loss_part.caches_head_cast else 0
+        # autocast caches casts of weights that require grad only: a frozen head's is transient
+        head_cached += casts.head_saved if loss_part.caches_head_cast and not x.frozen else 0
     top = layer_backward_bytes(x, family, lora_layer, lora_grads) + (
         0 if lora_rank is not None else casts.layer_saved)      # the last layer in its backward
     host = 0

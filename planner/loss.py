@@ -147,10 +147,12 @@ def liger_loss(x, ctx: LossContext) -> LossBytes:
     grad_weight = ctx.W * x.V * x.h if ctx.head_trains else 0
     saved = x.R * x.bsh + grad_weight
     chunk_in = x.D * ctx.rows * x.h if x.R != x.D else 0        # autocast's cast of the input chunk
+    # a frozen head outside D under autocast is cast afresh for each matmul (no cache)
+    frozen_cast = x.D * x.V * x.h if ctx.autocast and not ctx.head_trains and ctx.W != x.D else 0
     accumulate = 0
     if ctx.head_trains and ctx.W != x.D and not ctx.cuda:
         accumulate = x.D * x.V * x.h
-    transient = x.D * ctx.rows * x.V + 4 * x.bs + x.bs + chunk_in + accumulate
+    transient = x.D * ctx.rows * x.V + 4 * x.bs + x.bs + chunk_in + accumulate + frozen_cast
     return LossBytes(saved, saved + transient, saved, releases_head_input=True)
 
 

@@ -100,7 +100,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, target, rows: int):
-        n = max(int((target != IGNORE).sum()), 1)
+        n = (target != IGNORE).sum().clamp(min=1)      # a tensor: no data-dependent Python value
         grad_input = torch.zeros_like(x)
         grad_weight = torch.zeros_like(weight) if weight.requires_grad else None
         loss_1d = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
@@ -118,15 +118,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        # Liger skips the scaling when the incoming gradient is 1; in place, it costs no memory
+        # either way (and asking whether it is 1 is a data-dependent question for fake tensors)
         grad_input, grad_weight = ctx.saved_tensors
-        if not torch.equal(grad_output, torch.ones_like(grad_output)):
-            grad_input.mul_(grad_output)
-            if grad_weight is not None:
-                grad_weight.mul_(grad_output)
+        grad_input.mul_(grad_output)
+        if grad_weight is not None:
+            grad_weight.mul_(grad_output)
         return grad_input, grad_weight, None, None
 
 
-def _softmax_grad_(logits, target, mask, loss, n: int) -> None:
+def _softmax_grad_(logits, target, mask, loss, n: torch.Tensor) -> None:
     """In place: logits -> (softmax - one_hot(target)) / n on labelled rows (0 elsewhere); each
     row's loss (logsumexp - logit of the target) / n into `loss` (fp32)."""
     rows = torch.arange(logits.shape[0], device=logits.device)
@@ -134,7 +135,9 @@ def _softmax_grad_(logits, target, mask, loss, n: int) -> None:
     picked = logits[rows, safe].float()
     top = logits.amax(dim=-1, keepdim=True)
     logits.sub_(top).exp_()
-    total = logits.sum(dim=-1, keepdim=True, dtype=torch.float32)
+    # the row sums in the logits' dtype (reductions accumulate in fp32 inside the kernel);
+    # `dtype=float32` would make an fp32 copy of the chunk on CPU, which Liger's kernel never does
+    total = logits.sum(dim=-1, keepdim=True).float()
     loss.copy_(((total.log().squeeze(-1) + top.squeeze(-1).float() - picked) / n) * mask)
     logits.div_(total.to(logits.dtype))
     logits[rows, safe] -= 1
@@ -170,13 +173,15 @@ def trl_loss(model, ids, r, offloader):
     valid = labels != IGNORE
     order = valid.to(torch.int8).argsort(descending=True, stable=True)
     rows, labels = rows[order], labels[order]
-    n_valid, size = int(valid.sum()), r.spec.loss_chunk_size
+    size = r.spec.loss_chunk_size
     total = entropy = rows.new_zeros((), dtype=torch.float32)
-    for start in range(0, -(-n_valid // size) * size, size):
+    # TRL loops over the chunks covering the valid tokens, packed first; memfit's batches are
+    # padding-free (every shifted token is valid), so those are all the rows
+    for start in range(0, rows.shape[0], size):
         part, part_entropy = checkpoint(_trl_chunk, rows[start:start + size], head.weight,
                                         labels[start:start + size], use_reentrant=False)
         total, entropy = total + part, entropy + part_entropy.detach()
-    return total / max(n_valid, 1), None
+    return total / valid.sum().clamp(min=1), None
 
 
 def _trl_chunk(h, weight, labels):

@@ -118,6 +118,7 @@ LOSSES = [  # method, precision, loss fields, checkpointing
     ("adamw", "amp-bf16", {"loss": "fused"}, "none"),
     ("lora", "bf16", {"loss": "fused"}, "none"),
     ("lora", "amp-bf16", {"loss": "fused"}, "full"),
+    ("lora", "amp-bf16", {"loss": "fused", "weights": "fp32"}, "none"),
     ("adamw", "bf16", {"loss": "fused", "loss_impl": "trl", "loss_chunk_size": 64}, "none"),
     ("lora", "bf16", {"loss": "fused", "loss_impl": "trl", "loss_chunk_size": 64}, "full"),
     ("adamw", "amp-bf16", {"loss": "fused", "loss_impl": "trl", "loss_chunk_size": 64}, "none"),

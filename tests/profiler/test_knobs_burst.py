@@ -75,3 +75,23 @@ def test_knobs_change_what_they_say(knob_burst):
     assert per_param["optimizer_states"].measured_bytes > single
     _, offload = knob_burst("offload-lora")
     assert offload["host"].measured_bytes > 0
+
+
+@pytest.mark.parametrize("fields", [
+    dict(precision="amp-bf16"), dict(precision="bf16", loss="chunked"),
+    dict(method="lora", rank=8, precision="amp-bf16", weights="fp32", loss="fused"),
+    dict(precision="bf16", loss="fused", loss_impl="trl"),
+    dict(precision="bf16", checkpointing="full", activation_offload=True),
+    dict(method="adamw-8bit", precision="bf16", paged=True, grad_accum=2),
+], ids=lambda f: "-".join(f"{v}" for v in f.values()))
+def test_knobs_trace_at_full_size(fields):
+    """llama-60m traced under FakeTensorMode (one and two layers, extrapolated) with the knob's
+    step: held bytes exact, activations and the peak within 10 %."""
+    from profiler import trace
+    spec = TrainingSpec(model="llama-60m", batch=2, seq=256, **{"method": "adamw", **fields})
+    result = trace(spec, history=False)
+    assert result.ok, result.message
+    c = compare(estimate(spec, kernels="cpu"), result.measurement, mode="trace")
+    assert all(c[n].abs_error == 0 for n in STATIC), c.to_records()
+    for component in ("activations", "peak") + (("host",) if spec.activation_offload else ()):
+        assert abs(c[component].relative_error) <= 0.10, c[component]
