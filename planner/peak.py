@@ -1,12 +1,16 @@
 """The peak of a training step: the maximum over its phases, not a blind sum.
 
 Phases (all hold the persistent part P = weights + optimizer states + projections + adapters):
-- forward/backward, at three instants of the backward pass (L layers, activations A per layer as
-  stored, gradients G per layer, G_out for parameters outside the stack):
+- forward/backward, at the loss's own forward peak and three instants of the backward pass (L
+  layers, activations A per layer as stored, gradients G per layer, G_out for parameters outside
+  the stack):
+    loss:   P + the activations' forward peak at the loss (chunk logits, fp32 copies)
     start:  P + the activations' backward peak                  (the loss's backward, no gradient yet)
     top:    P + L·A + embeddings + recompute + G_head + G_layer         (head done, top layer's grads)
     end:    P + A + embeddings + recompute + all gradients              (activations nearly all freed)
   Each is a linear function of the layer index in between, so the maximum is at one of them.
+  With gradient accumulation every gradient is alive at each instant from the second micro-batch
+  on (new gradients add into them in place).
 - optimizer step: P + all gradients + the step's temporaries.
 - projection refresh (projected methods): P + all gradients + one matrix's SVD / selection workspace.
 With layer-wise updates a parameter steps inside backward as soon as its gradient is complete:
