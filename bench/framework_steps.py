@@ -37,11 +37,13 @@ BATCH, SEQ, RANK = 2, 128, 8
 RUNS = [("torchtune", "lora"), ("torchtune", "full"), ("litgpt", "lora"), ("litgpt", "full")]
 
 
-def _measure(model, optimizer, step, ids) -> dict:
-    """Warm-up step, then one step under PhaseTracker: per-category peaks and held bytes."""
+def _measure(model, optimizer, forward, finish, ids) -> dict:
+    """Warm-up step, then one step under PhaseTracker: held bytes, activations at the forward's
+    end, per-category peaks. `forward(ids)` returns (loss, what the loop keeps referenced);
+    `finish(loss)` runs backward and the optimizer step."""
     import torch
     from profiler.memory import PhaseTracker, held_bytes, optimizer_tensors
-    step(ids)                                     # optimizer states now exist
+    finish(forward(ids)[0])                       # optimizer states now exist
     tracker = PhaseTracker()
     tracker.track_external(model, ids)
     inner = [o for o in (optimizer if isinstance(optimizer, list) else [optimizer])]
@@ -49,12 +51,16 @@ def _measure(model, optimizer, step, ids) -> dict:
         tracker.track([t for _, t in optimizer_tensors(opt)], "optimizer")
     with tracker, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
-        tracker.set_phase("step")
-        loss = step(ids)
+        tracker.set_phase("forward")
+        loss, kept = forward(ids)
+        forward_end = tracker.current()["activations"]
+        tracker.set_phase("backward")
+        finish(loss)
+        del kept
     held = held_bytes(model, None)
     held["optimizer_states"] = sum(held_bytes(torch.nn.Module(), o)["optimizer_states"] for o in inner)
     return {"loss": float(loss), "peak": tracker.peak(), "category_peaks": tracker.category_peaks,
-            "held": held}
+            "held": held, "forward_end_activations": forward_end}
 
 
 def _torchtune(method: str) -> tuple[dict, dict]:
@@ -91,18 +97,22 @@ def _torchtune(method: str) -> tuple[dict, dict]:
         step_opt = lambda: None
         tracked = list(optim_dict.values())
 
-    def step(ids):
+    def forward(ids):
         labels = torch.hstack((ids[:, 1:], torch.full((ids.shape[0], 1), loss_fn.ignore_index)))
-        loss = loss_fn(model(ids), labels)       # the recipe's shift and chunked loss
+        logits = model(ids)
+        loss = loss_fn(logits, labels)           # the recipe's shift and chunked loss
+        del logits                               # the recipe frees the logits before backward
+        return loss, None
+
+    def finish(loss):
         loss.backward()
         step_opt()
-        return loss.detach()
     ids = torch.randint(0, TINY["vocab_size"], (BATCH, SEQ))
-    spec = {"method": method, "precision": "bf16", "checkpointing": "full", "loss": "chunked", "loss_chunks": 8,
-            "stack": "torchtune", **({"rank": RANK, "lora_targets": "q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                      "lora_dropout": 0.0, "adapter_dtype": "bf16"} if method == "lora" else
-                                     {"method": "adamw-8bit", "layerwise": True, "paged": True})}
-    return _measure(model, tracked, step, ids), spec
+    # the preset sets the rest (precision, targets, adapter dtype, checkpointing, loss, paged,
+    # optimizer in backward); the 8B recipes' batch is 2 and accumulation 8 for LoRA
+    spec = {"stack": "torchtune", "method": "lora" if method == "lora" else "adamw-8bit",
+            "grad_accum": 1, **({"rank": RANK} if method == "lora" else {})}
+    return _measure(model, tracked, forward, finish, ids), spec
 
 
 def _litgpt(method: str) -> tuple[dict, dict]:
@@ -128,7 +138,7 @@ def _litgpt(method: str) -> tuple[dict, dict]:
     model = fabric.setup_module(model)
     opt = fabric.setup_optimizers(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4))
 
-    def step(ids):
+    def forward(ids):
         if method == "lora":          # finetune/lora.py fit(): chunked head, chunked loss
             logits = model(ids, lm_head_chunk_size=128)
             logits[-1] = logits[-1][..., :-1, :]
@@ -136,36 +146,52 @@ def _litgpt(method: str) -> tuple[dict, dict]:
         else:                         # finetune/full.py fit(): whole logits, chunked loss
             logits = model(ids)
             loss = chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
+        return loss, logits           # fit() keeps `logits` referenced through backward
+
+    def finish(loss):
         fabric.backward(loss)
         opt.step()
         opt.zero_grad()
-        return loss.detach()
     ids = torch.randint(0, TINY["vocab_size"], (BATCH, SEQ))
-    spec = {"method": method if method == "lora" else "adamw", "precision": "amp-bf16", "checkpointing": "none",
-            "loss": "chunked", "stack": "litgpt",
-            **({"rank": RANK, "lora_targets": "q_proj,v_proj", "lora_dropout": 0.05, "adapter_dtype": "fp32"}
-               if method == "lora" else {})}
+    # the preset sets precision (bf16-mixed), targets (query, value), dropout 0.05, fp32 adapters
+    # and base, no checkpointing, LitGPT's loss; one measured step is one micro-batch
+    spec = {"stack": "litgpt", "method": "lora" if method == "lora" else "adamw", "grad_accum": 1,
+            **({"rank": RANK} if method == "lora" else {})}
     inner = getattr(opt, "optimizer", opt)
-    return _measure(model, inner, step, ids), spec
+    return _measure(model, inner, forward, finish, ids), spec
 
 
 def _planner(spec: dict) -> dict:
-    """The planner's CPU-kernel prediction for the same run, or why it cannot say yet."""
+    """The planner's CPU-kernel prediction for the same run, or why it cannot say."""
     from planner import TrainingSpec, estimate
     cfg = Path(os.environ.get("TMPDIR", "/tmp")) / "memfit-tiny-llama.json"
     cfg.write_text(json.dumps(TINY))
-    known = {k: v for k, v in spec.items() if k in TrainingSpec.__dataclass_fields__}
     try:
-        b = estimate(TrainingSpec(model=str(cfg), batch=BATCH, seq=SEQ, **known), kernels="cpu")
+        b = estimate(TrainingSpec(model=str(cfg), batch=BATCH, seq=SEQ, **spec), kernels="cpu")
     except ValueError as err:
         return {"error": str(err)}
-    return {"components": b.components.as_dict(), "peak_allocated_bytes": b.peak_bytes - b.components.overhead}
+    return {"sizes": b.sizes.as_dict(), "peak": b.peak_bytes - b.components.overhead,
+            "spec": {k: v for k, v in b.spec.as_dict().items() if v is not None}}
+
+
+def compared(measured: dict, planner: dict) -> dict:
+    """(predicted, measured, relative error) of the held bytes, forward-end activations and the
+    step's tensor peak."""
+    held, sizes = measured["held"], planner["sizes"]
+    pairs = {name: (sizes[name], held[name]) for name in ("weights", "adapters", "optimizer_states")}
+    pairs["activations"] = (sizes["activations"], measured["forward_end_activations"])
+    pairs["peak"] = (planner["peak"], measured["peak"]["total"] - held["buffers"])
+    return {k: (p, m, (p - m) / m if m else 0.0) for k, (p, m) in pairs.items()}
 
 
 def run_one(framework: str, method: str) -> dict:
     measured, spec = {"torchtune": _torchtune, "litgpt": _litgpt}[framework](method)
-    return {"framework": framework, "method": method, "batch": BATCH, "seq": SEQ, "spec": spec,
-            "measured": measured, "planner": _planner(spec)}
+    planner = _planner(spec)
+    out = {"framework": framework, "method": method, "batch": BATCH, "seq": SEQ, "spec": spec,
+           "measured": measured, "planner": planner}
+    if "error" not in planner:
+        out["compared"] = compared(measured, planner)
+    return out
 
 
 def run_all(venvs: Path) -> list[dict]:
@@ -186,18 +212,16 @@ def _b(n) -> str:
 
 
 def table(results: list[dict]) -> str:
-    cols = ["parameters", "gradients", "optimizer", "activations", "temporaries", "total"]
-    lines = ["| framework | method | " + " | ".join(f"{c} (bytes)" for c in cols) + " | planner peak (MiB) |",
-             "|" + "---|" * (len(cols) + 3)]
+    """Predicted / measured bytes (relative error) per framework run."""
+    cols = ["weights", "adapters", "optimizer_states", "activations", "peak"]
+    lines = ["| framework | method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for r in results:
-        if "error" in r:
-            lines.append(f"| {r['framework']} | {r['method']} | error: {r['error']} |")
+        if "error" in r or "compared" not in r:
+            why = r.get("error") or r["planner"].get("error", "")
+            lines.append(f"| {r['framework']} | {r['method']} | error: {why[:120]} |")
             continue
-        peak = r["measured"]["peak"]
-        pl = r["planner"]
-        shown = _b(pl["peak_allocated_bytes"]) if "peak_allocated_bytes" in pl else "not yet: " + pl["error"][:60]
-        lines.append(f"| {r['framework']} | {r['method']} | " + " | ".join(_b(peak.get(c, 0)) for c in cols)
-                     + f" | {shown} |")
+        cells = [f"{_b(p)} / {_b(m)} ({e:+.1%})" for p, m, e in (r["compared"][c] for c in cols)]
+        lines.append(f"| {r['framework']} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,9 @@ OPTIMIZER_PATHS: dict[str, str] = {
     # full-rank baselines (third-party classes)
     "adamw": "torch.optim:AdamW",
     "adamw-8bit": "bitsandbytes.optim:AdamW8bit",
+    # bitsandbytes' paged versions (states in CUDA unified memory; ordinary tensors on CPU)
+    "paged-adamw": "bitsandbytes.optim:PagedAdamW",
+    "paged-adamw-8bit": "bitsandbytes.optim:PagedAdamW8bit",
     "sgd": "torch.optim:SGD",
     "adafactor": "transformers.optimization:Adafactor",
     # projected Adam (lowrank core)

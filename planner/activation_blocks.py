@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
-           "mlp_bytes", "logits_bytes", "logits_backward_bytes"]
+           "mlp_bytes", "fp32_softmax"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,34 @@ class Dims:
     #: the model's config.json fields, for a family rule whose terms depend on its own fields
     #: (soft-capping, sliding windows, partial rotary); read with the family's defaults
     config: Mapping = field(default_factory=dict, compare=False)
+    routing: object = None   # a mixture-of-experts family's `Routing` (its record's), else None
+    # torch.autocast (planner.amp): the residual stream keeps the embeddings' dtype while the
+    # matmuls run in D. 0 / -1: as without autocast (R = D, m_stream = m_hidden).
+    R: int = 0          # bytes per element of the residual stream and the norms' outputs
+    attn_reads: int = 1  # saved copies of the attention input: one per trained linear reading it
+    mlp_reads: int = 1   # the same for the MLP input, when that input is not in D
+    m_stream: int = -1  # bytes per dropout-mask element on a stream tensor (embeddings' dropout)
+    cuda: bool = True   # CUDA kernels (LayerNorm statistics in fp32) rather than CPU ones
+    autocast_cuda: bool = False  # CUDA autocast: layer_norm and softmax run in fp32
+    act_fp32: int = 0   # of the MLP activation's saved b·s·i tensors, those CUDA autocast keeps fp32
+    M: int = 0          # bytes per element of the MLP's intermediates (0: D); bitsandbytes' 4-bit
+                        # linears cast their output back to their input's dtype (the stream's)
+    I: int = 0          # bytes per element of a saved attention / MLP input (0: D); Q-GaLore's
+                        # INT8 linears save their input as it arrives (the stream's) under autocast
+
+    def __post_init__(self) -> None:
+        if not self.R:
+            object.__setattr__(self, "R", self.D)
+        if not self.M:
+            object.__setattr__(self, "M", self.D)
+        if not self.I:
+            object.__setattr__(self, "I", self.D)
+        if self.m_stream < 0:
+            object.__setattr__(self, "m_stream", self.m_hidden)
 
     def opt(self, key: str, default=None):
         """A block option of the family (`Family.block_options`), or `default`."""
         return dict(self.options).get(key, default)
-    routing: object = None   # a mixture-of-experts family's `Routing` (its record's), else None
 
     @property
     def bs(self) -> int:
@@ -79,19 +102,24 @@ class FirstLayer:
 # ---- one layer ------------------------------------------------------------------------------
 
 def rms_norm_bytes(x: Dims) -> int:
-    """LlamaRMSNorm: 4bsh + 4bs (+ D·bsh when its weight trains).
+    """LlamaRMSNorm: 4bsh + 4bs (+ R·bsh when its weight trains).
 
     `x.to(fp32)` (the input itself in fp32, a copy otherwise; saved by `pow`), `rsqrt(var)`
-    (4bs), `normed.to(D)` (saved by `weight *` only if the weight trains). The output is the
-    next linear's saved input, counted there.
+    (4bs), `normed.to(input dtype)` (the stream's, R; saved by `weight *` only if the weight
+    trains). The output is the next linear's saved input, counted there.
     """
-    return 4 * x.bsh + 4 * x.bs + (0 if x.frozen else x.D * x.bsh)
+    return 4 * x.bsh + 4 * x.bs + (0 if x.frozen else x.R * x.bsh)
 
 
-def layer_norm_bytes(x: Dims) -> int:
-    """nn.LayerNorm: its input D·bsh plus mean and rstd 2t·bs (`native_layer_norm` saves them
-    whether or not weight and bias train)."""
-    return x.D * x.bsh + 2 * x.t * x.bs
+def layer_norm_bytes(x: Dims, stream: bool = True) -> int:
+    """nn.LayerNorm: its input plus mean and rstd (`native_layer_norm` saves them whether or not
+    weight and bias train): a stream tensor (R·bsh) or, `stream=False`, a matmul's output (D·bsh);
+    the statistics in fp32 on CUDA, in the input's dtype on CPU. CUDA autocast runs layer_norm in
+    fp32: an fp32 input (a copy of a 16-bit one) and fp32 statistics."""
+    if x.autocast_cuda:
+        return 4 * x.bsh + 8 * x.bs
+    size = x.R if stream else x.D
+    return size * x.bsh + 2 * (4 if x.cuda else size) * x.bs
 
 
 def attention_bytes(x: Dims, softmax_fp32: bool = False) -> int:
@@ -108,13 +136,21 @@ def attention_bytes(x: Dims, softmax_fp32: bool = False) -> int:
         scores, all fp32 (12·bs·a·d + 12·S), and ctx cast back to D.
     """
     qd, S = x.bs * x.a * x.d, x.b * x.a * x.s * x.s
+    inputs = x.I * x.bsh * x.attn_reads
     if x.core == "flash":
-        return x.D * x.bsh + x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.b * x.a * x.s
+        return inputs + x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.b * x.a * x.s
     if x.core == "math":
-        return x.D * x.bsh + 12 * qd + 12 * S + x.D * qd
-    probs = (4 + (x.D if x.D != 4 and not x.m_attn else 0)) if softmax_fp32 else x.D
+        return inputs + 12 * qd + 12 * S + x.D * qd
+    probs = (4 + (x.D if x.D != 4 and not x.m_attn else 0)) if fp32_softmax(x, softmax_fp32) else x.D
     dropped = x.m_attn + x.D if x.m_attn else 0
-    return x.D * x.bsh + 3 * x.D * qd + (probs + dropped) * S + x.D * qd
+    return inputs + 3 * x.D * qd + (probs + dropped) * S + x.D * qd
+
+
+def fp32_softmax(x: Dims, softmax_fp32: bool) -> bool:
+    """Whether eager attention's softmax runs in fp32 for 16-bit scores: the family says so
+    (Llama's `softmax(dtype=float32)`), or the additive mask, made in the stream's dtype, promotes
+    16-bit scores to fp32 (autocast over fp32 weights), or CUDA autocast runs softmax in fp32."""
+    return softmax_fp32 or (x.R == 4 != x.D) or x.autocast_cuda
 
 
 def first_layer_attention_discount(x: Dims, g: FirstLayer, softmax_fp32: bool = False) -> int:
@@ -132,7 +168,7 @@ def first_layer_attention_discount(x: Dims, g: FirstLayer, softmax_fp32: bool = 
     qd = x.bs * x.a * x.d
     if not (g.q or g.k or g.v):
         kept_ctx = x.D * qd if (g.o or x.core != "flash") else 0   # eager ctx: the adapter rule's
-        return attention_bytes(x, softmax_fp32) - x.D * x.bsh - kept_ctx
+        return attention_bytes(x, softmax_fp32) - x.I * x.bsh * x.attn_reads - kept_ctx
     if x.core == "flash":
         return 0
     copy = 4 * qd if x.core == "math" else x.D * qd
@@ -146,7 +182,7 @@ def _probs_for_v(x: Dims, softmax_fp32: bool) -> int:
     S = x.b * x.a * x.s * x.s
     if x.core == "math":
         return 4 * S
-    return x.D * S if x.m_attn or (softmax_fp32 and x.D != 4) else 0
+    return x.D * S if x.m_attn or (fp32_softmax(x, softmax_fp32) and x.D != 4) else 0
 
 
 def mlp_bytes(x: Dims, gated: bool) -> int:
@@ -155,9 +191,14 @@ def mlp_bytes(x: Dims, gated: bool) -> int:
     SwiGLU (Llama): the activation's saves (SiLU: the gate output), its output and the up
     output (both saved by `*`), their product (down_proj's input): (saves + 3)·D·bsi.
     GELU MLP (GPT-2, RoBERTa): the activation's saves and output (c_proj's / dense's input):
-    (saves + 1)·D·bsi, so 5·D·bsi for gelu_new and 2·D·bsi for exact GELU.
+    (saves + 1)·D·bsi, so 5·D·bsi for gelu_new and 2·D·bsi for exact GELU (M, not D, where the
+    linears return their input's dtype: bitsandbytes' 4-bit layers under autocast). Under CUDA autocast
+    `act_fp32` of the activation's saves are fp32 (gelu_new's `pow` runs in fp32), and the last
+    linear saves a D copy of its then-fp32 input.
     """
-    return x.D * x.bsh + (x.act_saves + (3 if gated else 1)) * x.D * x.bs * x.i
+    inputs = x.I * x.bsh * x.mlp_reads
+    return (inputs + (x.act_saves + (3 if gated else 1)) * x.M * x.bs * x.i
+            + x.act_fp32 * (4 - x.M) * x.bs * x.i)
 
 
 
@@ -174,31 +215,10 @@ def attention_grad_bytes(x: Dims, softmax_fp32: bool = False) -> int:
         return x.D * x.bs * x.d * (2 * x.a + 2 * x.k) + 4 * x.bs * x.a * x.d
     if x.core == "math":
         return 4 * S
-    return (4 + x.D) * S if softmax_fp32 else x.D * S
-
-
-# ---- the loss -------------------------------------------------------------------------------
-
-def logits_bytes(x: Dims, upcast: bool = True) -> int:
-    """Loss tensors alive at the forward's end, once the caller keeps only the loss.
-
-    Causal LMs (`ForCausalLMLoss`): `logits.float()`, then cross_entropy = log_softmax + nll.
-    log_softmax saves its fp32 output, 4bsV; nll the shifted labels (int64, 8bs). The logits
-    (D·bsV) and their fp32 copy (D ≠ 4) are saved by nothing and freed with the model output
-    (HF Trainer's `compute_loss` drops it; a loop that keeps `outputs` through backward holds
-    another D·bsV). A masked LM's `CrossEntropyLoss` (RoBERTa, BERT) does not upcast: D·bsV.
-    """
-    return 4 * x.bs * x.V + 8 * x.bs if upcast else x.D * x.bs * x.V
-
-
-def logits_backward_bytes(x: Dims, upcast: bool = True) -> int:
-    """At the start of backward, nll's gradient and log_softmax's input gradient, each the size
-    of the saved log-softmax, are alive with it: 2·4bsV (2·D·bsV without the upcast) over
-    `total`. This exceeds the forward's own peak at the loss (logits + fp32 copy + log-softmax)."""
-    return 2 * (4 if upcast else x.D) * x.bs * x.V
+    return (4 + x.D) * S if fp32_softmax(x, softmax_fp32) else x.D * S
 
 
 def mlp_grad_bytes(x: Dims, gated: bool) -> int:
     """Gradients alive in the MLP activation's backward, net of the released input of the last
     linear: SwiGLU and gelu_new (several saved inputs) 2·D·bsi, exact GELU D·bsi."""
-    return (2 if gated or x.act_saves > 1 else 1) * x.D * x.bs * x.i
+    return (2 if gated or x.act_saves > 1 else 1) * x.M * x.bs * x.i

@@ -31,13 +31,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
-from . import adapter_activations
-from .activation_blocks import Dims, FirstLayer, logits_backward_bytes, logits_bytes
+from . import adapter_activations, amp
+from .activation_blocks import Dims, FirstLayer
 from .adapter_activations import AdaptedLinear, AdapterDims
 from .bases import get_base
 from .dtypes import canonical_dtype, tensor_bytes
 from .families import Family
+from .loss import LossContext, chunk_rows, get_loss_impl
 from .models import ModelConfig
+from .offload import offloaded
 
 __all__ = ["ActivationBreakdown", "activation_memory", "ATTENTIONS", "CHECKPOINTING", "KERNELS",
            "ACTIVATION_SAVES"]
@@ -60,11 +62,20 @@ class ActivationBreakdown:
     recompute: with checkpointing, one layer's recomputed activations (adapters' included)
         alive during its backward; 0 otherwise.
     embeddings: saved before the first layer (rotary cos/sin, embedding dropout, ...).
-    head: the final norm's and the LM head's saved inputs.
-    logits: the loss's saved log-softmax and labels.
+    head: the final norm's and the LM head's saved inputs (and, under autocast, the head
+        weight's saved 16-bit cast).
+    logits: what the loss keeps at the forward's end (`planner.loss`): log-softmax and labels,
+        or a fused loss's input and weight gradients.
     lora: adapter extras held at the forward's end (rank-r intermediates, input copies).
-    total: alive at the end of the forward: layers + embeddings + head + logits + lora.
+    autocast_cache: autocast's weight casts no backward needs, held by its cache until the
+        forward's autocast region ends (biases; every layer's with checkpointing); 0 without.
+    total: alive at the end of the forward: layers + embeddings + head + logits + lora +
+        autocast_cache.
     peak_backward: activations plus gradient temporaries at the backward's peak.
+    peak_forward: at the loss's own forward peak (chunk logits, fp32 copies), before `logits`
+        is all that remains of it.
+    host: with activation offloading, the pinned host memory the offloaded tensors take (the
+        other fields are then what stays on the device); 0 without.
     source: "analytic" (the family record's rule) or "traced" (measured under FakeTensorMode for
         an architecture memfit has no record for: `planner.traced`).
     instants: measured activation bytes (with gradient temporaries) at the three moments of
@@ -80,13 +91,16 @@ class ActivationBreakdown:
     lora: int
     total: int
     peak_backward: int
+    autocast_cache: int = 0
+    peak_forward: int = 0
+    host: int = 0
     source: str = "analytic"
     instants: tuple[int, int, int] | None = None
 
     @property
     def peak(self) -> int:
         """Activation-side bytes at the step's peak, to add to weights, gradients and states."""
-        return max(self.total, self.peak_backward)
+        return max(self.total, self.peak_forward, self.peak_backward)
 
     def as_dict(self) -> dict[str, int]:
         return ({f.name: getattr(self, f.name) for f in fields(self)
@@ -128,8 +142,9 @@ def first_layer(family: Family, targets: tuple[str, ...] | None) -> FirstLayer:
 
 def layer_backward_bytes(x: Dims, family: Family, lora_saved: int = 0, lora_grads: int = 0) -> int:
     """One layer's saved tensors (adapters' included) plus its backward's gradient peak: the
-    family's candidate phases, with the layer output's gradient D·bsh alive throughout."""
-    return max(family.activation.backward_phases(x, lora_saved, lora_grads)) + x.D * x.bsh
+    family's candidate phases, with the layer output's gradient (the stream's dtype, R·bsh)
+    alive throughout."""
+    return max(family.activation.backward_phases(x, lora_saved, lora_grads)) + x.R * x.bsh
 
 
 # ---- the entry point ------------------------------------------------------------------------
@@ -139,6 +154,12 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
                       lora_rank: int | None = None, lora_dropout: float = 0.0,
                       lora_dtype: str | None = None, dropout: float | None = None,
                       kernels: str = "cuda", lora_targets: tuple[str, ...] | None = None,
+                      autocast: bool = False, stream_dtype: str | None = None,
+                      loss: str = "full", loss_impl: str | None = None,
+                      loss_chunks: int | None = None, loss_chunk_size: int | None = None,
+                      head_dtype: str | None = None, offload: bool = False,
+                      base_keeps_input_dtype: bool = False,
+                      quantized_linears: bool = False,
                       adapter_rule: Callable | None = None,
                       lora_ranks: Mapping[str, int] | None = None,
                       modules_to_save: tuple[str, ...] = (), base_quant: str = "none"
@@ -153,21 +174,43 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
     peft keeps fp32 adapters on a bf16 base unless `autocast_adapter_dtype=False`).
     dropout: one probability for every dropout (None: the config's, 0.1 for GPT-2 and
     RoBERTa). kernels: "cuda" (the planner's case) or "cpu" (dropout noise and LayerNorm stats
-    in D, SDPA's math fallback under attention dropout). adapter_rule: the method's rule
-    (`planner.adapter_activations`; default LoRA's); lora_ranks: a rank per module path
-    ("self_attn.q_proj": 32; WeLore's) instead of one. `lora_targets` may name the embedding or
-    the output layer (LoRA on them, peft's `lora.Embedding` / `lora.Linear`); modules_to_save:
-    modules trained in full (a trained output layer saves its input; a trained embedding makes
-    layer 0's input need a gradient). base_quant: the frozen base's format (`planner.bases`: an
-    LLM.int8 base keeps its linears' inputs).
+    in D, SDPA's math fallback under attention dropout).
+    autocast: the step runs under `torch.autocast(dtype)` with weights, and so the residual
+    stream, in `stream_dtype` (`planner.amp`). loss, loss_impl, loss_chunks, loss_chunk_size:
+    the loss's kind, implementation and chunking (`planner.loss`); head_dtype: the LM head
+    weight's dtype (default: the stream's), which a fused loss's weight gradient takes.
+    offload: torchtune's activation offloading (`planner.offload`; needs full checkpointing):
+    the fields are then what stays on the device, and `host` what went to pinned host memory.
+    base_keeps_input_dtype: the frozen base's linears return their input's dtype
+    (bitsandbytes' `Linear4bit`): under autocast over an fp32 stream the MLP's intermediates are
+    then fp32. quantized_linears: the block linears are Q-GaLore's INT8 layers, which under
+    autocast save their input as it arrives and have no weight of their own to cast.
+    adapter_rule: the method's rule (`planner.adapter_activations`; default LoRA's); lora_ranks:
+    a rank per module path ("self_attn.q_proj": 32; WeLore's) instead of one. `lora_targets`
+    may name the embedding or the output layer (LoRA on them, peft's `lora.Embedding` /
+    `lora.Linear`); modules_to_save: modules trained in full (a trained output layer saves its
+    input; a trained embedding makes layer 0's input need a gradient). base_quant: the frozen
+    base's format (`planner.bases`: an LLM.int8 base keeps its linears' inputs).
 
     `peak_backward` is the larger of two moments: the backward's start (`total` plus the loss
     gradients) and the last layer's backward (the stored layers plus that layer's saved or
-    recomputed tensors and gradient peak, the head and loss tensors released by then).
+    recomputed tensors and gradient peak, the head and loss tensors released by then);
+    `peak_forward` is the loss's own forward peak.
     Raises ValueError, saying what to change, for an input it cannot model. An architecture
     without a family record is traced instead (`planner.traced`, imported only then).
     """
     if model.family is None:
+        knobs = [name for name, on in (("autocast", autocast), ("a chunked or fused loss", loss != "full"),
+                                       ("activation offloading", offload),
+                                       ("an adapter method other than LoRA", adapter_rule not in (None, adapter_activations.lora)),
+                                       ("modules_to_save", bool(modules_to_save)),
+                                       ("a quantised base", base_quant != "none" or quantized_linears))
+                 if on]
+        if knobs:
+            raise ValueError(f"{model.name} ({model.model_type}) has no family record, so its activations "
+                             f"are traced for a plain LoRA or full fine-tuning step; {', '.join(knobs)} "
+                             "is modelled for the families with a record only: drop it, or plan a "
+                             "catalog model of a family memfit knows")
         from . import traced      # lazy: the one planner module that runs the profiler
         return traced.activation_memory(
             model, batch=batch, seq=seq, dtype=dtype, attention=attention,
@@ -175,31 +218,89 @@ def activation_memory(model: ModelConfig, *, batch: int, seq: int, dtype: str = 
             lora_dtype=lora_dtype, dropout=dropout, kernels=kernels, lora_targets=lora_targets)
     family = _family(model)
     _check(model, batch, seq, attention, checkpointing, kernels, lora_rank)
-    x = _dims(model, family, batch, seq, _compute_bytes(dtype, "dtype"), attention, kernels,
-              dropout, lora_rank is not None, checkpointing == "full")
-    rule = family.activation
-    lora_layer, lora_grads, discount, copies, outside, kept = 0, 0, 0, False, (0, 0), 0
+    D = _compute_bytes(dtype, "dtype")
+    R = _compute_bytes(stream_dtype, "stream_dtype") if stream_dtype else D
+    if R != D and not autocast:
+        raise ValueError("a residual stream in another dtype than the compute dtype needs autocast")
+    x = _dims(model, family, batch, seq, D, attention, kernels, dropout, lora_rank is not None,
+              checkpointing == "full", R, autocast, R if base_keeps_input_dtype else D,
+              quantized_linears)
+    rule, full = family.activation, checkpointing == "full"
+    lora_layer, lora_grads, discount, copies, casts = 0, 0, 0, False, amp.NO_CASTS
+    outside, kept = (0, 0), 0
+    first_dropped = 0       # layer 0's frozen casts that nothing keeps (their input needs no gradient)
     if lora_rank is not None:
-        lora_layer, lora_grads, discount, copies, outside, kept = _adapter_terms(
+        lora_layer, lora_grads, discount, copies, outside, kept, casts = _adapter_terms(
             x, model, family, lora_rank, lora_dropout, lora_dtype or dtype, dtype, kernels, lora_targets,
-            adapter_rule or adapter_activations.lora, lora_ranks, modules_to_save, base_quant)
-    per_layer, full = rule.layer(x), checkpointing == "full"
-    embeddings, head = rule.embeddings(x, full) + outside[0], rule.head(x) + outside[1]
-    logits = logits_bytes(x, rule.causal_loss_upcast)
-    top = layer_backward_bytes(x, family, lora_layer, lora_grads)    # the last layer in its backward
+            adapter_rule or adapter_activations.lora, lora_ranks, modules_to_save, base_quant,
+            autocast)
+        lora_layer += casts.layer_saved
+        if autocast and R != D:     # a frozen head outside D: cast afresh, kept for backward
+            casts = replace(casts, head_saved=amp.frozen_head_cast(model, D))
+            if not base_keeps_input_dtype:      # plain frozen linears outside D: the same
+                first = first_layer(family, lora_targets)
+                base, dropped = amp.frozen_base_casts(
+                    model, family, D, {"attn_in"} | (set() if first.attention else {"mlp_in"}))
+                lora_layer, first_dropped = lora_layer + base, dropped
+    elif autocast:
+        casts = amp.weight_casts(model, D, trained=True, block_linears=not quantized_linears)
+    loss_part = _loss(x, model, rule, autocast, loss, loss_impl, loss_chunks, loss_chunk_size,
+                      head_dtype or stream_dtype or dtype)
+    full_casts = 0 if lora_rank is not None else casts.layer_saved
+    per_layer = rule.layer(x) + full_casts
+    embeddings = rule.embeddings(x, full) + outside[0]
+    head, head_cached = rule.head(x) + casts.head_saved + outside[1], casts.head_cached
+    if loss_part.releases_head_input:       # the head's matmul ran inside the loss
+        head -= casts.head_saved + (0 if x.frozen else x.D * x.bsh)
+        # autocast caches casts of weights that require grad only: a frozen head's is transient
+        head_cached += casts.head_saved if loss_part.caches_head_cast and not x.frozen else 0
+    top = layer_backward_bytes(x, family, lora_layer, lora_grads) + full_casts   # the last layer in its backward
+    host = 0
+    if offload and not full:
+        raise ValueError("activation offloading is modelled as torchtune runs it, with activation "
+                         "checkpointing (its recipes require both): add --checkpointing full")
     if full:
-        layers = x.L * (x.D * x.bsh + kept) + rule.checkpoint_held(x)
+        layers = x.L * (x.R * x.bsh + kept) + rule.checkpoint_held(x)
         recompute, lora = per_layer + lora_layer, 0
-        shared = x.D * x.bsh if rule.input_saved_by_layer(x, copies) else 0
+        shared = x.R * x.bsh if rule.input_saved_by_layer(x, copies) else 0
         in_layers = layers + embeddings + top - shared
+        cache = x.L * (casts.layer_saved + casts.layer_cached) + head_cached
+        if offload:
+            kept = (0 if loss_part.releases_head_input else casts.head_saved) + (
+                0 if x.frozen or loss_part.releases_head_input else x.D * x.bsh)
+            moved = offloaded(x, head - kept, rule.head_norm_repeats(x), not x.frozen)
+            layers = rule.checkpoint_held(x) + moved.stash + moved.kept
+            head, host = kept, moved.host
+            in_layers = rule.checkpoint_held(x) + embeddings + x.R * x.bsh + top - shared
     else:
-        stacked = rule.stack(x) if rule.stack else x.L * per_layer
-        layers, recompute, lora = stacked - discount, 0, x.L * lora_layer
+        stacked = rule.stack(x) + x.L * full_casts if rule.stack else x.L * per_layer
+        layers, recompute = stacked - discount, 0
+        lora = x.L * lora_layer - casts.first_cached - first_dropped
         in_layers = layers - per_layer + embeddings + lora - lora_layer + top
-    total = layers + embeddings + head + logits + lora
-    start = total + logits_backward_bytes(x, rule.causal_loss_upcast)
-    return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, logits, lora,
-                               total, max(start, in_layers))
+        cache = x.L * casts.layer_cached + casts.first_cached + head_cached
+    total = layers + embeddings + head + loss_part.saved + lora + cache
+    start = total - cache + loss_part.backward - loss_part.saved
+    # the final norm's backward, the loss's tensors released (a fused loss leaves little behind)
+    head_back = total - cache - loss_part.saved + rule.head_backward(x)
+    return ActivationBreakdown(per_layer, layers, recompute, embeddings, head, loss_part.saved,
+                               lora, total, max(start, in_layers, head_back), cache,
+                               total - loss_part.saved + loss_part.forward, host)
+
+
+def _loss(x: Dims, model: ModelConfig, rule, autocast: bool, kind: str, impl_id, chunks,
+          chunk_size, head_dtype: str):
+    """The loss record's bytes for this step (`planner.loss`)."""
+    impl = get_loss_impl(kind, impl_id)
+    if impl.kind != "full" and not rule.causal_loss_upcast:
+        raise ValueError(f"{model.name} is not a causal LM: chunked and fused losses split a causal "
+                         "LM's output layer; use --loss full")
+    rows = chunk_rows(impl, x.b, x.s, x.V, x.h, chunks, chunk_size)
+    ctx = LossContext(upcast=rule.causal_loss_upcast and impl.explicit_upcast,
+                      autocast=autocast and impl.in_autocast,
+                      rows=rows, head_trains=not x.frozen,
+                      W=_compute_bytes(head_dtype, "head_dtype"), cuda=x.cuda,
+                      causal=rule.causal_loss_upcast, amp=autocast)
+    return impl.rule(x, ctx)
 
 
 def _family(model: ModelConfig) -> Family:
@@ -245,8 +346,10 @@ def _compute_bytes(dtype: str, name: str) -> int:
 
 
 def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, attention: str,
-          kernels: str, dropout: float | None, frozen: bool, checkpointing: bool) -> Dims:
-    """The symbols, with dropouts from `dropout` or the config and the attention kernel."""
+          kernels: str, dropout: float | None, frozen: bool, checkpointing: bool, R: int = 0,
+          autocast: bool = False, M: int = 0, as_is: bool = False) -> Dims:
+    """The symbols, with dropouts from `dropout` or the config and the attention kernel; under
+    autocast with an fp32 stream each trained linear saves its own copy of its input."""
     (hidden_key, hidden_default), (attn_key, attn_default) = family.dropout_fields
     if dropout is not None:
         p = _probability("dropout", dropout)
@@ -262,22 +365,36 @@ def _dims(model: ModelConfig, family: Family, batch: int, seq: int, D: int, atte
     mask = 1 if kernels == "cuda" else D
     core = "eager" if attention == "eager" else (
         "math" if kernels == "cpu" and p_attn > 0 else "flash")
+    R = R or D
+    cuda, copies = kernels == "cuda", R != D and not frozen and not as_is
+    reads = (lambda key: amp.linear_reads(family, key)) if copies else (lambda key: 1)
     return Dims(batch, seq, model.hidden_size, model.intermediate_size,
                 model.num_heads, model.num_kv_heads, model.head_dim, model.vocab_size,
-                model.num_layers, D, 4 if kernels == "cuda" else D,
+                model.num_layers, D, 4 if cuda else D,
                 mask if p_hidden > 0 else 0, mask if p_attn > 0 else 0, core,
                 ACTIVATION_SAVES[act], frozen,
-                bool(model.hf_config.get("use_cache", True)) and not checkpointing, attention,
-                tuple(sorted(family.block_options(model.hf_config).items())), model.hf_config,
-                family.routing(model.hf_config))
+                bool(model.hf_config.get("use_cache", True)) and not checkpointing,
+                attention=attention, options=tuple(sorted(family.block_options(model.hf_config).items())),
+                config=model.hf_config, routing=family.routing(model.hf_config),
+                R=R, attn_reads=reads("attn_in"), mlp_reads=reads("mlp_in"),
+                m_stream=((1 if cuda else R) if p_hidden > 0 else 0), cuda=cuda,
+                autocast_cuda=autocast and cuda,
+                act_fp32=amp.CUDA_AUTOCAST_FP32_SAVES.get(act, 0) if autocast and cuda else 0, M=M,
+                I=R if as_is else D)
 
 
 def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropout: float,
                    lora_dtype: str, x_dtype: str, kernels: str, targets, rule: Callable, ranks, saved,
-                   base_quant: str) -> tuple[int, int, int, bool, tuple[int, int], int]:
+                   base_quant: str, autocast: bool = False
+                   ) -> tuple[int, int, int, bool, tuple[int, int], int, amp.Casts]:
     """(adapter extras per layer, their backward gradients, layer 0's frozen-input saving,
     whether the adapters copy their inputs, (extras before the stack, extras at the head),
-    what each layer keeps through a checkpoint)."""
+    what each layer keeps through a checkpoint, autocast's casts of the adapters).
+
+    Under autocast, adapters not in D are cast to D (`planner.amp`): A and B save D tensors (the
+    D copy of A's input, A's output) and hold D casts of their weights; the dropout mask stays in
+    the adapters' dtype; in backward A's input gradient (D) and its image through the cast
+    (the adapters' dtype) are alive."""
     lora_d = _compute_bytes(lora_dtype, "lora_dtype")
     cast = canonical_dtype(lora_dtype) != canonical_dtype(x_dtype)
     p = _probability("lora_dropout", dropout)
@@ -295,15 +412,20 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
     norms_per_layer, norms_outside = _norm_modules(model)
     base = get_base(base_quant)
     trained_norm = (rule_layer_norm_bytes(x, family) // norms_per_layer) if norms_per_layer else 0
+    cast_d = autocast and lora_d != x.D     # autocast casts the adapters to D
     a = AdapterDims(tuple(linears), tuple({(l.key, l.n) for l in adapted_linears(model)}),
-                    lora_d, lora_m, cast, frozen, base.keeps_inputs, base.weight is not None,
-                    trained_norm, norms_per_layer, norms_outside,
-                    family.activation.ctx_kept(x) if family.activation.ctx_kept else x.core == "flash")
+                    x.D if cast_d else lora_d, lora_m, cast or cast_d, frozen, base.keeps_inputs,
+                    base.weight is not None, trained_norm, norms_per_layer, norms_outside,
+                    family.activation.ctx_kept(x) if family.activation.ctx_kept else x.core == "flash",
+                    lora_d if cast_d else 0)
     terms = rule(x, a)
     discount = terms.first + (0 if embeddings_train else family.activation.frozen_first_layer(x, first))
     before, head = _outer_bytes(x, outer, rank, lora_d, lora_m, cast)
-    return (terms.layer + param_saved, max(terms.grads, param_grads), discount, terms.copies,
-            (before, head + terms.outside), terms.kept)
+    casts = (amp.weight_casts(model, x.D, trained=False,
+                              adapters=_adapter_elements(model, family, rank, targets, first))
+             if cast_d else amp.NO_CASTS)
+    return (terms.layer + param_saved, max(terms.grads, param_grads), discount, terms.copies or cast_d,
+            (before, head + terms.outside), terms.kept, casts)
 
 
 def rule_layer_norm_bytes(x: Dims, family: Family) -> int:
@@ -348,3 +470,20 @@ def _outer_bytes(x: Dims, outer: dict[str, list[str]], rank: int, d: int, mask: 
             head += d * x.bs * rank + (x.D * x.bsh if not cast and not mask else (d + mask) * x.bsh)
     head += sum(x.D * x.bsh for role in outer["saved"] if role == "lm_head")
     return before, head
+
+
+def _adapter_elements(model: ModelConfig, family: Family, rank: int, targets,
+                      first: FirstLayer) -> list[tuple[int, int, bool]]:
+    """Per adapted linear of a layer: (A elements r·in, B elements out·r, whether A's input needs
+    no gradient in layer 0: the attention input, and the MLP input when no attention adapter)."""
+    frozen_inputs = {"attn_in"} | (set() if first.attention else {"mlp_in"})
+    out = []
+    for p in model.params:
+        if p.role != "block_linear" or p.layer != 0:
+            continue
+        if targets is not None and p.module.rpartition(".")[2] not in targets:
+            continue
+        n_in = family.in_features(p.shape)
+        n_out = p.numel // n_in
+        out.append((rank * n_in, n_out * rank, family.linear_inputs.get(p.module) in frozen_inputs))
+    return out

@@ -49,6 +49,8 @@ class AdapterDims:
     norms: norm modules per layer; outside_norms: norm modules outside the stack.
     ctx_kept: the attention kernel itself saves o_proj's input (SDPA-flash's output is it), so
         a frozen o_proj releases nothing (the family record's `ctx_kept`; default: flash core).
+    autocast_d: under autocast, the adapters' own bytes per element when autocast casts them to
+        D (`d` is then D and `cast` True); 0 otherwise.
     """
     linears: tuple[AdaptedLinear, ...]
     inputs: tuple[tuple[str, int], ...]
@@ -62,6 +64,7 @@ class AdapterDims:
     norms: int = 0
     outside_norms: int = 0
     ctx_kept: bool = True
+    autocast_d: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ def lora_saved_bytes(x: Dims, a: AdapterDims, d: int, mask: int, cast: bool,
     copies = reads_input and (cast or mask > 0)
     if copies:
         extra += sum((d + mask) * x.bs * lin.n for lin in a.linears)
-    return extra - sum(x.D * x.bs * n for _, n in _released(x, a, cast, mask, reads_input))
+    # a released input is in D, but the MLP activation's in M (a 4-bit base under autocast)
+    return extra - sum((x.M if key == "mlp_act" else x.D) * x.bs * n
+                       for key, n in _released(x, a, cast, mask, reads_input))
 
 
 def _released(x: Dims, a: AdapterDims, cast: bool, mask: int, reads_input: bool = True
@@ -114,7 +119,11 @@ def lora_grad_bytes(x: Dims, a: AdapterDims, d: int, mask: int, cast: bool) -> i
     """An adapter that copies its input (cast or dropout) holds, in backward, the gradient of
     A's input in d and its image through dropout (d) or the cast (D), for the widest input (the
     MLP's last linear, first in backward): (d + d or D)·bs·n."""
-    if (not cast and not mask) or not a.linears:
+    if not a.linears:
+        return 0
+    if a.autocast_d:        # A's input gradient in D and its image through the cast
+        return (x.D + a.autocast_d) * x.bs * max(lin.n for lin in a.linears)
+    if not cast and not mask:
         return 0
     return (d + (d if mask else x.D)) * x.bs * max(lin.n for lin in a.linears)
 

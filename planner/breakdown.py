@@ -92,6 +92,7 @@ class MemoryBreakdown:
     outside_activations: int = 0
     parallel: object | None = None       # planner.per_device.EngineStep for more than one device
     engine_at_peak: dict = field(default_factory=dict)   # the engine's bytes at the peak, by name
+    activation_host_bytes: int = 0       # pinned host memory of offloaded activations
 
     @property
     def devices(self) -> int:
@@ -99,8 +100,15 @@ class MemoryBreakdown:
 
     @property
     def host_bytes(self) -> int:
-        """Pinned host memory per device that offload needs (0 without offload)."""
-        return sum(self.parallel.host.values()) if self.parallel else 0
+        """Pinned host memory per device: what the engine offloads (optimizer states, parameters)
+        and offloaded activations (0 without offload)."""
+        return (sum(self.parallel.host.values()) if self.parallel else 0) + self.activation_host_bytes
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on, per device: micro-batch x sequence x accumulation."""
+        s = self.spec
+        return (s.batch or 1) * (s.seq or 1) * (s.grad_accum or 1)
 
     @property
     def peak_bytes(self) -> int:
@@ -155,6 +163,7 @@ class MemoryBreakdown:
                 "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
                 **self._device_record(),
                 "phases": dict(self.phases), "sizes": self.sizes.as_dict(),
+                "tokens_per_step": self.tokens_per_step, "host_bytes": self.host_bytes,
                 "overhead_calibrated": bool(self.overhead and self.overhead.calibrated),
                 "overhead_source": self.overhead.source if self.overhead else None,
                 "gpu": self.gpu.name if self.gpu else None,
@@ -180,14 +189,16 @@ class MemoryBreakdown:
         """peak_allocated_bytes: torch.cuda.max_memory_allocated (tensors, cuBLAS workspace, block
         rounding); peak_reserved_bytes: max_memory_reserved on a device with room to spare;
         required_reserved_bytes: the reserved memory the step cannot do without; context_bytes:
-        the CUDA context outside the allocator; device_bytes: reserved + context, what nvidia-smi
-        shows on a device with room. peak_bytes is required + context."""
+        the CUDA context outside the allocator; paged_bytes: bitsandbytes' paged optimizer states
+        in CUDA unified memory, outside the allocator (inside optimizer_states); device_bytes:
+        reserved + context + paged, what nvidia-smi shows on a device with room. peak_bytes is
+        required + context + paged."""
         d = self.device
         if d is None:
             return {"peak_allocated_bytes": self.peak_bytes - self.components.overhead}
         return {"peak_allocated_bytes": d.allocated, "peak_reserved_bytes": d.reserved,
                 "required_reserved_bytes": d.required, "context_bytes": d.context,
-                "device_bytes": d.total}
+                "paged_bytes": d.paged, "device_bytes": d.total}
 
     def to_row(self) -> dict:
         """One flat CSV row: every spec field, every component, the peak and the fit."""

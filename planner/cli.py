@@ -9,6 +9,7 @@ from pathlib import Path
 from .breakdown import COMPONENT_COLUMNS, COMPONENTS
 from .device_count import devices_text
 from .format import human_bytes, render
+from .loss import LOSS_IMPLS
 from .spec import (ATTENTIONS, BASE_QUANTS, CHECKPOINTING, IMPLS, LORA_INITS, LOSSES, OFFLOADS,
                    PRECISIONS, SHARDINGS, TrainingSpec)
 
@@ -59,12 +60,19 @@ SPEC_FLAGS = [
                                       help="peft's init_lora_weights (no memory effect)")),
     ("--rank-reduction", "rank_reduction", dict(type=float, help="welore: fraction of each target's "
                                                 "ranks pruned (default 0.5, the reference's --model_rank 50)")),
-    ("--loss", "loss", dict(choices=list(LOSSES), help="full, chunked (torchtune) or fused (Liger, Cut-CE)")),
-    ("--loss-chunks", "loss_chunks", dict(type=int)),
+    ("--loss", "loss", dict(choices=list(LOSSES), help="full (transformers), chunked (torchtune, LitGPT) "
+                                                       "or fused (Liger, Unsloth)")),
+    ("--loss-impl", "loss_impl", dict(choices=list(LOSS_IMPLS), help="the code the loss models "
+                                                                    "(default: hf, torchtune, liger per kind)")),
+    ("--loss-chunks", "loss_chunks", dict(type=int, help="torchtune's num_output_chunks (default 8)")),
+    ("--loss-chunk-size", "loss_chunk_size", dict(type=int, help="rows per chunk of LitGPT's loss (default 128)")),
     ("--grad-accum", "grad_accum", dict(type=int, help="gradient accumulation steps (default 1)")),
     ("--paged", "paged", dict(action="store_true", default=None, help="bitsandbytes paged optimizer states")),
     ("--activation-offload", "activation_offload", dict(action="store_true", default=None,
                                                         help="activation offloading to CPU (torchtune style)")),
+    ("--per-param-optimizer", "per_param_optimizer", dict(action="store_true", default=None,
+                                                          help="one optimizer per parameter (torchtune's "
+                                                               "optimizer_in_bwd; with --layerwise)")),
     ("--stack", "stack", dict(help="hf, torchtune, litgpt, axolotl, llamafactory or unsloth defaults")),
     ("--devices", "devices", dict(type=int, default=1)),
     ("--sharding", "sharding", dict(default="none", choices=list(SHARDINGS))),
@@ -138,9 +146,14 @@ def _estimate(args) -> str:
                                         + f": headroom {human_bytes(b.headroom_bytes)}"]
     if b.device:
         d = b.device
+        paged = (f", bitsandbytes paged states {human_bytes(d.paged)} (unified memory, outside the "
+                 "allocator)") if d.paged else ""
         verdict.append(f"device: allocated {human_bytes(d.allocated)}, reserved {human_bytes(d.reserved)} "
                        f"(needs {human_bytes(d.required)} when memory is short), CUDA context "
-                       f"{human_bytes(d.context)}; nvidia-smi on a device with room: {human_bytes(d.total)}")
+                       f"{human_bytes(d.context)}{paged}; nvidia-smi on a device with room: {human_bytes(d.total)}")
+    if b.host_bytes:
+        verdict.append(f"pinned host memory of offloaded activations: {human_bytes(b.host_bytes)}")
+    verdict.append(f"tokens per optimizer step: {b.tokens_per_step:,}")
     verdict.append("phases: " + ", ".join(f"{k} {human_bytes(v)}" + (" (peak)" if k == b.peak_phase else "")
                                           for k, v in b.phases.items()))
     verdict.append(f"overhead: {b.overhead.source}")

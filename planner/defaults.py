@@ -20,8 +20,9 @@ __all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
 #: spec fields whose None is filled here (rank, gap, scale and proj_type come from the method
 #: record in `planner.resolve`)
 DEFAULTED_FIELDS = ("precision", "checkpointing", "attention", "lora_targets", "lora_dropout",
-                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_chunks", "batch", "seq",
-                    "grad_accum", "layerwise", "paged", "activation_offload", "double_quant")
+                    "adapter_dtype", "base_quant", "kbit_upcast", "loss", "loss_impl", "loss_chunks",
+                    "loss_chunk_size", "batch", "seq", "grad_accum", "layerwise", "paged",
+                    "activation_offload", "per_param_optimizer", "double_quant")
 
 #: torchtune's `CEWithChunkedOutputLoss` default (torchtune/modules/loss/ce_chunked_output_loss.py)
 DEFAULT_LOSS_CHUNKS = 8
@@ -93,13 +94,35 @@ def _rules(spec: dict, method: Method, family: Family | None, gpu) -> list[tuple
         ("lora_dropout", lambda s: 0.0 if dropout else None, "peft's default lora_dropout"),
         ("adapter_dtype", lambda s: None, ""),      # resolved against the base dtype in resolve
         ("loss", lambda s: "full", "transformers' loss: the whole fp32-upcast logits"),
-        ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if s["loss"] == "chunked" else None,
+        ("loss_impl", lambda s: _loss_impl(s["loss"]), ""),      # named in the loss line
+        ("loss_chunks", lambda s: DEFAULT_LOSS_CHUNKS if _chunking(s) == "count" else None,
          "torchtune's num_output_chunks"),
+        ("loss_chunk_size", lambda s: _chunk_size(s), "the loss code's own chunk size"),
         ("batch", lambda s: 1, ""), ("seq", lambda s: 512, ""),     # stated in the shape line
         ("grad_accum", lambda s: 1, ""), ("layerwise", lambda s: False, ""),
         ("paged", lambda s: False, ""), ("activation_offload", lambda s: False, ""),
+        ("per_param_optimizer", lambda s: False, ""),
         ("double_quant", lambda s: True if not adapters or method.takes("double_quant") else None, ""),
     ]
+
+
+def _loss_impl(kind: str | None) -> str | None:
+    from .loss import DEFAULT_IMPL
+    return DEFAULT_IMPL.get(kind)
+
+
+def _chunk_size(s: dict) -> int | None:
+    """A token-chunked loss's own rows per chunk (LitGPT 128, TRL 256: `planner.loss`)."""
+    from .loss import LOSS_IMPLS
+    impl = LOSS_IMPLS.get(s["loss_impl"] or _loss_impl(s["loss"]) or "")
+    return impl.default_chunk_size if impl and impl.chunking == "tokens" else None
+
+
+def _chunking(s: dict) -> str:
+    """How the chosen loss implementation chunks ("none" for an unknown one: resolve says why)."""
+    from .loss import LOSS_IMPLS
+    impl = LOSS_IMPLS.get(s["loss_impl"] or _loss_impl(s["loss"]) or "")
+    return impl.chunking if impl else "none"
 
 
 def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None) -> Filled:

@@ -19,6 +19,9 @@ the activation bytes and the gradients and temporaries of every phase (`planner.
   largest linear is also where each matmul's dequantised weight (`dequantize_4bit`, bf16) lives;
 * W, one layer's saved bytes (`ActivationBreakdown.per_layer` plus its adapters' extras), for the
   working-memory term.
+
+bitsandbytes' paged optimizer states (`planner.paged`) are not the allocator's: they are left out
+of the workload (never rounded into its segments) and added to the device memory apart.
 """
 from __future__ import annotations
 
@@ -47,31 +50,37 @@ class DeviceMemory:
     allocated: `torch.cuda.max_memory_allocated` (tensors in rounded blocks, cuBLAS workspace
     included); reserved: `max_memory_reserved` on a device with room to spare; required: the
     reserved memory the step cannot do without (the allocator frees whole cached segments before
-    it reports out of memory); context: the CUDA context and other memory outside the allocator.
+    it reports out of memory); context: the CUDA context and other memory outside the allocator;
+    paged: bitsandbytes' paged optimizer states in CUDA unified memory (outside the allocator,
+    resident while there is room).
     """
     allocated: int
     reserved: int
     required: int
     context: int
     workspace: int
+    paged: int = 0
 
     @property
     def total(self) -> int:
-        """What nvidia-smi shows for the process on a device with room: reserved + context."""
-        return self.reserved + self.context
+        """What nvidia-smi shows for the process on a device with room: reserved + context +
+        paged states."""
+        return self.reserved + self.context + self.paged
 
     @property
     def needed(self) -> int:
-        """The device memory the step needs to run: required + context."""
-        return self.required + self.context
+        """The device memory the step needs to run: required + context + paged states."""
+        return self.required + self.context + self.paged
 
 
-def _pieces(rows) -> tuple[list[Piece], list[Piece]]:
-    """(persistent pieces, gradient pieces) of the rows: one group of equal tensors per row."""
+def _pieces(rows, paged=lambda row: 0) -> tuple[list[Piece], list[Piece]]:
+    """(persistent pieces, gradient pieces) of the rows: one group of equal tensors per row; a
+    row's paged state bytes (`paged(row)`, per instance) are not the allocator's."""
     persistent, grads = [], []
     for row in rows:
         m, n = row.memory, row.count
-        persistent += [Piece(size * n, size) for size in (m.weights, m.adapters, m.optimizer_states,
+        states = m.optimizer_states - paged(row)
+        persistent += [Piece(size * n, size) for size in (m.weights, m.adapters, states,
                                                           m.projection) if size]
         if m.gradients:
             grads.append(Piece(m.gradients * n, m.gradients))
@@ -111,7 +120,8 @@ def training_workload(r, rows, act, phases: dict[str, tuple[int, int, int]], wor
     hidden = max(tensor_bytes(1, r.activations) * spec.batch * spec.seq * m.hidden_size, 1)
     a, g, t = phases[worst]
     high_p = max(phases.values(), key=lambda v: v[1] + v[2])
-    persistent, exact = _pieces(rows)
+    from .paged import paged_row_bytes
+    persistent, exact = _pieces(rows, lambda row: paged_row_bytes(row, r))
     if workspace:
         persistent.append(Piece.of(workspace))
     classes = (
@@ -133,8 +143,9 @@ def device_memory(r, rows, act, phases: dict[str, tuple[int, int, int]], worst: 
     the persistent rows): the planner's tensor bytes, plus what the allocator holds on top of
     them, block rounding and the cuBLAS workspace (in `allocated`) and cached segments
     (`reserved` - `allocated`)."""
+    from .paged import paged_bytes
     settings = settings or AllocatorSettings.parse(getattr(r.spec, "alloc_conf", None))
     workload = training_workload(r, rows, act, phases, worst, overhead.workspace_bytes, engine)
     peak: AllocatorPeak = reserved_peak(workload, settings, overhead.working_set)
     return DeviceMemory(peak.allocated, peak.reserved, peak.required, overhead.context_bytes,
-                        overhead.workspace_bytes)
+                        overhead.workspace_bytes, paged_bytes(rows, r))

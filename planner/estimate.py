@@ -6,6 +6,7 @@ import re
 from dataclasses import replace
 
 from .breakdown import Components, MemoryBreakdown, Row
+from .amp import scaler_rows
 from .dtypes import tensor_bytes
 from .gpus import get_gpu
 from .overhead import overhead_for
@@ -91,7 +92,9 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda", engine_options: dict 
     else:
         rows = [Row(t, p.shape, p.role, layers, param_memory(p, r)) for t, p, layers in param_groups(r.model)]
         rows += r.method.shared(r, rows)
-    if r.spec.layerwise:
+    rows += scaler_rows(r)
+    if r.spec.layerwise and r.spec.grad_accum == 1:
+        # with accumulation every gradient stays until the last micro-batch's backward
         rows = _layerwise(rows, r)
     sizes = _components(rows)
     overhead = overhead_for(gpu)
@@ -104,4 +107,5 @@ def estimate(spec: TrainingSpec, *, kernels: str = "cuda", engine_options: dict 
                            device=peak.device, activation_detail=peak.detail,
                            layer_activations=peak.layer_activations,
                            outside_activations=peak.outside_activations, parallel=engine,
-                           engine_at_peak=peak.engine)
+                           engine_at_peak=peak.engine,
+                           activation_host_bytes=peak.detail.host if peak.detail else 0)

@@ -1,12 +1,16 @@
 """The peak of a training step: the maximum over its phases, not a blind sum.
 
 Phases (all hold the persistent part P = weights + optimizer states + projections + adapters):
-- forward/backward, at three instants of the backward pass (L layers, activations A per layer as
-  stored, gradients G per layer, G_out for parameters outside the stack):
+- forward/backward, at the loss's own forward peak and three instants of the backward pass (L
+  layers, activations A per layer as stored, gradients G per layer, G_out for parameters outside
+  the stack):
+    loss:   P + the activations' forward peak at the loss (chunk logits, fp32 copies)
     start:  P + the activations' backward peak                  (the loss's backward, no gradient yet)
     top:    P + L·A + embeddings + recompute + G_head + G_layer         (head done, top layer's grads)
     end:    P + A + embeddings + recompute + all gradients              (activations nearly all freed)
   Each is a linear function of the layer index in between, so the maximum is at one of them.
+  With gradient accumulation every gradient is alive at each instant from the second micro-batch
+  on (new gradients add into them in place).
 - optimizer step: P + all gradients + the step's temporaries.
 - projection refresh (projected methods): P + all gradients + one matrix's SVD / selection workspace.
 With layer-wise updates a parameter steps inside backward as soon as its gradient is complete:
@@ -25,6 +29,7 @@ from .breakdown import Components, Row
 from .device_memory import DeviceMemory, device_memory
 from .dtypes import tensor_bytes
 from .overhead import Overhead
+from .paged import step_temporaries
 from .resolve import Resolved
 
 __all__ = ["PhasePeak", "phase_peaks", "layer_activations", "PHASES"]
@@ -47,9 +52,18 @@ class PhasePeak:
 
 def _activations(r: Resolved, kernels: str):
     spec = r.spec
+    adapters = r.method.kind == "adapter"
+    head = r.frozen if adapters else r.weights
     return activation_memory(r.model, batch=spec.batch, seq=spec.seq, dtype=r.activations,
                              attention=spec.attention, checkpointing=spec.checkpointing,
-                             kernels=kernels, **_adapter_activation_options(r))
+                             kernels=kernels, autocast=r.precision.autocast, stream_dtype=r.stream,
+                             loss=spec.loss, loss_impl=spec.loss_impl, loss_chunks=spec.loss_chunks,
+                             loss_chunk_size=spec.loss_chunk_size,
+                             head_dtype=head if head in ("fp32", "bf16", "fp16") else None,
+                             offload=bool(spec.activation_offload),
+                             base_keeps_input_dtype=adapters and spec.base_quant == "nf4",
+                             quantized_linears=r.method.quantized_weights is not None,
+                             **_adapter_activation_options(r))
 
 
 def _adapter_activation_options(r: Resolved) -> dict:
@@ -70,14 +84,17 @@ def layer_activations(act: ActivationBreakdown, r: Resolved) -> tuple[tuple[int,
 
     Without checkpointing a layer holds its saved tensors (`per_layer`) and its adapters' extras
     (`lora` / L); layer 0 holds less by what a frozen input spares it (L·per_layer − layers, LoRA
-    only). With full checkpointing a layer holds its input, b·s·h in the activation dtype; what
-    every checkpoint shares (an eager causal mask, position ids) is made before the stack. Outside
-    the layers: the embeddings' saved tensors, the head's inputs, the logits (and those shared
-    tensors). The parts sum to `act.total`.
+    only). With full checkpointing a layer holds its input, b·s·h in the residual stream's dtype;
+    what every checkpoint shares (an eager causal mask, position ids) is made before the stack.
+    Outside the layers: the embeddings' saved tensors, the head's inputs, the logits (and those
+    shared tensors, autocast's cached weight casts). With activation offloading the layers hold
+    nothing on the device. The parts sum to `act.total`.
     """
     layers = r.model.num_layers
-    if r.spec.checkpointing == "full":
-        held = [tensor_bytes(r.spec.batch * r.spec.seq * r.model.hidden_size, r.activations)] * layers
+    if r.spec.activation_offload:
+        held = [0] * layers
+    elif r.spec.checkpointing == "full":
+        held = [tensor_bytes(r.spec.batch * r.spec.seq * r.model.hidden_size, r.stream)] * layers
     else:
         held = [act.per_layer + act.lora // layers] * layers
         held[0] -= layers * act.per_layer - act.layers
@@ -107,27 +124,32 @@ def _tied_transient(rows: list[Row], r: Resolved) -> int:
     return 2 * word.memory.gradients if word else 0
 
 
-def _backward_instants(act, grads: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
+def _backward_instants(act, grads: tuple[int, int, int], layers: int,
+                       accumulated: int = 0) -> list[tuple[int, int]]:
     """(activation bytes, gradient bytes) alive at the start, top and end of backward (a traced
-    model's activations at those moments are measured: `act.instants`)."""
+    model's activations at those moments are measured: `act.instants`). `accumulated`:
+    gradients already held from earlier micro-batches (gradient accumulation: all of them from
+    the second micro-batch on); the new gradients then add into them in place (AccumulateGrad),
+    so the top instant holds the head's and top layer's new ones beside them and the end
+    instant no more than all of them."""
     total, layer, head = grads
     if act.instants is not None:
         start, top, end = act.instants
-        return [(start, 0), (top, head + layer), (end, total)]
+        return [(start, accumulated), (top, accumulated + head + layer), (end, max(total, accumulated))]
     stored_one = act.layers // max(layers, 1)
-    held = act.total - act.logits - act.head          # the stack and embeddings, head done
-    return [(act.peak_backward, 0),                   # the loss's backward: no gradient formed yet
-            (held + act.recompute, head + layer),
-            (act.embeddings + stored_one + act.recompute, total)]
+    held = act.total - act.logits - act.head - act.autocast_cache   # the stack, head done
+    return [(act.peak_backward, accumulated),          # the loss's backward: no new gradient yet
+            (held + act.recompute, accumulated + head + layer),
+            (act.embeddings + stored_one + act.recompute, max(total, accumulated))]
 
 
-def _timed(r: Resolved, act, grads, engine) -> list[tuple[int, int, dict[str, int]]]:
+def _timed(r: Resolved, act, grads, engine, accumulated: int = 0) -> list[tuple[int, int, dict[str, int]]]:
     """(activations, gradients, engine bytes by name) at each instant of forward and backward:
     the three backward instants, plus what a data-parallel engine holds at each
     (`planner.per_device`, which adds the forward's end)."""
     tied = r.model.tie_word_embeddings
     bwd = _gradient_split(engine.backward_rows, tied) if engine and engine.backward_rows else grads
-    instants = _backward_instants(act, bwd, r.model.num_layers)
+    instants = _backward_instants(act, bwd, r.model.num_layers, accumulated)
     return engine.instants(r, act, instants, grads[0]) if engine else [(a, g, {}) for a, g in instants]
 
 
@@ -152,13 +174,16 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     one device's."""
     act = _activations(r, kernels)
     grads = _gradient_split(rows, r.model.tie_word_embeddings)
-    temps = engine.temporaries if engine else r.method.temporaries(r)
+    temps = engine.temporaries if engine else step_temporaries(r)
     refresh = r.method.refresh(r) if r.method.refresh else 0
-    timed = _timed(r, act, grads, engine)
+    accumulated = grads[0] if r.spec.grad_accum > 1 else 0
+    timed = _timed(r, act, grads, engine, accumulated)
+    if act.peak_forward:          # the loss's own forward peak (chunk logits, fp32 copies)
+        timed.insert(0, (act.peak_forward, accumulated, {}))
     # the end of backward (the last instant) also holds a tied embedding's transient gradients
     transient = [0] * (len(timed) - 1) + [_tied_transient(rows, r)]
     # a method's forward temporaries (DoRA's weight norm) are instants of their own
-    forward = _forward_transients(r, act, _backward_instants(act, grads, r.model.num_layers))
+    forward = _forward_transients(r, act, _backward_instants(act, grads, r.model.num_layers, accumulated))
     timed += [(fa, fg, {}) for fa, fg, _ in forward]
     transient += [ft for _, _, ft in forward]
     worst_at = max(range(len(timed)), key=lambda i: sum(timed[i][:2]) + sum(timed[i][2].values())

@@ -115,7 +115,7 @@ def _resolve_model(r: Reading, config: str | None, base_dir: Path) -> tuple[str,
 
 
 def _check_positive(fields: dict) -> None:
-    for name in ("batch", "seq", "grad_accum", "rank", "devices", "loss_chunks"):
+    for name in ("batch", "seq", "grad_accum", "rank", "devices", "loss_chunks", "loss_chunk_size"):
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive whole number, got {value!r}")

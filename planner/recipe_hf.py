@@ -109,9 +109,12 @@ def read_hf(r: Reading) -> list[str]:
                          "use_liger_kernel (trl/trainer/sft_trainer.py)")
     if liger:
         r.set("loss", "fused", "use_liger_kernel: true (Liger's fused linear cross-entropy)")
+        r.set("loss_impl", "liger", "use_liger_kernel: true")
         r.not_modelled.append("use_liger_kernel: Liger's RMSNorm/SwiGLU/RoPE kernels")
     elif loss_type is not None:
         r.set("loss", _TRL_LOSS[loss_type], f"loss_type: {loss_type}")
+        if loss_type == "chunked_nll":
+            r.set("loss_impl", "trl", "loss_type: chunked_nll (TRL's checkpointed 256-token chunks)")
     elif not sft:
         r.set("loss", "full", "TrainingArguments: transformers' ForCausalLMLoss (fp32-upcast logits)")
     if r.has("activation_offloading"):

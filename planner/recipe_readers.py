@@ -196,6 +196,9 @@ def _axo_loss(r: Reading) -> None:
     plugins = [str(p) for p in (r.get("plugins") or [])]
     if any("CutCrossEntropyPlugin" in p for p in plugins) and r.get("cut_cross_entropy", True) is not False:
         r.set("loss", "fused", "plugins: CutCrossEntropyPlugin (cut_cross_entropy)")
+        r.not_modelled.append("CutCrossEntropyPlugin: sized as Liger's fused loss; Cut-Cross-Entropy keeps "
+                              "only the log-sum-exp (no gradients) at the forward's end and recomputes the "
+                              "logits' blocks in backward")
     if r.has("liger_fused_linear_cross_entropy") and as_bool(r.get("liger_fused_linear_cross_entropy"),
                                                              "liger_fused_linear_cross_entropy"):
         r.set("loss", "fused", "liger_fused_linear_cross_entropy: true")

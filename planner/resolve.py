@@ -61,6 +61,19 @@ class Resolved:
     def reference(self) -> bool:
         return self.spec.impl == "reference"
 
+    @property
+    def stream(self) -> str:
+        """The residual stream's dtype: the embeddings' (the trained weights', or an adapter
+        method's frozen base), which autocast leaves alone; the compute dtype otherwise."""
+        if not self.precision.autocast:
+            return self.activations
+        return self.frozen if self.method.kind == "adapter" else self.weights
+
+    @property
+    def bnb_state(self) -> bool:
+        """The optimizer is bitsandbytes' (a Python-int step): the method's own, or a paged one."""
+        return self.method.bnb_state or bool(self.spec.paged)
+
     def adapts(self, p: Param) -> bool:
         """Whether an adapter sits on this parameter: a block linear, or the embedding / output
         layer (`--lora-targets embed_tokens,lm_head`), whose module's last name is a target, or a
@@ -200,6 +213,10 @@ def _formats(spec: TrainingSpec, method: Method, precision: Precision) -> tuple[
                 "; a 4-bit or 8-bit frozen base is an adapter method's --base-quant (qlora: nf4), "
                 "INT8 trained weights are q-galore")
         raise ValueError(f"{method.id} trains {weights} weights, which it does not support{hint}")
+    if spec.paged and not method.eight_bit:     # bitsandbytes' 32-bit PagedAdamW: fp32 moments
+        if spec.states and states != "fp32":
+            raise ValueError(f"bitsandbytes' paged 32-bit AdamW keeps fp32 states; drop --states {states}")
+        return weights, grads, "fp32"
     if method.eight_bit:
         if spec.states and states != "int8":
             raise ValueError(f"{method.id} keeps 8-bit states; drop --states {states} or pick the non-8-bit variant")
@@ -295,8 +312,9 @@ def _check_shape(spec: TrainingSpec, model: ModelConfig) -> None:
                                  (spec.sharding, SHARDINGS, "sharding"), (spec.offload, OFFLOADS, "offload"),
                                  (spec.lora_init, LORA_INITS, "lora init")):
         _choice(value, allowed, what)
-    if spec.loss_chunks is not None:
-        _positive_int(spec, "loss_chunks", 4096)
+    for name in ("loss_chunks", "loss_chunk_size"):
+        if getattr(spec, name) is not None:
+            _positive_int(spec, name, 1 << 24)
 
 
 def _module_names(model: ModelConfig, roles: tuple[str, ...]) -> list[str]:
@@ -423,7 +441,8 @@ def _adapter_dtypes(spec: TrainingSpec, method: Method, precision: Precision, we
         notes.append("adapter dtype fp32 (peft keeps adapters in fp32: autocast_adapter_dtype=True)")
     if adapter not in FLOATS:
         raise ValueError(f"adapters are fp32, bf16 or fp16, not {adapter}")
-    return adapter, frozen, (states if spec.states else adapter), notes
+    # bitsandbytes' paged 32-bit AdamW keeps fp32 moments whatever the adapters' dtype
+    return adapter, frozen, (states if spec.states or spec.paged else adapter), notes
 
 
 def _base_quant(spec: TrainingSpec, method: Method) -> TrainingSpec:
@@ -487,6 +506,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
     assumptions += _capacity(spec, model, frozen if method.kind == "adapter" else weights)
     if spec.layerwise and not method.layerwise:
         raise ValueError(method.layerwise_note or f"{method.id} has no layer-wise mode")
+    _check_stack_knobs(spec, method, model, precision, frozen)
     r = Resolved(spec, model, method, precision, weights, grads, states,
                  _projection_format(spec, method, grads), adapter, frozen, activations,
                  precision.master, rank, _option(spec, method, "update_proj_gap"),
@@ -502,6 +522,67 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         raise ValueError("--offload and --shard-group belong to a sharding engine: add --sharding "
                          "(zero1, zero2, zero3, fsdp, hsdp)")
     return replace(r, assumptions=tuple(assumptions) + _assumptions(r))
+
+
+def _check_stack_knobs(spec: TrainingSpec, method: Method, model: ModelConfig, precision: Precision,
+                       frozen: str) -> None:
+    """The issue-12 knobs against the method and model: loss chunking, autocast, paged states,
+    per-parameter optimizers, activation offloading."""
+    from .loss import get_loss_impl
+    from .paged import PAGED_OPTIMIZERS
+    impl = get_loss_impl(spec.loss, spec.loss_impl)
+    causal = model.family is None or model.family.activation.causal_loss_upcast
+    if impl.kind != "full" and not causal:
+        raise ValueError(f"{model.name} is a masked LM: chunked and fused losses split a causal LM's "
+                         "output layer; use --loss full")
+    if spec.loss_chunks is not None and impl.chunking != "count":
+        raise ValueError(f"--loss-chunks counts torchtune's chunks; the {impl.id} loss does not take "
+                         "it" + ("; give --loss-chunk-size" if impl.chunking == "tokens" else ""))
+    if spec.loss_chunk_size is not None and impl.chunking != "tokens":
+        raise ValueError(f"--loss-chunk-size is a token count per chunk; the {impl.id} loss does not "
+                         "take it" + ("; give --loss-chunks" if impl.chunking == "count" else ""))
+    if precision.autocast and method.kind == "adapter" and frozen != precision.compute \
+            and spec.base_quant == "int8":
+        raise ValueError(f"autocast over an LLM.int8 base with an {frozen} upcast is not modelled: "
+                         "use --kbit-upcast off, or --precision bf16")
+    if spec.paged and method.optimizer not in PAGED_OPTIMIZERS:
+        raise ValueError(f"bitsandbytes has paged versions of AdamW and 8-bit AdamW only; {method.id} "
+                         f"trains with {method.optimizer}: drop --paged")
+    if spec.per_param_optimizer and not spec.layerwise:
+        raise ValueError("one optimizer per parameter steps inside backward (torchtune's "
+                         "optimizer_in_bwd): add --layerwise")
+    if spec.per_param_optimizer and method.groups != "trainable":
+        raise ValueError(f"{method.id} builds its own parameter groups; one optimizer per parameter "
+                         "is for plain optimizers (adamw, adamw-8bit, sgd, adafactor, adapters)")
+
+    if spec.activation_offload and not causal:
+        raise ValueError(f"activation offloading keeps a causal LM's output layer on the GPU; "
+                         f"{model.name} is a masked LM: drop --activation-offload")
+
+
+def _knob_assumptions(r: Resolved) -> list[str]:
+    """What the issue-12 knobs mean for this run, and what a stack preset leaves unmodelled
+    (torch.compile among them)."""
+    from .loss import get_loss_impl
+    s, out = r.spec, []
+    impl = get_loss_impl(s.loss, s.loss_impl)
+    chunks = (f", {s.loss_chunks} chunks" if s.loss_chunks else "") + (
+        f", {s.loss_chunk_size}-row chunks" if s.loss_chunk_size else "")
+    out.append(f"loss {s.loss}: {impl.name} ({impl.source}){chunks}")
+    if s.grad_accum > 1:
+        out.append(f"{s.grad_accum} micro-batches per optimizer step: every gradient is held from "
+                   "the second micro-batch on")
+    if s.paged:
+        out.append("bitsandbytes paged optimizer states: buffers of tensors >= 100,000 elements in "
+                   "CUDA unified memory, outside the caching allocator (paged to host under pressure)")
+    if s.activation_offload:
+        out.append("activations offloaded to pinned host memory as torchtune's OffloadActivations does "
+                   "(the layers' checkpointed inputs and the final norm's tensors)")
+    if s.stack:
+        from .stacks import get_stack
+        stack = get_stack(s.stack)
+        out += [f"{stack.id} preset, not modelled: {item}" for item in stack.not_modelled]
+    return out
 
 
 def _probability(value, what: str) -> None:
@@ -554,5 +635,6 @@ def _assumptions(r: Resolved) -> tuple[str, ...]:
                    "pre-trained singular values; without the weights the planner prunes the same "
                    f"fraction {r.rank_reduction:g} of every target's ranks (choose the compressed "
                    "matrices with --lora-targets)")
+    out += _knob_assumptions(r)
     out += list(r.model.notes)
     return tuple(out)

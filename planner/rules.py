@@ -39,9 +39,10 @@ StateRule = Callable[[Param, "Resolved"], int]
 # ---- optimizer states of a fully trained parameter ----------------------------------------
 
 def step_bytes(r: Resolved) -> int:
-    """torch.optim and memfit keep `step` as a 0-d float32 tensor; bitsandbytes' optimizers and
-    the authors' reference code (except torch's AdamW) count steps in a Python int."""
-    return 0 if r.method.bnb_state or (r.reference and r.method.reference_int_step) else STEP_BYTES
+    """torch.optim and memfit keep `step` as a 0-d float32 tensor; bitsandbytes' optimizers (a
+    paged one too) and the authors' reference code (except torch's AdamW) count steps in a
+    Python int."""
+    return 0 if r.bnb_state or (r.reference and r.method.reference_int_step) else STEP_BYTES
 
 
 def _master(numel: int, r: Resolved) -> int:
@@ -195,7 +196,10 @@ class Projected:
         low = p.batch * lowrank_shapes(p.matrix, r.rank, side)[0]
         moments = moments_8bit(low) if r.method.eight_bit else adam_moments(low, r.states)
         states = moments + step_bytes(r) + self.extra(p, r) + _master(p.numel, r)
-        return ParamMemory(weights=self.weight(p, r), gradients=tensor_bytes(p.numel, r.grads),
+        # quantised linears (Q-GaLore's INT8) form their weight gradient from the output's
+        # gradient, in the compute dtype (bf16 under autocast)
+        grads = r.activations if r.method.quantized_weights else r.grads
+        return ParamMemory(weights=self.weight(p, r), gradients=tensor_bytes(p.numel, grads),
                            optimizer_states=states, projection=self.projection(p, r, side))
 
 
@@ -383,11 +387,16 @@ def dct_bases(r: Resolved, rows: list[Row]) -> list[Row]:
 
 def bnb_qmaps(r: Resolved, rows: list[Row]) -> list[Row]:
     """bitsandbytes optimizers keep their signed and unsigned 256-entry quantisation maps in
-    state, shared by every 8-bit tensor (counted once, when any tensor is 8-bit); memfit's own
-    8-bit optimizers keep them as module constants, so only the reference layout has them."""
+    state, shared by every 8-bit tensor of one optimizer (counted once, when any tensor is
+    8-bit); with one optimizer per parameter (torchtune's optimizer_in_bwd) every 8-bit tensor
+    has its own. memfit's own 8-bit optimizers keep them as module constants, so only the
+    reference layout has them."""
     if not (r.method.bnb_state or (r.reference and r.method.eight_bit)):
         return []
-    if not any(row.memory.gradients and math.prod(row.shape) >= MIN_8BIT_NUMEL for row in rows):
+    eight = sum(row.count for row in rows
+                if row.memory.gradients and math.prod(row.shape) >= MIN_8BIT_NUMEL)
+    if not eight:
         return []
-    return [Row("bitsandbytes quantisation maps", (2, 256), "shared", (),
-                ParamMemory(optimizer_states=BNB_QMAP_BYTES))]
+    sets = eight if r.spec.per_param_optimizer else 1
+    name = "bitsandbytes quantisation maps" + (f" (one set per optimizer: {sets})" if sets > 1 else "")
+    return [Row(name, (2, 256), "shared", (), ParamMemory(optimizer_states=sets * BNB_QMAP_BYTES))]

@@ -60,10 +60,13 @@ class TrainingSpec:
     rank_reduction: float | None = None   # WeLore: the fraction of each target's ranks pruned (default 0.5)
     # the training stack (issue 12)
     loss: str | None = None               # full | chunked | fused
-    loss_chunks: int | None = None        # chunked cross-entropy's chunk count
+    loss_impl: str | None = None          # the code a loss models (planner.loss: hf, torchtune, litgpt, liger)
+    loss_chunks: int | None = None        # chunked cross-entropy's chunk count (torchtune)
+    loss_chunk_size: int | None = None    # rows (tokens) per loss chunk (LitGPT: 128)
     grad_accum: int | None = None         # default 1
     paged: bool | None = None             # bitsandbytes paged optimizer states (default off)
     activation_offload: bool | None = None  # torchtune-style activation offloading to CPU (default off)
+    per_param_optimizer: bool | None = None  # one optimizer per parameter (torchtune's optimizer_in_bwd)
     stack: str | None = None              # hf | torchtune | litgpt | axolotl | llamafactory | unsloth
     # more than one GPU (issue 13)
     devices: int = 1

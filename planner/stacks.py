@@ -47,7 +47,7 @@ class ChunkRule:
     """A loss chunked by a fixed token count rather than a fixed chunk count (LitGPT).
 
     `per`: "sequence" splits each sequence (chunks of b x tokens), "flat" splits the flattened
-    b*s rows (chunks of `tokens` rows); the chunk count follows from batch and sequence.
+    b*s rows (chunks of `tokens` rows); `rows` is a chunk's row count, `loss_chunk_size`.
     """
     tokens: int
     per: str
@@ -56,6 +56,9 @@ class ChunkRule:
     def chunks(self, batch: int, seq: int) -> int:
         rows = seq if self.per == "sequence" else batch * seq
         return math.ceil(rows / self.tokens)
+
+    def rows(self, batch: int, seq: int) -> int:
+        return batch * min(seq, self.tokens) if self.per == "sequence" else min(batch * seq, self.tokens)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ _HF = Stack(
         _d("loss", "fused", f"{TRL} trl/trainer/sft_config.py: loss_type defaults to 'chunked_nll' "
            "(sft_trainer.py _chunked_cross_entropy_loss: 256-token chunks, each recomputed in backward "
            "under torch.utils.checkpoint, so the logits are never whole)"),
+        _d("loss_impl", "trl", f"{TRL} trl/trainer/sft_trainer.py _chunked_cross_entropy_loss "
+           "(_CHUNKED_LM_HEAD_CHUNK_SIZE = 256): planner.loss's trl record, not Liger's algorithm"),
         _d("attention", "sdpa", f"{HF} transformers/modeling_utils.py: attn_implementation defaults "
            "to 'sdpa' where the model supports it"),
         _d("grad_accum", 1, f"{HF} transformers/training_args.py: gradient_accumulation_steps=1"),
@@ -108,6 +113,8 @@ _HF = Stack(
         "adapter": (
             _d("precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py: the frozen base is loaded "
                "in float32 unless model_init_kwargs sets dtype; base_config.py: bf16=True"),
+            _d("weights", "fp32", f"{TRL} trl/trainer/utils.py create_model_from_path: dtype defaults to "
+               "'float32' (the frozen base stays fp32 under bf16 autocast)"),
             _d("lora_dropout", 0.0, f"{PEFT} peft/tuners/lora/config.py: lora_dropout=0.0 (TRL's "
                "`trl sft` CLI ModelConfig uses 0.05)"),
             _d("adapter_dtype", "fp32", f"{PEFT} peft/tuners/tuners_utils.py _cast_adapter_dtype: "
@@ -148,6 +155,9 @@ _TORCHTUNE = Stack(
            "own default when the key is absent is False)"),
         _d("activation_offload", False, f"{_TT_LORA}: enable_activation_offloading: False"),
         _d("loss", "chunked", f"{_TT_LORA}: loss: torchtune.modules.loss.CEWithChunkedOutputLoss"),
+        _d("loss_impl", "torchtune", f"{TT} torchtune/modules/transformer.py chunked_output + "
+           "ce_chunked_output_loss.py: the output layer on each sequence chunk, cross-entropy on each "
+           "chunk's .float() copy; the recipe deletes the logits before backward"),
         _d("loss_chunks", 8, f"{TT} torchtune/modules/loss/ce_chunked_output_loss.py: "
            "num_output_chunks=8 (the model's output is split to match: set_num_output_chunks)"),
         _d("attention", "sdpa", f"{TT} torchtune/modules/attention.py: "
@@ -178,6 +188,10 @@ _TORCHTUNE = Stack(
             _d("layerwise", True, f"{_TT_FULL}: optimizer_in_bwd: True (each parameter steps in its "
                "post-accumulate-grad hook and frees its gradient)"),
             _d("paged", True, f"{_TT_FULL}: optimizer bitsandbytes.optim.PagedAdamW8bit"),
+            _d("per_param_optimizer", True, f"{TT} recipes/full_finetune_single_device.py "
+               "_setup_optimizer: optimizer_in_bwd builds optim_dict = {p: optimizer([p]) for every "
+               "parameter} (training.register_optim_in_bwd_hooks): each 8-bit tensor keeps its own "
+               "quantisation maps"),
             _d("grad_accum", 1, f"{_TT_FULL}: gradient_accumulation_steps: 1 (optimizer_in_bwd "
                "requires 1)"),
         ),
@@ -204,6 +218,9 @@ _LITGPT = Stack(
         _d("checkpointing", "none", f"{_LIT_LORA}: single-device strategy 'auto' has no activation "
            "checkpointing (only the multi-device FSDP strategy checkpoints each Block)"),
         _d("loss", "chunked", f"{LIT} litgpt/utils.py chunked_cross_entropy(chunk_size=128)"),
+        _d("loss_impl", "litgpt", f"{LIT} litgpt/utils.py chunked_cross_entropy: no .float() of its "
+           "own (autocast's cross_entropy is fp32); finetune/*.py fit() keeps `logits` through "
+           "backward"),
         _d("attention", "sdpa", f"{LIT} litgpt/model.py CausalSelfAttention.scaled_dot_product_attention"),
         _d("activation_offload", False, f"{_LIT_LORA}: no activation offloading"),
         _d("batch", 1, f"{_LIT_LORA}: TrainArgs(micro_batch_size=1)"),
@@ -218,10 +235,13 @@ _LITGPT = Stack(
             _d("lora_dropout", 0.05, f"{_LIT_LORA}: lora_dropout=0.05"),
             _d("adapter_dtype", "fp32", f"{_LIT_LORA}: bf16-mixed builds the model (adapters included) "
                "in fp32 under fabric.init_module"),
+            _d("weights", "fp32", f"{_LIT_LORA}: bf16-mixed keeps the frozen base in fp32 too "
+               "(lightning_fabric/plugins/precision/amp.py: autocast over fp32 parameters)"),
         ),
         _QADAPTER: (
             _d("precision", "bf16", f"{_LIT_LORA}: quantize with a '-mixed' precision is an error; the "
                "BitsandbytesPrecision plugin takes a '-true' dtype (bf16-true)"),
+            _d("weights", "bf16", f"{_LIT_LORA}: bf16-true holds the non-quantised parameters in bf16"),
             _d("adapter_dtype", "bf16", f"{_LIT_LORA}: BitsandbytesPrecision(quantize, bf16) builds the "
                "adapters in bf16"),
             _d("base_quant", "nf4", f"{_LIT_LORA}: quantize 'bnb.nf4' / 'bnb.nf4-dq'"),
@@ -440,8 +460,9 @@ def stack_defaults(stack: str, method_kind: str, *, quantized_base: bool = False
         b = batch or chosen["batch"].value
         q = seq or (chosen["seq"].value if "seq" in chosen else None)
         if q is not None:
-            chosen["loss_chunks"] = Default("loss_chunks", rule.chunks(b, q),
-                                            f"{rule.source} (micro-batch {b}, sequence {q})")
+            chosen["loss_chunk_size"] = Default(
+                "loss_chunk_size", rule.rows(b, q),
+                f"{rule.source}: rows per chunk (micro-batch {b}, sequence {q})")
     return [(d.field, d.value, f"{s.id} preset: {d.source}") for d in chosen.values()]
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,7 +22,8 @@ from planner.resolve import Resolved
 
 __all__ = ["LR", "torch_dtype", "hf_config", "build_model", "selected_names", "param_groups",
            "build_optimizer", "build_training", "build_step_hook", "unsupported_reason",
-           "synthetic_batch", "train_step", "WRAPPERS", "BASES", "LORA_INITS"]
+           "synthetic_batch", "train_step", "WRAPPERS", "BASES", "LORA_INITS", "StepPlan", "step_plan",
+           "PerParameterOptimizers"]
 
 LR = 1e-3            # any small learning rate: memory does not depend on it
 _CONFIG_SKIP = ("aliases", "source", "architectures", "_name_or_path", "transformers_version",
@@ -257,15 +260,61 @@ def _groups(model: nn.Module, r: Resolved):
     return [p for p in model.parameters() if p.requires_grad], {}
 
 
+def _optimizer_id(r: Resolved) -> str:
+    """The `lowrank.OPTIMIZERS` id that trains the spec: the method's, or its paged bitsandbytes
+    version (`planner.paged`)."""
+    if r.spec.paged:
+        from planner.paged import PAGED_OPTIMIZERS
+        return PAGED_OPTIMIZERS[r.method.optimizer]
+    return r.method.optimizer
+
+
+class PerParameterOptimizers:
+    """One optimizer per parameter, each stepped in its parameter's gradient hook, as torchtune's
+    `optimizer_in_bwd` builds them (`{p: optimizer([p]) for p in model.parameters()}` with
+    `register_optim_in_bwd_hooks`): here each one is a `lowrank.LayerwiseOptimizer`."""
+
+    def __init__(self, optimizers) -> None:
+        self.optimizers = list(optimizers)
+        self.optimizer = self                   # what the profiler's counters read
+
+    @property
+    def state(self) -> dict:
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self, closure=None):
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are freed by the hooks."""
+
+    @property
+    def inner(self) -> list:
+        """The torch optimizers themselves (what MemTracker tracks)."""
+        return [o.optimizer for o in self.optimizers]
+
+
 def build_optimizer(model: nn.Module, r: Resolved):
-    """The method's optimizer over the trainable parameters (layer-wise when the spec says so),
-    built by lowrank's one builder with the method's constructor defaults."""
+    """The method's optimizer over the trainable parameters (layer-wise when the spec says so,
+    one per parameter when it says that too), built by lowrank's one builder with the method's
+    constructor defaults; a paged spec gets bitsandbytes' paged class."""
     from lowrank.registry import build_optimizer as lowrank_optimizer
     params, options = _groups(model, r)
-    opt = lowrank_optimizer(r.method.optimizer, params, lr=LR, **options)
+    key = _optimizer_id(r)
+    if r.spec.per_param_optimizer:
+        from lowrank import LayerwiseOptimizer
+        flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        return PerParameterOptimizers(
+            LayerwiseOptimizer(lowrank_optimizer(key, [p], lr=LR, **options),
+                               accumulation_steps=r.spec.grad_accum) for p in flat)
+    opt = lowrank_optimizer(key, params, lr=LR, **options)
     if r.spec.layerwise:
         from lowrank import LayerwiseOptimizer
-        opt = LayerwiseOptimizer(opt)
+        opt = LayerwiseOptimizer(opt, accumulation_steps=r.spec.grad_accum)
     return opt
 
 
@@ -298,12 +347,11 @@ def _unrun(r: Resolved) -> str | None:
     checks = [
         (r.master, "mixed precision keeps an fp32 master copy, which the profiler's loop does not "
                    "implement; use --precision bf16 or fp32"),
-        (r.precision.autocast, f"the profiler's loop does not run {s.precision} (autocast) yet; use "
-                               "--precision bf16 or fp32"),
-        (s.loss != "full", f"the profiler's loop computes the full loss; --loss {s.loss} is planned only"),
-        (s.grad_accum > 1, "the profiler's loop takes one micro-batch per step; drop --grad-accum"),
-        (s.paged, "bitsandbytes' paged optimizers are planned only; drop --paged"),
-        (s.activation_offload, "activation offloading is planned only; drop --activation-offload"),
+        (s.devices > 1 or s.sharding != "none", "multi-device runs go through the distributed "
+                                                 "profiler (--devices N --sharding ...)"),
+        (r.precision.loss_scaler and s.layerwise, "amp-fp16's GradScaler unscales every gradient "
+         "before the step, and layer-wise updates step inside backward: the profiler's loop cannot "
+         "do both; use amp-bf16 or drop --layerwise"),
         (s.attention == "flash", "FlashAttention-2 runs on CUDA only; use --attention sdpa here"),
     ]
     return next((why for bad, why in checks if bad), None)
@@ -312,7 +360,7 @@ def _unrun(r: Resolved) -> str | None:
 def unsupported_reason(r: Resolved, device: str = "cpu") -> str | None:
     """Why this spec cannot run as a burst or trace here, or None. Never starts anything."""
     from lowrank.registry import OPTIMIZER_PATHS
-    key = r.method.optimizer
+    key = _optimizer_id(r)
     if key not in OPTIMIZER_PATHS:
         return f"lowrank.OPTIMIZERS has no {key!r} optimizer"
     try:
@@ -329,7 +377,7 @@ def unsupported_reason(r: Resolved, device: str = "cpu") -> str | None:
     held = r.adapter if r.method.kind == "adapter" else r.weights
     if r.grads != held and r.method.kind != "adapter":     # adapters' gradients follow the adapters
         return f"autograd keeps gradients in the parameters' dtype ({held}), not {r.grads}"
-    if r.method.states_follow_params and r.states != held:
+    if r.method.states_follow_params and r.states != held and not r.spec.paged:
         return f"torch's {key} keeps its states in the parameters' dtype ({held}), not {r.states}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         return "CUDA is not available on this machine"
@@ -343,22 +391,71 @@ def synthetic_batch(r: Resolved, device: str = "cpu", seed: int = 0) -> torch.Te
     return ids.to(device)
 
 
-def train_step(model: nn.Module, optimizer, input_ids: torch.Tensor, on_phase=lambda name: None,
-               hook=None) -> torch.Tensor:
-    """One step as HF's Trainer takes it: forward keeping only the loss, backward, step, zero_grad.
+@dataclass
+class StepPlan:
+    """How a burst's step runs the spec: its loss (`profiler.losses`), autocast dtype, fp16 loss
+    scaler, micro-batches per optimizer step and activation offloading."""
+    r: Resolved | None = None
+    loss: Callable | None = None
+    autocast: torch.dtype | None = None
+    scaler: object | None = None
+    micro_batches: int = 1
+    offloader: object | None = None
+    hook: object | None = None      # the method's step hook (`build_step_hook`: LoRA-GGPO's)
 
-    `on_phase(name)` is called as each phase starts: forward, backward, optimizer_step, done.
-    `hook` (`build_step_hook`): its `perturbed()` context spans the forward and backward, as the
-    LoRA-GGPO trainer's `training_step` does; its exit (the perturbation's removal and the
-    gradient-norm update) belongs to the optimizer step.
+    def scaler_tensors(self) -> list[torch.Tensor]:
+        """The loss scaler's state (scale, growth tracker), once it exists."""
+        if self.scaler is None:
+            return []
+        return [t for t in (getattr(self.scaler, "_scale", None),
+                            getattr(self.scaler, "_growth_tracker", None)) if torch.is_tensor(t)]
+
+
+def step_plan(r: Resolved, device: str = "cpu", hook=None) -> StepPlan:
+    """The step the spec describes: HF Trainer's autocast over the forward and loss (backward
+    outside it), a `torch.amp.GradScaler` for fp16, `grad_accum` micro-batches (each loss divided
+    by their number), the spec's loss implementation, torchtune-style activation offloading, and
+    the method's step `hook`."""
+    from .losses import LOSSES
+    from .offload import Offloader
+    device_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(device_type) if r.precision.loss_scaler else None
+    return StepPlan(r, LOSSES[r.spec.loss_impl], torch_dtype(r.precision.compute)
+                    if r.precision.autocast else None, scaler, r.spec.grad_accum,
+                    Offloader() if r.spec.activation_offload else None, hook)
+
+
+def train_step(model: nn.Module, optimizer, input_ids: torch.Tensor, on_phase=lambda name: None,
+               plan: StepPlan | None = None) -> torch.Tensor:
+    """One optimizer step as HF's Trainer takes it: per micro-batch, forward keeping only the
+    loss (under autocast when the spec says so), backward (of the scaled loss under fp16);
+    then the step and zero_grad. Without a plan: one micro-batch of the model's own loss.
+
+    `on_phase(name)` is called as each phase starts: forward, backward (once per micro-batch),
+    optimizer_step, done. The plan's `hook` (`build_step_hook`): its `perturbed()` context spans
+    the forwards and backwards, as the LoRA-GGPO trainer's `training_step` does; its exit (the
+    perturbation's removal and the gradient-norm update) belongs to the optimizer step.
     """
-    on_phase("forward")
-    with hook.perturbed() if hook is not None else contextlib.nullcontext():
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        on_phase("backward")
-        loss.backward()
+    plan = plan or StepPlan()
+    with plan.hook.perturbed() if plan.hook is not None else contextlib.nullcontext():
+        for _ in range(plan.micro_batches):
+            on_phase("forward")
+            with torch.autocast(input_ids.device.type, dtype=plan.autocast, enabled=plan.autocast is not None):
+                if plan.loss is None:
+                    loss, kept = model(input_ids=input_ids, labels=input_ids).loss, None
+                else:
+                    loss, kept = plan.loss(model, input_ids, plan.r, plan.offloader)
+                loss = loss / plan.micro_batches if plan.micro_batches > 1 else loss
+                # the forward's end, its autocast cache still alive (it is freed as the region ends)
+                on_phase("backward")
+            (plan.scaler.scale(loss) if plan.scaler is not None else loss).backward()
+            del kept
         on_phase("optimizer_step")
-    optimizer.step()
+    if plan.scaler is not None:
+        plan.scaler.step(optimizer)
+        plan.scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     on_phase("done")
-    return loss.detach()
+    return loss.detach() * plan.micro_batches

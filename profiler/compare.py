@@ -18,7 +18,7 @@ __all__ = ["COMPARED", "ComponentError", "Comparison", "compare", "predicted_byt
 
 #: components compared by default, in report order.
 COMPARED = ("weights", "gradients", "optimizer_states", "projection", "adapters", "activations",
-            "peak", "allocated", "reserved", "device_peak")
+            "host", "peak", "allocated", "reserved", "device_peak")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ def predicted_bytes(prediction) -> dict[str, int]:
         sizes = {n: sum(r.count * getattr(r.memory, n) for r in prediction.rows) for n in names}
         sizes["activations"] = prediction.components.activations
     overhead = prediction.components.overhead
+    if getattr(prediction, "host_bytes", 0):       # offloaded activations, in pinned host memory
+        sizes["host"] = prediction.host_bytes
     device = getattr(prediction, "device", None)
     if device is None:
         return {**sizes, "peak": prediction.peak_bytes - overhead, "device_peak": prediction.peak_bytes}

@@ -13,7 +13,7 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 __all__ = ["PROJECTION_KEYS", "ADAPTER_MARKERS", "CATEGORY_NAMES", "StorageCounter", "local_tensor", "storage_key", "held_bytes",
-           "gradient_tensors", "optimizer_tensors", "weight_extras", "hook_tensors", "PhaseTracker"]
+           "gradient_tensors", "optimizer_tensors", "weight_extras", "hook_tensors", "PhaseTracker", "RepeatedCalls"]
 
 #: optimizer-state keys that hold a projection (docs/storage-contract.md); every other key is an
 #: optimizer state. `optimizer.shared_buffers` (DCT bases) are projections too.
@@ -162,7 +162,20 @@ def _by_name(snapshot: dict) -> dict[str, int]:
     return out
 
 
-class PhaseTracker(MemTracker):
+class RepeatedCalls:
+    """MemTracker mixin: a module called again from the top level (the next micro-batch's model,
+    a chunked loss's output layer called once per chunk) starts fresh module statistics instead
+    of raising; memfit reads the categories, not per-module statistics."""
+
+    def _pre_fw_hook(self, module, inputs) -> None:
+        if module in self.memory_tracking and not self._mod_tracker.is_bw:
+            name = self._mod_tracker.get_known_fqn(module)
+            if set(self._mod_tracker.parents) - {name} <= {"Global"}:
+                del self.memory_tracking[module]
+        return super()._pre_fw_hook(module, inputs)
+
+
+class PhaseTracker(RepeatedCalls, MemTracker):
     """MemTracker that also keeps each category's own peak and the peak of each named phase.
 
     Call `set_phase` before each part of the step ("forward", "backward", "optimizer_step");

@@ -18,7 +18,7 @@ import torch
 from planner.resolve import resolve_spec
 from planner.spec import TrainingSpec
 
-from .build import build_model, build_optimizer, build_step_hook, synthetic_batch, train_step
+from .build import StepPlan, build_model, build_optimizer, build_step_hook, step_plan, synthetic_batch, train_step
 from .memory import PhaseTracker, held_bytes, optimizer_tensors, weight_extras
 from .rss import limit_address_space, process_rss, reset_peak_rss
 
@@ -63,24 +63,29 @@ class _Progress:
             self.report({"step": self.step, "total": self.total, "phase": phase})
 
 
-def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=(), hook=None) -> tuple[torch.Tensor, dict]:
+def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=(),
+                 plan: StepPlan | None = None) -> tuple[torch.Tensor, dict]:
     """One measured step under a PhaseTracker (CPU, or fake tensors); returns (loss, measured).
-    `aliases`: tensors whose storage is already counted elsewhere (see PhaseTracker.alias);
-    `hook`: the method's step hook (`build.build_step_hook`)."""
+    `aliases`: tensors whose storage is already counted elsewhere (see PhaseTracker.alias).
+    With activation offloading, `activations` are what stays on the device and `host` the
+    offloaded copies (on CPU both are process memory)."""
     inner = getattr(opt, "optimizer", opt)         # a LayerwiseOptimizer wraps the real one
+    plan = plan or StepPlan()
     tracker = PhaseTracker()
-    tracker.track_external(model, inner, ids)
+    tracker.track_external(model, *getattr(inner, "inner", [inner]), ids)
     tracker.track(weight_extras(model), "parameters")
     tracker.alias(aliases)
-    tracker.track([t for _, t in optimizer_tensors(inner, hook)], "optimizer")
+    tracker.track([t for _, t in optimizer_tensors(inner, plan.hook)] + plan.scaler_tensors(), "optimizer")
     seen = {}
 
     def on_phase(name: str) -> None:
         if name == "backward":
             gc.collect()             # see _collect_between_layers
-            seen["activations"] = tracker.current()["activations"]
-        if name == "optimizer_step":
-            seen["gradients"] = held_bytes(model)["gradients"]
+            host = plan.offloader.host_bytes() if plan.offloader is not None else 0
+            seen["activations"] = max(seen.get("activations", 0), tracker.current()["activations"] - host)
+            seen["host"] = max(seen.get("host", 0), host)
+        if name in ("backward", "optimizer_step"):     # accumulated ones, or all before the step
+            seen["gradients"] = max(seen.get("gradients", 0), held_bytes(model)["gradients"])
         if name in PHASES:
             tracker.set_phase(name)
         progress(name)
@@ -88,8 +93,10 @@ def tracked_step(model, opt, ids, progress, layerwise: bool, aliases=(), hook=No
         # layer-wise updates free a gradient inside its post-accumulate hook, before MemTracker's
         # own hook looks at it; MemTracker then warns about a None gradient (harmless).
         warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
-        loss = train_step(model, opt, ids, on_phase, hook)
-    if layerwise:
+        loss = train_step(model, opt, ids, on_phase, plan)
+    if not plan.offloader:
+        seen.pop("host", None)
+    if layerwise and plan.micro_batches == 1:       # one gradient at a time, freed in its hook
         seen["gradients"] = tracker.category_peaks.get("gradients", 0)
     return loss, {**seen, "phase_categories": tracker.phase_peaks}
 
@@ -115,7 +122,8 @@ def _collect_between_layers(model):
             h.remove()
 
 
-def _cuda_step(model, opt, ids, progress, fence: Fence, hook=None) -> tuple[torch.Tensor, dict]:
+def _cuda_step(model, opt, ids, progress, fence: Fence, plan: StepPlan | None = None
+               ) -> tuple[torch.Tensor, dict]:
     """One measured CUDA step: allocator peak per phase, activations as the forward's growth."""
     seen, phases, start = {}, {}, {}
 
@@ -131,17 +139,22 @@ def _cuda_step(model, opt, ids, progress, fence: Fence, hook=None) -> tuple[torc
             start["forward"] = torch.cuda.memory_allocated(fence.device)
         torch.cuda.reset_peak_memory_stats(fence.device)
         progress(name)
-    loss = train_step(model, opt, ids, on_phase, hook)
+    loss = train_step(model, opt, ids, on_phase, plan)
     return loss, {**seen, "phase_categories": phases,
                   "reserved": torch.cuda.max_memory_reserved(fence.device)}
 
 
-def merge_steps(steps: list[dict], model, opt, hook=None) -> dict:
-    """The measured steps' maxima (each phase at its worst step) and the bytes held after them."""
-    held = held_bytes(model, getattr(opt, "optimizer", opt), gradients=False, hook=hook)
+def merge_steps(steps: list[dict], model, opt, plan: StepPlan | None = None) -> dict:
+    """The measured steps' maxima (each phase at its worst step) and the bytes held after them
+    (the fp16 loss scaler's state counts as optimizer state)."""
+    held = held_bytes(model, getattr(opt, "optimizer", opt), gradients=False,
+                      hook=plan.hook if plan is not None else None)
     comps = {k: held[k] for k in ("weights", "adapters", "buffers", "optimizer_states", "projection")}
+    comps["optimizer_states"] += sum(t.untyped_storage().nbytes() for t in (plan or StepPlan()).scaler_tensors())
     comps["gradients"] = max(s.get("gradients", 0) for s in steps)
     comps["activations"] = max(s.get("activations", 0) for s in steps)
+    if any("host" in s for s in steps):
+        comps["host"] = max(s.get("host", 0) for s in steps)
     phase_categories = {}
     for phase in PHASES:
         snaps = [s["phase_categories"][phase] for s in steps if phase in s["phase_categories"]]
@@ -228,7 +241,7 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
     progress("build")             # step 0: the caller can say what the first seconds are spent on
     model = build_model(r, device)
     opt = build_optimizer(model, r)
-    hook = build_step_hook(model, opt, r)
+    plan = step_plan(r, device, build_step_hook(model, opt, r))
     ids = synthetic_batch(r, device, seed)
     losses, seconds, measured = [], [], []
     for k in range(1, warmup + steps + 1):
@@ -237,17 +250,17 @@ def _run(r, steps, warmup, device, seed, fence, progress, nvml_before) -> dict:
             fence.reset_peak()
         t0 = time.perf_counter()
         if k <= warmup:
-            loss = train_step(model, opt, ids, progress, hook)
+            loss = train_step(model, opt, ids, progress, plan)
         elif fence.cuda:
-            loss, seen = _cuda_step(model, opt, ids, progress, fence, hook)
+            loss, seen = _cuda_step(model, opt, ids, progress, fence, plan)
             measured.append(seen)
         else:
-            loss, seen = tracked_step(model, opt, ids, progress, r.spec.layerwise, hook=hook)
+            loss, seen = tracked_step(model, opt, ids, progress, r.spec.layerwise, plan=plan)
             measured.append(seen)
         fence.sync()
         seconds.append(time.perf_counter() - t0)
         losses.append(float(loss))
-    result = merge_steps(measured, model, opt, hook)
+    result = merge_steps(measured, model, opt, plan)
     result["device_stats"] = _device_stats(fence, measured, nvml_before)
     result["kernels"] = "cuda" if fence.cuda else "cpu"
     return {"losses": losses, "step_seconds": seconds, "measurement": result, "pid": os.getpid()}

@@ -124,20 +124,20 @@ def trace_layers(r: Resolved, layers: int) -> dict:
     import torch
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-    from .build import build_model, build_optimizer, build_step_hook, synthetic_batch, train_step
+    from .build import build_model, build_optimizer, build_step_hook, step_plan, synthetic_batch, train_step
     from .runner import merge_steps, tracked_step
     torch.manual_seed(0)
     with _fake_friendly(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         model = build_model(r, "cpu", layers=layers)
         opt = build_optimizer(model, r)
-        hook = build_step_hook(model, opt, r)
+        plan = step_plan(r, "cpu", build_step_hook(model, opt, r))
         ids = synthetic_batch(r, "cpu")
         # a real parameter in the fake model (NF4 codes, see build._nf4_weight) is seen by the ops
         # as its memoised fake conversion; the tracker counts the real one and aliases the fake.
         converted = [mode.from_tensor(p) for p in model.parameters() if not isinstance(p, FakeTensor)]
-        train_step(model, opt, ids, hook=hook)
-        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise, converted, hook)
-        return merge_steps([seen], model, opt, hook)
+        train_step(model, opt, ids, plan=plan)
+        _, seen = tracked_step(model, opt, ids, lambda phase: None, r.spec.layerwise, converted, plan)
+        return merge_steps([seen], model, opt, plan)
 
 
 def _affine(q1: int, q2: int, layers: int) -> int:
@@ -162,6 +162,9 @@ def extrapolate(one: dict, two: dict, layers: int) -> dict:
 
 def _unsupported(r: Resolved) -> str | None:
     from .build import unsupported_reason
+    if r.precision.loss_scaler:
+        return ("amp-fp16's GradScaler reads its overflow flag, a value FakeTensorMode cannot know: "
+                "trace amp-bf16 (the same bytes but the scaler's 8) or run a burst")
     return unsupported_reason(r, "cpu")
 
 

@@ -10,7 +10,9 @@ import streamlit as st
 from planner import GPU_CATALOG, METHODS, TrainingSpec, model_names
 from planner.dtypes import DTYPES
 from planner.methods import PROJ_TYPES
-from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, OFFLOADS, PRECISIONS, SHARDINGS
+from planner.loss import LOSS_IMPLS
+from planner.spec import ATTENTIONS, CHECKPOINTING, IMPLS, LOSSES, OFFLOADS, PRECISIONS, SHARDINGS
+from planner.stacks import STACK_IDS
 
 from . import cached
 from .adapter_inputs import adapter_inputs
@@ -158,6 +160,7 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
         impl = st.selectbox("Storage", list(IMPLS), key=f"{key}_impl",
                             help="memfit's own optimizers, or what the authors' reference code stores.")
     adapters = adapter_inputs(key, method_id if method else None)
+    knobs = _stack_inputs(key)
     if model is None:
         return None
     keep = lambda name, value: value if name in takes else None
@@ -167,4 +170,27 @@ def spec_inputs(key: str, method: bool = True, default_method: str = "galore-8bi
                         scale=keep("scale", scale),
                         proj_type=keep("proj_type", None if proj_type == DEFAULT_FORMAT else proj_type),
                         precision=precision, checkpointing=checkpointing, attention=attention,
-                        layerwise=layerwise, impl=impl, **formats, **parallel, **adapters)
+                        layerwise=layerwise, impl=impl, **formats, **parallel, **adapters, **knobs)
+
+
+def _stack_inputs(key: str) -> dict:
+    """The training stack's knobs (issue 12) as TrainingSpec fields; "default" leaves a field to
+    the stack preset, the method or memfit (the assumptions say which)."""
+    with st.expander("Training stack"):
+        stack = _default_or(st.selectbox("Framework preset", [DEFAULT_FORMAT, *STACK_IDS], key=f"{key}_stack",
+                                         help="Set every default as that framework does (each cited)."))
+        c1, c2 = st.columns(2)
+        loss = _default_or(c1.selectbox("Loss", [DEFAULT_FORMAT, *LOSSES], key=f"{key}_loss",
+                                        help="full: transformers; chunked: torchtune, LitGPT; fused: Liger, Unsloth."))
+        impl = _default_or(c2.selectbox("Loss code", [DEFAULT_FORMAT, *LOSS_IMPLS], key=f"{key}_loss_impl"))
+        chunks = c1.number_input("Loss chunks (torchtune)", min_value=0, value=None, key=f"{key}_loss_chunks")
+        size = c2.number_input("Rows per loss chunk (LitGPT)", min_value=0, value=None, key=f"{key}_loss_chunk_size")
+        accum = st.number_input("Gradient accumulation steps", min_value=0, value=None, key=f"{key}_grad_accum")
+        paged = st.checkbox("bitsandbytes paged optimizer states", key=f"{key}_paged")
+        offload = st.checkbox("Activation offloading (torchtune; needs checkpointing)", key=f"{key}_offload")
+        per_param = st.checkbox("One optimizer per parameter (torchtune optimizer_in_bwd; layer-wise)",
+                                key=f"{key}_per_param")
+    number = lambda v: None if v is None else int(v)
+    return dict(stack=stack, loss=loss, loss_impl=impl, loss_chunks=number(chunks),
+                loss_chunk_size=number(size), grad_accum=number(accum), paged=paged or None,
+                activation_offload=offload or None, per_param_optimizer=per_param or None)

@@ -279,11 +279,17 @@ def device_memory(b) -> None:
     d = b.device
     if d is None:
         return
+    paged = (f", bitsandbytes' paged optimizer states {human_bytes(d.paged)} in CUDA unified memory "
+             "(outside the allocator)") if d.paged else ""
     st.caption(f"Device memory: allocated {human_bytes(d.allocated)} (torch.cuda.max_memory_allocated), "
                f"reserved {human_bytes(d.reserved)} on a GPU with room (max_memory_reserved), "
                f"at least {human_bytes(d.required)} reserved when memory is short, CUDA context "
-               f"{human_bytes(d.context)}: the peak above is {human_bytes(d.required + d.context)}; "
+               f"{human_bytes(d.context)}{paged}: the peak above is {human_bytes(d.needed)}; "
                f"nvidia-smi on a larger GPU shows about {human_bytes(d.total)}. "
                f"Constants: {b.overhead.source if b.overhead else 'defaults'}.")
+    if b.host_bytes:
+        st.caption(f"Offloaded activations take {human_bytes(b.host_bytes)} of pinned host memory.")
+    st.caption(f"Tokens per optimizer step: {b.tokens_per_step:,} (micro-batch x sequence x "
+               "gradient accumulation).")
     for problem in (b.overhead.problems if b.overhead else ()):
         st.warning(problem)

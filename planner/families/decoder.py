@@ -104,12 +104,12 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
         return sum(count * kind_bytes(x, m) for m, count in kinds(x, t).items())
 
     def embeddings(x: Dims, checkpointing: bool) -> int:
-        """Rotary cos and sin, (1, s, d_rot) in D, one pair per rotary table the layers use
-        (Gemma 3: one per layer type), shared by every layer: 2·D·s·d_rot each. Gemma's
+        """Rotary cos and sin, (1, s, d_rot) in the stream's dtype R (the embeddings'), one pair per rotary table the layers use
+        (Gemma 3: one per layer type), shared by every layer: 2·R·s·d_rot each. Gemma's
         embedding scale, a 0-dim buffer cast to D, is saved by the `*` when the embeddings
         train and D ≠ fp32 (the buffer itself otherwise)."""
         scale = x.D if t.embed_scale and not x.frozen and x.D != 4 else 0
-        return rotary_tables(x, t) * 2 * x.D * x.s * rotary_width(x, t) + scale
+        return rotary_tables(x, t) * 2 * x.R * x.s * rotary_width(x, t) + scale
 
     def head(x: Dims) -> int:
         """The final norm, lm_head's input D·bsh (a frozen head saves none) and, with final
@@ -181,9 +181,11 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
     return ActivationRule(
         layer=layer, embeddings=embeddings, head=head, backward_phases=backward_phases,
         checkpoint_held=checkpoint_held,
-        # the input norm's `x.to(fp32)` is the input itself only in fp32
-        input_saved_by_layer=lambda x, adapters_copy_input: x.D == 4,
-        frozen_first_layer=frozen_first_layer,
+        # the input norm's `x.to(fp32)` is the input itself only in an fp32 stream
+        input_saved_by_layer=lambda x, adapters_copy_input: x.R == 4,
+        frozen_first_layer=frozen_first_layer, head_norm_repeats=lambda x: 4 * x.bsh,
+        # the final norm's backward: its input's gradient and five fp32 b·s·h temporaries
+        head_backward=lambda x: x.R * x.bsh + 5 * 4 * x.bsh,
         stack=stack if t.layer_types is not None else None,
         ctx_kept=ctx_kept if t.rotary_cat else None)
 

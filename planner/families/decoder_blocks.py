@@ -133,22 +133,25 @@ def kinds(x: Dims, t: DecoderTraits) -> Counter:
 
 
 def norm_bytes(x: Dims, t: DecoderTraits, rows: int | None = None, width: int | None = None) -> int:
-    """One RMSNorm over `width` (h) on `rows` (b·s) rows.
+    """One RMSNorm over `width` (h) on `rows` (b·s) rows: the residual stream's (rows None) or
+    a q/k head's.
 
     weight (LlamaRMSNorm): `x.to(fp32)` (the input itself in fp32, a copy otherwise; saved by
-    `pow` and the product), `rsqrt(var)` 4·rows, and `x̂.to(D)` saved by `weight *` only if the
-    weight trains: 4·rows·w + 4·rows (+ D·rows·w).
+    `pow` and the product), `rsqrt(var)` 4·rows, and `x̂.to(input dtype)` saved by `weight *`
+    only if the weight trains: the stream's R (under autocast the embeddings' dtype), or D for
+    q and k, matmul outputs: 4·rows·w + 4·rows (+ R or D·rows·w).
     offset (Gemma): the same fp32 input and rsqrt, the fp32 `(1 + w.float())` 4·w that the
     product saves for x̂'s gradient, and x̂ itself in fp32 (saved for w's gradient) when the
     weight trains: 4·rows·w + 4·rows + 4·w (+ 4·rows·w). The output's cast to D is the next
     op's input.
     """
+    cast = x.R if rows is None else x.D
     rows = x.bs if rows is None else rows
     width = x.h if width is None else width
     base = 4 * rows * width + 4 * rows
     if t.norm == "offset":
         return base + 4 * width + (0 if x.frozen else 4 * rows * width)
-    return base + (0 if x.frozen else x.D * rows * width)
+    return base + (0 if x.frozen else cast * rows * width)
 
 
 def attn_softcap(x: Dims, t: DecoderTraits) -> bool:
@@ -226,9 +229,9 @@ def rotary_width(x: Dims, t: DecoderTraits) -> int:
 
 def checkpoint_masks(x: Dims, t: DecoderTraits) -> int:
     """The masks that checkpointed layers receive as arguments, one per layer type present:
-    eager's additive (b, 1, s, s) masks in D; under SDPA only a sliding-window layer's bool
+    eager's additive (b, 1, s, s) masks in the stream's dtype R; under SDPA only a sliding-window layer's bool
     mask (b·s² bytes), once the sequence reaches the window; none for FlashAttention-2."""
     present = set(layer_types(x, t))
     if x.core == "eager":
-        return len(present) * x.D * x.b * x.s * x.s
+        return len(present) * x.R * x.b * x.s * x.s
     return x.s * x.s if any(masked_kind(x, t, kind) for kind in present) else 0

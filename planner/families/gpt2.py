@@ -50,7 +50,7 @@ def _embeddings(x: Dims, checkpointing: bool) -> int:
     that requires grad: what follows it is saved and the leaf (D·bsh) is held."""
     if x.frozen and not checkpointing:
         return 0
-    return (0 if x.frozen else 8 * x.s) + (x.D * x.bsh if x.frozen else 0) + x.m_hidden * x.bsh
+    return (0 if x.frozen else 8 * x.s) + (x.R * x.bsh if x.frozen else 0) + x.m_stream * x.bsh
 
 
 def _backward_phases(x: Dims, lora_saved: int, lora_grads: int) -> list[int]:
@@ -76,7 +76,7 @@ FAMILY = Family(
         head=lambda x: layer_norm_bytes(x) + (0 if x.frozen else x.D * x.bsh),
         backward_phases=_backward_phases,
         # eager causal attention's additive mask (b, 1, s, s); position ids when wpe is frozen
-        checkpoint_held=lambda x: (x.D * x.b * x.s * x.s if x.core == "eager" else 0)
+        checkpoint_held=lambda x: (x.R * x.b * x.s * x.s if x.core == "eager" else 0)
         + (8 * x.s if x.frozen else 0),
         input_saved_by_layer=lambda x, adapters_copy_input: True,       # ln_1 saves its input
         frozen_first_layer=_frozen_first_layer),

@@ -76,6 +76,10 @@ class ActivationRule:
     parameter_adapters(x, targets, rank, lora_d): (saved, backward gradient peak) of one
         layer's adapters on bare parameters (peft's `target_parameters`: fused experts), for
         the adapter targets `targets` (None: every block linear, so none of these).
+    head_norm_repeats(x): bytes the final norm saves twice (RMSNorm's fp32 input, by `pow` and by
+        the normalising product), which activation offloading copies once per saved occurrence.
+    head_backward(x): gradient temporaries of the head's backward (the final norm's), beyond the
+        saved tensors: the backward's peak when the loss leaves little behind (a fused loss).
     """
     layer: Callable
     embeddings: Callable
@@ -88,6 +92,8 @@ class ActivationRule:
     stack: Callable | None = None
     ctx_kept: Callable | None = None
     parameter_adapters: Callable = _no_parameter_adapters
+    head_norm_repeats: Callable = lambda x: 0
+    head_backward: Callable = lambda x: x.R * x.bsh
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ def encoder_embeddings_bytes(x: Dims, checkpointing: bool, ids: int | None = Non
     if x.frozen and not checkpointing:
         return 0
     ids = 16 * x.bs if ids is None else ids
-    return ((0 if x.frozen else ids) + (x.D * x.bsh if x.frozen else 0)
-            + layer_norm_bytes(x) + x.m_hidden * x.bsh)
+    return ((0 if x.frozen else ids) + (x.R * x.bsh if x.frozen else 0)
+            + layer_norm_bytes(x) + x.m_stream * x.bsh)
 
 
 def encoder_backward_phases(x: Dims, lora_saved: int, lora_grads: int) -> list[int]:
@@ -86,8 +86,9 @@ ENCODER_ATTENTION_INPUTS = {"q": ("query",), "k": ("key",), "v": ("value",), "o"
 
 ENCODER_ACTIVATION = ActivationRule(
     layer=encoder_layer_bytes, embeddings=encoder_embeddings_bytes,
-    # dense input, GELU input, LayerNorm input and stats, decoder input
-    head=lambda x: 2 * (0 if x.frozen else x.D * x.bsh) + x.D * x.bsh + layer_norm_bytes(x),
+    # dense input, GELU input, LayerNorm input (GELU's output, D) and stats, decoder input
+    head=lambda x: 2 * (0 if x.frozen else x.D * x.bsh) + x.D * x.bsh
+    + layer_norm_bytes(x, stream=False),
     backward_phases=encoder_backward_phases,
     checkpoint_held=lambda x: 0,            # no causal mask, no position ids passed to layers
     # q/k/v save the layer input itself, unless adapters read a cast or dropped copy of it

@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 
 from planner import METHODS, TrainingSpec, estimate
 from planner.spec import PRECISIONS
+from planner.precisions import get_precision
 
 LOWRANK = [m for m, d in METHODS.items() if d.kind != "full" and "rank" in d.options]
 methods = st.sampled_from(list(METHODS))
@@ -68,12 +69,21 @@ specs = st.builds(
     st.sampled_from(["sdpa", "eager"]), st.sampled_from(list(PRECISIONS)))
 
 
+def _tensors(b) -> int:
+    """The step's peak in tensor bytes, without the allocator's part. These properties are the
+    tensors': the caching allocator's reserve (`planner.allocator`) rounds blocks into segments
+    and keeps what earlier phases cached, so it moves by a segment either way when a phase's
+    tensors change shape (a longer sequence can pack better; checkpointing can move the worst
+    phase to the optimizer step, whose temporaries miss the segments the forward cached)."""
+    return b.peak_bytes - b.components.overhead
+
+
 @settings(max_examples=60, deadline=None)
 @given(specs, st.integers(1, 8))
 def test_peak_monotone_in_batch_and_sequence(spec, extra):
-    base = estimate(spec).peak_bytes
-    assert estimate(spec.replace(batch=spec.batch + extra)).peak_bytes >= base
-    assert estimate(spec.replace(seq=min(spec.seq + 64 * extra, 1024))).peak_bytes >= base
+    base = _tensors(estimate(spec))
+    assert _tensors(estimate(spec.replace(batch=spec.batch + extra))) >= base
+    assert _tensors(estimate(spec.replace(seq=min(spec.seq + 64 * extra, 1024)))) >= base
 
 
 @settings(max_examples=80, deadline=None)
@@ -85,15 +95,16 @@ def test_checkpointing_and_layerwise_never_increase_the_peak(spec):
     parameter's step temporaries — its update runs inside backward, beside the activations still
     alive, instead of after backward; that wins whenever the gradients it frees outweigh them."""
     base = estimate(spec)
-    width = 4 if spec.precision == "fp32" else 2
+    # a checkpoint's input is the residual stream, in the weights' dtype (fp32 under autocast)
+    width = 4 if get_precision(spec.precision).weights == "fp32" else 2
     mask = width * spec.batch * spec.seq ** 2 if spec.attention == "eager" else 0   # checkpointed kwargs
     layer_input = spec.batch * spec.seq * 512 * width + 8 * spec.seq + mask
-    assert estimate(spec.replace(checkpointing="full")).peak_bytes <= base.peak_bytes + 1.05 * layer_input
+    assert _tensors(estimate(spec.replace(checkpointing="full"))) <= _tensors(base) + 1.05 * layer_input
     if METHODS[spec.method].layerwise:
         layerwise = estimate(spec.replace(layerwise=True))
-        assert layerwise.peak_bytes <= base.peak_bytes + 1.05 * layerwise.components.temporaries
+        assert _tensors(layerwise) <= _tensors(base) + 1.05 * layerwise.components.temporaries
         if base.sizes.gradients > base.sizes.activations + layerwise.components.temporaries:
-            assert layerwise.peak_bytes <= base.peak_bytes
+            assert _tensors(layerwise) <= _tensors(base)
 
 
 @settings(max_examples=60, deadline=None)

@@ -83,13 +83,15 @@ def test_presets_differ_where_the_frameworks_do():
     assert lit["precision"] == "bf16" and lit["paged"] is True and lit["adapter_dtype"] == "bf16"
 
 
-def test_token_chunked_loss_gets_its_chunk_count():
-    # LitGPT LoRA: lm_head_chunk_size=128 over each sequence -> ceil(1000/128) = 8 chunks
-    lit = dict((f, v) for f, v, _ in stack_defaults("litgpt", "adapter", seq=1000))
-    assert lit["loss_chunks"] == 8
-    # full fine-tune: 128-row chunks of the flattened batch -> ceil(4*1000/128) = 32
+def test_token_chunked_loss_gets_its_chunk_size():
+    # LitGPT LoRA: lm_head_chunk_size=128 over each sequence -> chunks of micro-batch x 128 rows
+    lit = dict((f, v) for f, v, _ in stack_defaults("litgpt", "adapter", batch=2, seq=1000))
+    assert lit["loss_chunk_size"] == 256 and lit["loss_impl"] == "litgpt" and "loss_chunks" not in lit
+    # full fine-tune: 128-row chunks of the flattened batch
     lit = dict((f, v) for f, v, _ in stack_defaults("litgpt", "full", batch=4, seq=1000))
-    assert lit["loss_chunks"] == 32
+    assert lit["loss_chunk_size"] == 128
+    # a sequence shorter than a chunk is one chunk
+    assert dict((f, v) for f, v, _ in stack_defaults("litgpt", "adapter", batch=2, seq=64))["loss_chunk_size"] == 128
 
 
 def test_names_and_kinds_are_checked():
