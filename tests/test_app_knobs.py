@@ -13,7 +13,7 @@ def _captions(at) -> str:
 
 def test_stack_knobs_reach_the_planner():
     widgets = dict(model="llama-7b", method="adamw-8bit", gpu="h100-80gb", batch=2, seq=1024,
-                   checkpointing="full", loss="fused", grad_accum=4, paged=True, offload=True)
+                   checkpointing="full", loss="fused", grad_accum=4, paged=True, activation_offload=True)
     at = _fit_page(**widgets)
     spec = TrainingSpec(model="llama-7b", method="adamw-8bit", gpu="h100-80gb", batch=2, seq=1024,
                         checkpointing="full", loss="fused", grad_accum=4, paged=True,

@@ -187,7 +187,7 @@ def _stack_inputs(key: str) -> dict:
         size = c2.number_input("Rows per loss chunk (LitGPT)", min_value=0, value=None, key=f"{key}_loss_chunk_size")
         accum = st.number_input("Gradient accumulation steps", min_value=0, value=None, key=f"{key}_grad_accum")
         paged = st.checkbox("bitsandbytes paged optimizer states", key=f"{key}_paged")
-        offload = st.checkbox("Activation offloading (torchtune; needs checkpointing)", key=f"{key}_offload")
+        offload = st.checkbox("Activation offloading (torchtune; needs checkpointing)", key=f"{key}_activation_offload")
         per_param = st.checkbox("One optimizer per parameter (torchtune optimizer_in_bwd; layer-wise)",
                                 key=f"{key}_per_param")
     number = lambda v: None if v is None else int(v)
