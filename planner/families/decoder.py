@@ -22,7 +22,7 @@ from .shapes import linear, norm
 
 __all__ = ["decoder_shapes", "decoder_activation", "DecoderTraits", "LLAMA", "LLAMA_LINEAR_INPUTS",
            "LLAMA_ATTENTION_INPUTS", "LLAMA_ACTIVATION", "llama_layer_bytes", "linear_inputs",
-           "attention_inputs"]
+           "attention_inputs", "decoder_fields", "attention_bias", "no_bias"]
 
 #: what each Llama-style linear reads (after the layer index)
 LLAMA_LINEAR_INPUTS = {
@@ -191,3 +191,25 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
 
 
 LLAMA_ACTIVATION = decoder_activation(LLAMA)
+
+
+def attention_bias(c: dict) -> tuple[bool, bool, bool]:
+    """`attention_bias` (default false) on q, k, v and o; no MLP bias (Gemma 2/3, Qwen3)."""
+    bias = bool(c.get("attention_bias", False))
+    return bias, bias, False
+
+
+def no_bias(c: dict) -> tuple[bool, bool, bool]:
+    """No bias anywhere (Mistral, Phi-3)."""
+    return False, False, False
+
+
+def decoder_fields(traits: DecoderTraits, biases: Callable[[dict], tuple[bool, bool, bool]],
+                   activation: ActivationRule | None = None) -> dict:
+    """The `Family` fields a Llama-style decoder derives from its traits: `shapes` (with
+    `biases(c)` -> (q/k/v, o, MLP bias)), the activation rule (`activation` where the family's
+    own rule builds on the traits' one), `linear_inputs` and `attention_inputs`. A record spreads
+    them: `Family(name=..., **decoder_fields(TRAITS, attention_bias), ...)`."""
+    return dict(shapes=lambda c: decoder_shapes(c, biases, traits),
+                activation=activation or (LLAMA_ACTIVATION if traits is LLAMA else decoder_activation(traits)),
+                linear_inputs=linear_inputs(traits), attention_inputs=attention_inputs(traits))

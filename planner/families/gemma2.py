@@ -12,7 +12,7 @@ False, so the model runs eager (transformers' default for it) or FlashAttention-
 kernel takes `softcap`); asking for SDPA raises. `final_logit_softcapping` (30) does the same
 on the LM head's logits: tanh saves a vocabulary-sized D·bsV output for backward.
 """
-from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
+from .decoder import attention_bias, decoder_fields
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -27,19 +27,12 @@ TRAITS = DecoderTraits(
               "final_logit_softcapping": 30.0})
 
 
-def _biases(c: dict) -> tuple[bool, bool, bool]:
-    bias = bool(c.get("attention_bias", False))
-    return bias, bias, False
-
-
 FAMILY = Family(
     name="gemma2", model_types=("gemma2",),
     summary="Gemma 2 decoder: four (1 + w) RMSNorms, GeGLU, soft-capped attention and logits, "
             "alternating sliding-window layers",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, _biases, TRAITS),
-    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=attention_inputs(TRAITS),
+    head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, attention_bias),
+    lora_default_targets=("q_proj", "v_proj"),
     act_field=("hidden_activation", "gelu_pytorch_tanh"),
     attentions=("eager", "flash"), tie_default=True,
     example=dict(model_type="gemma2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
