@@ -22,7 +22,7 @@ from .shapes import linear, norm
 
 __all__ = ["decoder_shapes", "decoder_activation", "DecoderTraits", "LLAMA", "LLAMA_LINEAR_INPUTS",
            "LLAMA_ATTENTION_INPUTS", "LLAMA_ACTIVATION", "llama_layer_bytes", "linear_inputs",
-           "attention_inputs", "decoder_fields", "attention_bias", "no_bias"]
+           "attention_inputs", "decoder_fields", "attention_bias", "no_bias", "tiny_decoder"]
 
 #: what each Llama-style linear reads (after the layer index)
 LLAMA_LINEAR_INPUTS = {
@@ -191,6 +191,14 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
 
 
 LLAMA_ACTIVATION = decoder_activation(LLAMA)
+
+
+def tiny_decoder(model_type: str, **fields) -> dict:
+    """A decoder family's `example`: 2 layers, hidden 64, MLP 176, 4 query heads over 2 KV
+    heads, vocabulary 1000, 256 positions, an untied head, with the family's own `fields` on top."""
+    return dict(model_type=model_type, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
+                max_position_embeddings=256, tie_word_embeddings=False) | fields
 
 
 def attention_bias(c: dict) -> tuple[bool, bool, bool]:

@@ -6,7 +6,7 @@ q/k/v biases (`attention_bias` false), head_dim 128 whatever the width (Qwen3-4B
 `use_sliding_window` (false in every released config) turns layers from `max_window_layers`
 on into sliding-window layers (`Qwen3Config.__post_init__`).
 """
-from .decoder import attention_bias, decoder_fields
+from .decoder import attention_bias, decoder_fields, tiny_decoder
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -35,9 +35,7 @@ FAMILY = Family(
     summary="Qwen3 decoder: Llama-style with RMSNorms on q and k, head_dim 128",
     head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, attention_bias),
     lora_default_targets=("q_proj", "v_proj"),
-    example=dict(model_type="qwen3", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False),
+    example=tiny_decoder("qwen3", head_dim=32),
     config_defaults={"intermediate_size": 22016, "num_kv_heads": 32, "head_dim": 128,
                      "max_position": 32768},
     source="transformers/models/qwen3/modeling_qwen3.py")
