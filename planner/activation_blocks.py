@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Dims", "FirstLayer", "first_layer_attention_discount", "rms_norm_bytes", "layer_norm_bytes", "attention_bytes", "attention_grad_bytes",
-           "mlp_bytes", "fp32_softmax"]
+           "mlp_bytes", "fp32_softmax", "layer_norm_head_bytes"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,12 @@ def layer_norm_bytes(x: Dims, stream: bool = True) -> int:
         return 4 * x.bsh + 8 * x.bs
     size = x.R if stream else x.D
     return size * x.bsh + 2 * (4 if x.cuda else size) * x.bs
+
+
+def layer_norm_head_bytes(x: Dims) -> int:
+    """A final nn.LayerNorm then the LM head (GPT-2's ln_f, GPT-NeoX's final_layer_norm): the
+    norm's saves and the head's input, D·bsh, saved only when the head trains."""
+    return layer_norm_bytes(x) + (0 if x.frozen else x.D * x.bsh)
 
 
 def attention_bytes(x: Dims, softmax_fp32: bool = False) -> int:

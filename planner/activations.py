@@ -407,8 +407,10 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
         raise ValueError(f"nothing of {model.name} matches the LoRA targets {', '.join(targets)}")
     first = first_layer(family, targets)
     embeddings_train = any(role == "embedding" for role in outer["lora"] + outer["saved"])
-    frozen = frozenset() if embeddings_train else frozenset(
-        {"attn_in"} | (set() if first.attention else {"mlp_in"}))
+    # layer 0's inputs that need no gradient: the attention input, and the MLP input when no
+    # attention projection carries an adapter
+    frozen_inputs = frozenset({"attn_in"} | (set() if first.attention else {"mlp_in"}))
+    frozen = frozenset() if embeddings_train else frozen_inputs
     norms_per_layer, norms_outside = _norm_modules(model)
     base = get_base(base_quant)
     trained_norm = (rule_layer_norm_bytes(x, family) // norms_per_layer) if norms_per_layer else 0
@@ -421,8 +423,9 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
     terms = rule(x, a)
     discount = terms.first + (0 if embeddings_train else family.activation.frozen_first_layer(x, first))
     before, head = _outer_bytes(x, outer, rank, lora_d, lora_m, cast)
+    # per adapted linear: (A elements r·in, B elements out·r, whether A's input needs no gradient)
     casts = (amp.weight_casts(model, x.D, trained=False,
-                              adapters=_adapter_elements(model, family, rank, targets, first))
+                              adapters=[(rank * l.n, l.m * rank, l.key in frozen_inputs) for l in linears])
              if cast_d else amp.NO_CASTS)
     return (terms.layer + param_saved, max(terms.grads, param_grads), discount, terms.copies or cast_d,
             (before, head + terms.outside), terms.kept, casts)
@@ -470,20 +473,3 @@ def _outer_bytes(x: Dims, outer: dict[str, list[str]], rank: int, d: int, mask: 
             head += d * x.bs * rank + (x.D * x.bsh if not cast and not mask else (d + mask) * x.bsh)
     head += sum(x.D * x.bsh for role in outer["saved"] if role == "lm_head")
     return before, head
-
-
-def _adapter_elements(model: ModelConfig, family: Family, rank: int, targets,
-                      first: FirstLayer) -> list[tuple[int, int, bool]]:
-    """Per adapted linear of a layer: (A elements r·in, B elements out·r, whether A's input needs
-    no gradient in layer 0: the attention input, and the MLP input when no attention adapter)."""
-    frozen_inputs = {"attn_in"} | (set() if first.attention else {"mlp_in"})
-    out = []
-    for p in model.params:
-        if p.role != "block_linear" or p.layer != 0:
-            continue
-        if targets is not None and p.module.rpartition(".")[2] not in targets:
-            continue
-        n_in = family.in_features(p.shape)
-        n_out = p.numel // n_in
-        out.append((rank * n_in, n_out * rank, family.linear_inputs.get(p.module) in frozen_inputs))
-    return out

@@ -3,8 +3,9 @@
 transformers/training_args.py and trl/trainer/{sft_config,model_config}.py."""
 from __future__ import annotations
 
-from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, batch_keys, checkpointing_key, hf_optimizer,
-                          list_of, lora_common, packing_keys, read_deepspeed, read_fsdp, set_precision)
+from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, batch_keys, bool_key, checkpointing_key, hf_optimizer,
+                          lora_common, modules_to_save_key, packing_keys, read_deepspeed, read_fsdp,
+                          set_precision)
 
 __all__ = ["read_hf", "SFT_ONLY_KEYS"]
 
@@ -69,13 +70,9 @@ def _hf_peft(r: Reading) -> None:
         r.set("base_quant", "nf4", "load_in_4bit: true")
     if eight:
         r.set("base_quant", "int8", "load_in_8bit: true")
-    if r.has("use_bnb_nested_quant"):
-        r.set("double_quant", as_bool(r.get("use_bnb_nested_quant"), "use_bnb_nested_quant"),
-              f"use_bnb_nested_quant: {r.flat['use_bnb_nested_quant']}")
+    bool_key(r, "use_bnb_nested_quant", "double_quant")
     lora_common(r, "lora_r", "lora_dropout", "lora_target_modules")
-    if r.has("lora_modules_to_save") and r.flat["lora_modules_to_save"]:
-        value = r.get("lora_modules_to_save")
-        r.set("modules_to_save", ",".join(list_of(value, "lora_modules_to_save")), f"lora_modules_to_save: {value}")
+    modules_to_save_key(r, "lora_modules_to_save")
     for key, name, value in (("use_dora", "method", "dora"), ("use_rslora", "rslora", True)):
         if r.has(key) and as_bool(r.get(key), key):
             r.set(name, value, f"{key}: true")
@@ -117,9 +114,7 @@ def read_hf(r: Reading) -> list[str]:
             r.set("loss_impl", "trl", "loss_type: chunked_nll (TRL's checkpointed 256-token chunks)")
     elif not sft:
         r.set("loss", "full", "TrainingArguments: transformers' ForCausalLMLoss (fp32-upcast logits)")
-    if r.has("activation_offloading"):
-        r.set("activation_offload", as_bool(r.get("activation_offloading"), "activation_offloading"),
-              f"activation_offloading: {r.flat['activation_offloading']}")
+    bool_key(r, "activation_offloading", "activation_offload")
     if r.has("attn_implementation") and r.flat["attn_implementation"]:
         impl = r.get("attn_implementation")
         r.set("attention", "eager" if impl == "eager" else "sdpa", f"attn_implementation: {impl}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 __all__ = ["Reading", "flatten", "as_bool", "as_pos_int", "as_prob", "hf_optimizer", "read_deepspeed",
            "read_fsdp", "amp_precision", "set_precision", "HF_NEUTRAL", "list_of", "lora_common",
-           "batch_keys", "checkpointing_key", "packing_keys", "attention_keys"]
+           "batch_keys", "checkpointing_key", "packing_keys", "attention_keys", "bool_key",
+           "modules_to_save_key"]
 
 _MISSING = object()
 
@@ -324,6 +325,19 @@ def lora_common(r: Reading, rank: str, dropout: str, targets: str | None = None)
         value = r.get(targets)
         names = ["all-linear"] if value in ("all-linear", "all") else list_of(value, targets)
         r.set("lora_targets", ",".join(names), f"{targets}: {value}")
+
+
+def bool_key(r: Reading, key: str, name: str) -> None:
+    """A true/false recipe key that sets spec field `name` either way, when present."""
+    if r.has(key):
+        r.set(name, as_bool(r.get(key), key), f"{key}: {r.flat[key]}")
+
+
+def modules_to_save_key(r: Reading, key: str) -> None:
+    """The modules a recipe trains in full beside the adapters (peft's `modules_to_save`)."""
+    if r.has(key) and r.flat[key]:
+        value = r.get(key)
+        r.set("modules_to_save", ",".join(list_of(value, key)), f"{key}: {value}")
 
 
 def batch_keys(r: Reading, batch: str, accum: str, seq: str | None) -> None:

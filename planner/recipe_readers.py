@@ -7,9 +7,9 @@ is absent the framework's own default for that key is applied by the stack prese
 """
 from __future__ import annotations
 
-from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, as_pos_int, attention_keys, batch_keys,
-                          checkpointing_key, hf_optimizer, list_of, lora_common, packing_keys, read_deepspeed,
-                          read_fsdp, set_precision)
+from .recipe_keys import (HF_NEUTRAL, Reading, as_bool, as_pos_int, attention_keys, batch_keys, bool_key,
+                          checkpointing_key, hf_optimizer, list_of, lora_common, modules_to_save_key,
+                          packing_keys, read_deepspeed, read_fsdp, set_precision)
 from .recipe_hf import SFT_ONLY_KEYS, read_hf
 
 __all__ = ["READERS", "SFT_ONLY_KEYS"]
@@ -168,9 +168,7 @@ def _axo_adapter(r: Reading) -> None:
         names = ["all-linear"] + [n for n in names if n in ("lm_head", "embed_tokens")]
     if names:
         r.set("lora_targets", ",".join(names), f"lora_target_linear: {linear}, lora_target_modules: {modules}")
-    if r.has("lora_modules_to_save") and r.flat["lora_modules_to_save"]:
-        value = r.get("lora_modules_to_save")
-        r.set("modules_to_save", ",".join(list_of(value, "lora_modules_to_save")), f"lora_modules_to_save: {value}")
+    modules_to_save_key(r, "lora_modules_to_save")
     if r.has("peft_use_dora") and as_bool(r.get("peft_use_dora"), "peft_use_dora"):
         r.set("method", "dora", "peft_use_dora: true")
     if r.has("peft_use_rslora") and as_bool(r.get("peft_use_rslora"), "peft_use_rslora"):
@@ -263,13 +261,9 @@ def _lf_method(r: Reading) -> None:
             if qtype != "nf4":
                 raise ValueError(f"quantization_type: {qtype}: memfit models nf4 4-bit bases")
             r.set("base_quant", "nf4" if bits == 4 else "int8", f"quantization_bit: {bits}")
-        if r.has("double_quantization"):
-            r.set("double_quant", as_bool(r.get("double_quantization"), "double_quantization"),
-                  f"double_quantization: {r.flat['double_quantization']}")
+        bool_key(r, "double_quantization", "double_quant")
         lora_common(r, "lora_rank", "lora_dropout", "lora_target")
-        if r.has("additional_target") and r.flat["additional_target"]:
-            value = r.get("additional_target")
-            r.set("modules_to_save", ",".join(list_of(value, "additional_target")), f"additional_target: {value}")
+        modules_to_save_key(r, "additional_target")
         for key, name in (("use_dora", "method"), ("use_rslora", "rslora"), ("pissa_init", "lora_init")):
             if r.has(key) and as_bool(r.get(key), key):
                 r.set(name, {"method": "dora", "rslora": True, "lora_init": "pissa"}[name], f"{key}: true")

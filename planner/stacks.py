@@ -79,7 +79,19 @@ def _d(field_name: str, value, source: str) -> Default:
     return Default(field_name, value, source)
 
 
+def _adamw_and_lora(source: str) -> dict[str, Default]:
+    """`Stack.optimizer` of a Trainer-based stack: AdamW for full tuning, LoRA's AdamW on the
+    adapters, both from the one optimizer default `source` cites."""
+    return {kind: _d("method", m, source) for kind, m in (("full", "adamw"), ("adapter", "lora"))}
+
+
 _LLAMA_ALL7 = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+# full and projected tuning train fp32 weights under bf16 autocast alike
+_HF_TRAINED_PRECISION = _d(
+    "precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py: a model id is loaded in float32 unless "
+    "model_init_kwargs sets dtype; base_config.py: bf16 defaults to True (autocast over fp32 weights, "
+    "gradients and AdamW states)")
 
 _HF = Stack(
     "hf", "Hugging Face Trainer / TRL SFTTrainer + peft", f"{HF}; {TRL}; {PEFT}",
@@ -101,15 +113,8 @@ _HF = Stack(
         _d("activation_offload", False, f"{TRL} trl/trainer/sft_config.py: activation_offloading=False"),
     ),
     by_kind={
-        "full": (
-            _d("precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py: a model id is loaded in "
-               "float32 unless model_init_kwargs sets dtype; base_config.py: bf16 defaults to True "
-               "(autocast over fp32 weights, gradients and AdamW states)"),
-        ),
-        "projected": (
-            _d("precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py (float32 load) + "
-               "base_config.py (bf16=True)"),
-        ),
+        "full": (_HF_TRAINED_PRECISION,),
+        "projected": (_HF_TRAINED_PRECISION,),
         "adapter": (
             _d("precision", "amp-bf16", f"{TRL} trl/trainer/sft_trainer.py: the frozen base is loaded "
                "in float32 unless model_init_kwargs sets dtype; base_config.py: bf16=True"),
@@ -128,8 +133,8 @@ _HF = Stack(
                "prepare_model_for_kbit_training (the fp32 load already keeps norms/embeddings fp32)"),
         ),
     },
-    optimizer={k: _d("method", m, f"{HF} transformers/training_args.py: optim defaults to "
-                     "'adamw_torch_fused' on torch>=2.8") for k, m in (("full", "adamw"), ("adapter", "lora"))},
+    optimizer=_adamw_and_lora(f"{HF} transformers/training_args.py: optim defaults to "
+                              "'adamw_torch_fused' on torch>=2.8"),
     not_modelled=("torch_compile (training_args.py torch_compile=False by default)",
                   "use_liger_kernel's RMSNorm/SwiGLU/RoPE kernels (only its fused loss is modelled)"),
     notes=("A plain transformers.Trainer (TrainingArguments, not TRL's SFTConfig) keeps bf16=False "
@@ -307,8 +312,7 @@ _AXOLOTL = Stack(
         "full": (),
         "projected": (),
     },
-    optimizer={k: _d("method", m, f"{AXO} src/axolotl/utils/schemas/training.py: "
-                     "optimizer='adamw_torch_fused'") for k, m in (("full", "adamw"), ("adapter", "lora"))},
+    optimizer=_adamw_and_lora(f"{AXO} src/axolotl/utils/schemas/training.py: optimizer='adamw_torch_fused'"),
     not_modelled=("torch_compile (schemas/config.py: None)",
                   "Liger's RMSNorm/SwiGLU/RoPE kernels and axolotl's own LoRA kernels "
                   "(lora_mlp_kernel etc.); only fused losses are modelled"),
@@ -318,6 +322,12 @@ _AXOLOTL = Stack(
 
 _LF_FT = f"{LF} src/llamafactory/hparams/finetuning_args.py"
 _LF_ADAPTER = f"{LF} src/llamafactory/model/adapter.py"
+
+# full and projected tuning (use_galore / use_apollo run on full tuning) alike
+_LF_TRAINED_PRECISION = _d(
+    "precision", "amp-bf16", f"{_LF_ADAPTER}: init_adapter casts trainable parameters to float32 unless "
+    "pure_bf16 (finetuning_args.py pure_bf16=False), use_galore / use_apollo included; the examples' "
+    "bf16: true autocasts")
 
 _LLAMAFACTORY = Stack(
     "llamafactory", "LLaMA-Factory", LF,
@@ -336,15 +346,8 @@ _LLAMAFACTORY = Stack(
         _d("paged", False, f"{HF} transformers/training_args.py: optim adamw_torch_fused"),
     ),
     by_kind={
-        "full": (
-            _d("precision", "amp-bf16", f"{_LF_ADAPTER}: init_adapter casts trainable parameters to "
-               "float32 unless pure_bf16 (finetuning_args.py pure_bf16=False); the examples' bf16: true "
-               "autocasts"),
-        ),
-        "projected": (
-            _d("precision", "amp-bf16", f"{_LF_ADAPTER}: trainable parameters cast to float32 "
-               "(use_galore / use_apollo run on full tuning)"),
-        ),
+        "full": (_LF_TRAINED_PRECISION,),
+        "projected": (_LF_TRAINED_PRECISION,),
         "adapter": (
             _d("precision", "bf16", f"{LF} src/llamafactory/model/loader.py: torch_dtype='auto' (the "
                "checkpoint's bf16) for the frozen base; hparams/parser.py compute_dtype bf16"),
@@ -363,8 +366,7 @@ _LLAMAFACTORY = Stack(
                "upcast_layernorm=False and peft's prepare_model_for_kbit_training is never called"),
         ),
     },
-    optimizer={k: _d("method", m, f"{HF} transformers/training_args.py: optim "
-                     "'adamw_torch_fused'") for k, m in (("full", "adamw"), ("adapter", "lora"))},
+    optimizer=_adamw_and_lora(f"{HF} transformers/training_args.py: optim 'adamw_torch_fused'"),
     not_modelled=("enable_liger_kernel's non-loss kernels", "use_unsloth (see the unsloth preset)"),
     notes=("finetuning_type defaults to 'lora' (finetuning_args.py).",
            "packing defaults to off for sft (data_args.py: packing=None, on for pt)."),

@@ -112,19 +112,25 @@ def grouped_peaks(rows: Sequence[Mapping], capacity_bytes: int | None = None, gp
     return _capacity(fig, capacity_bytes, gpu)
 
 
-def sweep_lines(rows: Sequence[Mapping], field: str, capacity_bytes: int | None = None,
-                gpu: str | None = None, title: str | None = None) -> go.Figure:
-    """Peak against the swept value, one line per method (rows from `ui.analysis.sweep`)."""
-    rows = _ok(rows)
+def _method_lines(rows: Sequence[Mapping], x: str, hover, hoverinfo: str) -> go.Figure:
+    """Peak (GiB) against `x` on a log axis with a tick per power of two, one line per method in
+    order of appearance; `hover(row)` is each point's text."""
     fig = go.Figure()
     for method in dict.fromkeys(r["method"] for r in rows):
         sel = [r for r in rows if r["method"] == method]
-        fig.add_scatter(name=method, mode="lines+markers", x=[r["sweep_value"] for r in sel],
+        fig.add_scatter(name=method, mode="lines+markers", x=[r[x] for r in sel],
                         y=[r["peak_bytes"] / GIB for r in sel],
-                        hovertext=[human_bytes(r["peak_bytes"]) for r in sel], hoverinfo="name+x+text")
+                        hovertext=[hover(r) for r in sel], hoverinfo=hoverinfo)
+    fig.update_xaxes(type="log", dtick=0.30102999566)    # one tick per power of two
+    return fig
+
+
+def sweep_lines(rows: Sequence[Mapping], field: str, capacity_bytes: int | None = None,
+                gpu: str | None = None, title: str | None = None) -> go.Figure:
+    """Peak against the swept value, one line per method (rows from `ui.analysis.sweep`)."""
+    fig = _method_lines(_ok(rows), "sweep_value", lambda r: human_bytes(r["peak_bytes"]), "name+x+text")
     heading = f"Peak memory against {field}" + (f": {title}" if title else "")
-    fig.update_layout(title=html_text(heading), xaxis_title=field, xaxis_type="log", **_LAYOUT)
-    fig.update_xaxes(dtick=0.30102999566)    # one tick per power of two
+    fig.update_layout(title=html_text(heading), xaxis_title=field, **_LAYOUT)
     return _capacity(fig, capacity_bytes, gpu)
 
 
@@ -133,16 +139,9 @@ def devices_lines(rows: Sequence[Mapping], capacity_bytes: int | None = None, gp
     """Per-GPU peak against the device count, one line per method (rows from
     `ui.analysis.device_grid`), with the GPU's capacity: where a line crosses it is the fewest
     GPUs that method fits on."""
-    rows = _ok(rows)
-    fig = go.Figure()
-    for method in dict.fromkeys(r["method"] for r in rows):
-        sel = [r for r in rows if r["method"] == method]
-        fig.add_scatter(name=method, mode="lines+markers", x=[r["devices"] for r in sel],
-                        y=[r["peak_bytes"] / GIB for r in sel],
-                        hovertext=[f"{r['devices']} GPU(s), {r['sharding']}: {human_bytes(r['peak_bytes'])} per GPU"
-                                   for r in sel], hoverinfo="name+text")
-    fig.update_layout(title=html_text(title), xaxis_title="GPUs", xaxis_type="log", **_LAYOUT)
-    fig.update_xaxes(dtick=0.30102999566)    # one tick per power of two
+    fig = _method_lines(_ok(rows), "devices", lambda r: (
+        f"{r['devices']} GPU(s), {r['sharding']}: {human_bytes(r['peak_bytes'])} per GPU"), "name+text")
+    fig.update_layout(title=html_text(title), xaxis_title="GPUs", **_LAYOUT)
     return _capacity(fig, capacity_bytes, gpu)
 
 

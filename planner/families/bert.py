@@ -13,8 +13,7 @@ from dataclasses import replace
 
 from ..activation_blocks import Dims, layer_norm_bytes
 from .record import Family
-from .roberta import (ENCODER_ACTIVATION, ENCODER_ATTENTION_INPUTS, ENCODER_LINEAR_INPUTS,
-                      encoder_embeddings_bytes, encoder_layer_shapes)
+from .roberta import ENCODER_ACTIVATION, ENCODER_FIELDS, encoder_embeddings_bytes, encoder_layer_shapes
 from .shapes import linear, norm
 
 __all__ = ["FAMILY"]
@@ -56,16 +55,13 @@ def _head(x: Dims) -> int:
 FAMILY = Family(
     name="bert", model_types=("bert",),
     summary="BERT masked LM: post-LN encoder, GELU MLP, learned positions and token types",
-    head_class="AutoModelForMaskedLM", shapes=_shapes,
+    **ENCODER_FIELDS, shapes=_shapes,
     activation=replace(ENCODER_ACTIVATION, embeddings=_embeddings, head=_head),
-    linear_inputs=ENCODER_LINEAR_INPUTS, lora_default_targets=("query", "value"),
-    attention_inputs=ENCODER_ATTENTION_INPUTS,
+    lora_default_targets=("query", "value"),
     example=dict(model_type="bert", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                  num_attention_heads=4, vocab_size=1000, max_position_embeddings=256,
                  tie_word_embeddings=False),
-    act_field=("hidden_act", "gelu"),
-    dropout_fields=(("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1)),
     config_defaults={"intermediate_size": 3072, "max_position": 512},
-    tie_default=True, source="transformers/models/bert/modeling_bert.py",
+    source="transformers/models/bert/modeling_bert.py",
     # untied, the decoder adds its own bias and cls.predictions.bias is never read
     unused=lambda c: frozenset() if c["tie_word_embeddings"] else frozenset({"cls.predictions.bias"}))

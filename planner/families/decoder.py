@@ -22,7 +22,7 @@ from .shapes import linear, norm
 
 __all__ = ["decoder_shapes", "decoder_activation", "DecoderTraits", "LLAMA", "LLAMA_LINEAR_INPUTS",
            "LLAMA_ATTENTION_INPUTS", "LLAMA_ACTIVATION", "llama_layer_bytes", "linear_inputs",
-           "attention_inputs"]
+           "attention_inputs", "decoder_fields", "attention_bias", "no_bias", "tiny_decoder"]
 
 #: what each Llama-style linear reads (after the layer index)
 LLAMA_LINEAR_INPUTS = {
@@ -191,3 +191,33 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
 
 
 LLAMA_ACTIVATION = decoder_activation(LLAMA)
+
+
+def tiny_decoder(model_type: str, **fields) -> dict:
+    """A decoder family's `example`: 2 layers, hidden 64, MLP 176, 4 query heads over 2 KV
+    heads, vocabulary 1000, 256 positions, an untied head, with the family's own `fields` on top."""
+    return dict(model_type=model_type, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
+                max_position_embeddings=256, tie_word_embeddings=False) | fields
+
+
+def attention_bias(c: dict) -> tuple[bool, bool, bool]:
+    """`attention_bias` (default false) on q, k, v and o; no MLP bias (Gemma 2/3, Qwen3)."""
+    bias = bool(c.get("attention_bias", False))
+    return bias, bias, False
+
+
+def no_bias(c: dict) -> tuple[bool, bool, bool]:
+    """No bias anywhere (Mistral, Phi-3)."""
+    return False, False, False
+
+
+def decoder_fields(traits: DecoderTraits, biases: Callable[[dict], tuple[bool, bool, bool]],
+                   activation: ActivationRule | None = None) -> dict:
+    """The `Family` fields a Llama-style decoder derives from its traits: `shapes` (with
+    `biases(c)` -> (q/k/v, o, MLP bias)), the activation rule (`activation` where the family's
+    own rule builds on the traits' one), `linear_inputs` and `attention_inputs`. A record spreads
+    them: `Family(name=..., **decoder_fields(TRAITS, attention_bias), ...)`."""
+    return dict(shapes=lambda c: decoder_shapes(c, biases, traits),
+                activation=activation or (LLAMA_ACTIVATION if traits is LLAMA else decoder_activation(traits)),
+                linear_inputs=linear_inputs(traits), attention_inputs=attention_inputs(traits))

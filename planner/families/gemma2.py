@@ -12,7 +12,7 @@ False, so the model runs eager (transformers' default for it) or FlashAttention-
 kernel takes `softcap`); asking for SDPA raises. `final_logit_softcapping` (30) does the same
 on the LM head's logits: tanh saves a vocabulary-sized D·bsV output for backward.
 """
-from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
+from .decoder import attention_bias, decoder_fields, tiny_decoder
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -27,25 +27,15 @@ TRAITS = DecoderTraits(
               "final_logit_softcapping": 30.0})
 
 
-def _biases(c: dict) -> tuple[bool, bool, bool]:
-    bias = bool(c.get("attention_bias", False))
-    return bias, bias, False
-
-
 FAMILY = Family(
     name="gemma2", model_types=("gemma2",),
     summary="Gemma 2 decoder: four (1 + w) RMSNorms, GeGLU, soft-capped attention and logits, "
             "alternating sliding-window layers",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, _biases, TRAITS),
-    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=attention_inputs(TRAITS),
+    head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, attention_bias),
+    lora_default_targets=("q_proj", "v_proj"),
     act_field=("hidden_activation", "gelu_pytorch_tanh"),
     attentions=("eager", "flash"), tie_default=True,
-    example=dict(model_type="gemma2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000,
-                 max_position_embeddings=256, query_pre_attn_scalar=16, sliding_window=64,
-                 tie_word_embeddings=False),
+    example=tiny_decoder("gemma2", head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
     config_defaults={"intermediate_size": 9216, "num_kv_heads": 4, "head_dim": 256,
                      "max_position": 8192},
     source="transformers/models/gemma2/modeling_gemma2.py")

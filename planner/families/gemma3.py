@@ -21,7 +21,7 @@ is not this record. Its fields sit in `text_config`, and `planner.models` says s
 fine-tune trains with `Gemma3ForCausalLM` (without the ~0.4 B-parameter vision tower that the
 multimodal class also holds).
 """
-from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
+from .decoder import attention_bias, decoder_fields, tiny_decoder
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -41,24 +41,15 @@ TRAITS = DecoderTraits(
               "final_logit_softcapping": None})
 
 
-def _biases(c: dict) -> tuple[bool, bool, bool]:
-    bias = bool(c.get("attention_bias", False))
-    return bias, bias, False
-
-
 FAMILY = Family(
     name="gemma3", model_types=("gemma3_text",),
     summary="Gemma 3 text decoder: Gemma 2's block with q/k norms, 5 local : 1 global layers, "
             "a rotary table per layer type",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, _biases, TRAITS),
-    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=attention_inputs(TRAITS),
+    head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, attention_bias),
+    lora_default_targets=("q_proj", "v_proj"),
     act_field=("hidden_activation", "gelu_pytorch_tanh"), tie_default=True,
-    example=dict(model_type="gemma3_text", hidden_size=64, intermediate_size=176,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                 vocab_size=1000, max_position_embeddings=256, query_pre_attn_scalar=16,
-                 sliding_window=64, sliding_window_pattern=2, tie_word_embeddings=False),
+    example=tiny_decoder("gemma3_text", head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
+                         sliding_window_pattern=2),
     config_defaults={"intermediate_size": 9216, "num_kv_heads": 4, "head_dim": 256,
                      "max_position": 131072},
     source="transformers/models/gemma3/modeling_gemma3.py")

@@ -3,8 +3,8 @@
 learned position embeddings; dropout 0.1 on embeddings, attention and residuals by default.
 """
 from ..activation_blocks import (Dims, FirstLayer, attention_bytes, attention_grad_bytes,
-                                 first_layer_attention_discount, layer_norm_bytes, mlp_bytes,
-                                 mlp_grad_bytes)
+                                 first_layer_attention_discount, layer_norm_bytes,
+                                 layer_norm_head_bytes, mlp_bytes, mlp_grad_bytes)
 from .record import ActivationRule, Family
 from .shapes import linear, norm
 
@@ -73,7 +73,7 @@ FAMILY = Family(
     head_class="AutoModelForCausalLM", shapes=_shapes,
     activation=ActivationRule(
         layer=_layer, embeddings=_embeddings,
-        head=lambda x: layer_norm_bytes(x) + (0 if x.frozen else x.D * x.bsh),
+        head=layer_norm_head_bytes,
         backward_phases=_backward_phases,
         # eager causal attention's additive mask (b, 1, s, s); position ids when wpe is frozen
         checkpoint_held=lambda x: (x.R * x.b * x.s * x.s if x.core == "eager" else 0)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..activation_blocks import (Dims, FirstLayer, attention_bytes, attention_grad_bytes,
-                                 first_layer_attention_discount, layer_norm_bytes, mlp_bytes,
-                                 mlp_grad_bytes)
+                                 first_layer_attention_discount, layer_norm_bytes,
+                                 layer_norm_head_bytes, mlp_bytes, mlp_grad_bytes)
 from .options import flag, fraction
 from .record import ActivationRule, Family
 from .shapes import linear, norm
@@ -137,8 +137,7 @@ FAMILY = Family(
     head_class="AutoModelForCausalLM", shapes=_shapes,
     activation=ActivationRule(
         layer=_layer, embeddings=_embeddings,
-        # final_layer_norm and lm_head's input (a frozen head saves none)
-        head=lambda x: layer_norm_bytes(x) + (0 if x.frozen else x.D * x.bsh),
+        head=layer_norm_head_bytes,
         backward_phases=_backward_phases,
         # eager causal attention's additive mask (b, 1, s, s); the position ids every layer gets
         checkpoint_held=lambda x: (x.D * x.b * x.s * x.s if x.core == "eager" else 0) + 8 * x.s,

@@ -3,7 +3,7 @@
 `attention_bias` puts a bias on q, k, v and o; `mlp_bias` on the MLP. Llama 3.2 1B/3B tie the
 LM head to the embeddings (`tie_word_embeddings: true` in their configs).
 """
-from .decoder import LLAMA_ACTIVATION, LLAMA_ATTENTION_INPUTS, LLAMA_LINEAR_INPUTS, decoder_shapes
+from .decoder import LLAMA, decoder_fields, tiny_decoder
 from .record import Family
 
 __all__ = ["FAMILY"]
@@ -17,12 +17,8 @@ def _biases(c: dict) -> tuple[bool, bool, bool]:
 FAMILY = Family(
     name="llama", model_types=("llama",),
     summary="Llama-style decoder: RMSNorm, rotary GQA attention, SwiGLU MLP",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, _biases),
-    activation=LLAMA_ACTIVATION, linear_inputs=LLAMA_LINEAR_INPUTS,
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False),
+    head_class="AutoModelForCausalLM", **decoder_fields(LLAMA, _biases),
+    lora_default_targets=("q_proj", "v_proj"),
+    example=tiny_decoder("llama"),
     config_defaults={"intermediate_size": 11008, "max_position": 2048},
     source="transformers/models/llama/modeling_llama.py")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..activation_blocks import Dims, FirstLayer
-from .decoder import LLAMA_ACTIVATION, LLAMA_ATTENTION_INPUTS, LLAMA_LINEAR_INPUTS, decoder_shapes
+from .decoder import LLAMA, LLAMA_ACTIVATION, decoder_fields, no_bias, tiny_decoder
 from .options import window
 from .record import Family
 
@@ -69,13 +69,9 @@ ACTIVATION = replace(
 FAMILY = Family(
     name="mistral", model_types=("mistral",),
     summary="Mistral decoder: Llama-style, no biases, optional sliding-window attention",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, lambda c: (False, False, False)),
-    activation=ACTIVATION, linear_inputs=LLAMA_LINEAR_INPUTS,
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="mistral", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False, sliding_window=None),
+    head_class="AutoModelForCausalLM", **decoder_fields(LLAMA, no_bias, ACTIVATION),
+    lora_default_targets=("q_proj", "v_proj"),
+    example=tiny_decoder("mistral", sliding_window=None),
     config_defaults={"intermediate_size": 14336, "num_kv_heads": 8, "max_position": 131072},
     # MistralConfig's default window is 4096: a config without the field gets it
     block_options=lambda c: {"sliding_window": window(c, "sliding_window", SLIDING_WINDOW_DEFAULT)},

@@ -3,9 +3,9 @@ MoE of `num_local_experts` SwiGLU experts, each `intermediate_size` wide, top-k 
 (`num_experts_per_tok`, 2 in both releases) with the k weights renormalised and kept in fp32.
 `router_jitter_noise` (0 in the releases) multiplies the MoE input by uniform noise in training.
 """
-from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import moe_activation
-from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .decoder import tiny_decoder
+from .moe import moe_fields
+from .moe_config import MoeSpec
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]
@@ -18,14 +18,8 @@ SPEC = MoeSpec(experts=("num_local_experts", 8), top_k=("num_experts_per_tok", 2
 FAMILY = Family(
     name="mixtral", model_types=("mixtral",),
     summary="Mixtral sparse MoE decoder: Mistral attention, top-k routed fused SwiGLU experts",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: moe_decoder_shapes(c, SPEC),
-    activation=moe_activation(), linear_inputs=moe_linear_inputs(SPEC),
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="mixtral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False, num_local_experts=4,
-                 num_experts_per_tok=2),
+    head_class="AutoModelForCausalLM", **moe_fields(SPEC),
+    lora_default_targets=("q_proj", "v_proj"),
+    example=tiny_decoder("mixtral", intermediate_size=96, num_local_experts=4, num_experts_per_tok=2),
     config_defaults={"intermediate_size": 14336, "num_kv_heads": 8, "max_position": 131072},
-    routing=moe_routing(SPEC),
     source="transformers/models/mixtral/modeling_mixtral.py")

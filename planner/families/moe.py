@@ -34,11 +34,13 @@ force round-robin and all-to-the-same-experts routing and measure the same bytes
 from __future__ import annotations
 
 from ..activation_blocks import Dims, FirstLayer, attention_bytes, attention_grad_bytes, rms_norm_bytes
-from .decoder import LLAMA_ACTIVATION
-from .moe_config import EXPERT_TARGETS, SHARED_LINEARS, MoeLayer
+from .decoder import LLAMA_ACTIVATION, LLAMA_ATTENTION_INPUTS
+from .moe_config import (EXPERT_TARGETS, SHARED_LINEARS, MoeLayer, MoeSpec, moe_decoder_shapes, moe_linear_inputs,
+                         moe_routing)
 from .record import ActivationRule
 
-__all__ = ["moe_activation", "moe_layer_bytes", "moe_block_bytes", "moe_grad_bytes", "qk_norm_bytes"]
+__all__ = ["moe_activation", "moe_fields", "moe_layer_bytes", "moe_block_bytes", "moe_grad_bytes",
+           "qk_norm_bytes"]
 
 
 # ---- activations --------------------------------------------------------------------------
@@ -221,3 +223,12 @@ def moe_activation() -> ActivationRule:
         backward_phases=_backward_phases, checkpoint_held=LLAMA_ACTIVATION.checkpoint_held,
         input_saved_by_layer=LLAMA_ACTIVATION.input_saved_by_layer,
         frozen_first_layer=_frozen_first_layer, parameter_adapters=_expert_adapters)
+
+
+def moe_fields(spec: MoeSpec) -> dict:
+    """The `Family` fields a MoE decoder derives from its `MoeSpec`: shapes, the rule above,
+    `linear_inputs`, Llama's `attention_inputs` and the routing. A record spreads them:
+    `Family(name=..., **moe_fields(SPEC), ...)`."""
+    return dict(shapes=lambda c: moe_decoder_shapes(c, spec), activation=moe_activation(),
+                linear_inputs=moe_linear_inputs(spec), attention_inputs=LLAMA_ATTENTION_INPUTS,
+                routing=moe_routing(spec))

@@ -12,7 +12,7 @@ peft has no default LoRA targets for phi3 (absent from
 `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`): memfit then adapts every block linear
 (qkv_proj, o_proj, gate_up_proj, down_proj, as peft's "all-linear") and says so.
 """
-from .decoder import attention_inputs, decoder_activation, decoder_shapes, linear_inputs
+from .decoder import decoder_fields, no_bias, tiny_decoder
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -26,14 +26,9 @@ TRAITS = DecoderTraits(
 FAMILY = Family(
     name="phi3", model_types=("phi3",),
     summary="Phi-3/Phi-4 decoder: Llama-style with fused qkv_proj and gate_up_proj",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, lambda c: (False, False, False), TRAITS),
-    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
-    lora_default_targets=None, attention_inputs=attention_inputs(TRAITS),
+    head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, no_bias),
+    lora_default_targets=None,
     dropout_fields=(("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
-    example=dict(model_type="phi3", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
-                 bos_token_id=1, eos_token_id=2),
+    example=tiny_decoder("phi3", pad_token_id=0, bos_token_id=1, eos_token_id=2),
     config_defaults={"intermediate_size": 8192, "max_position": 4096},
     source="transformers/models/phi3/modeling_phi3.py")

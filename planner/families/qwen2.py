@@ -1,20 +1,22 @@
 """Qwen2 / Qwen2.5: transformers' `modeling_qwen2.py`, a Llama-style decoder whose q, k and v
 projections carry a bias (o_proj and the MLP do not). The small models tie the LM head.
 """
-from .decoder import LLAMA_ACTIVATION, LLAMA_ATTENTION_INPUTS, LLAMA_LINEAR_INPUTS, decoder_shapes
+from .decoder import LLAMA, decoder_fields, tiny_decoder
 from .record import Family
 
 __all__ = ["FAMILY"]
 
+
+def _biases(c: dict) -> tuple[bool, bool, bool]:
+    """Bias on q, k and v only (`Qwen2Attention`: o_proj and the MLP have none)."""
+    return True, False, False
+
+
 FAMILY = Family(
     name="qwen2", model_types=("qwen2",),
     summary="Qwen2 decoder: Llama-style with q/k/v biases",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, lambda c: (True, False, False)),
-    activation=LLAMA_ACTIVATION, linear_inputs=LLAMA_LINEAR_INPUTS,
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False),
+    head_class="AutoModelForCausalLM", **decoder_fields(LLAMA, _biases),
+    lora_default_targets=("q_proj", "v_proj"),
+    example=tiny_decoder("qwen2"),
     config_defaults={"intermediate_size": 22016, "num_kv_heads": 32, "max_position": 32768},
     source="transformers/models/qwen2/modeling_qwen2.py")

@@ -7,9 +7,9 @@ an nn.Linear with one output: a router to memfit, never projected or adapted). L
 `mlp_only_layers`, or off the `decoder_sparse_step`, would be dense MLPs: their shapes are exact,
 their activations not modelled (no released model has one).
 """
-from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import moe_activation
-from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .decoder import tiny_decoder
+from .moe import moe_fields
+from .moe_config import MoeSpec
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]
@@ -28,15 +28,9 @@ SPEC = MoeSpec(experts=("num_experts", 60), top_k=("num_experts_per_tok", 4),
 FAMILY = Family(
     name="qwen2_moe", model_types=("qwen2_moe",),
     summary="Qwen2-MoE decoder: Qwen2 attention, top-k routed fused experts plus a gated shared expert",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: moe_decoder_shapes(c, SPEC),
-    activation=moe_activation(), linear_inputs=moe_linear_inputs(SPEC),
-    lora_default_targets=None, attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="qwen2_moe", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False, num_experts=4,
-                 num_experts_per_tok=2, moe_intermediate_size=48,
-                 shared_expert_intermediate_size=80),
+    head_class="AutoModelForCausalLM", **moe_fields(SPEC),
+    lora_default_targets=None,
+    example=tiny_decoder("qwen2_moe", intermediate_size=96, num_experts=4, num_experts_per_tok=2,
+                         moe_intermediate_size=48, shared_expert_intermediate_size=80),
     config_defaults={"intermediate_size": 5632, "num_kv_heads": 16, "max_position": 32768},
-    routing=moe_routing(SPEC),
     source="transformers/models/qwen2_moe/modeling_qwen2_moe.py")

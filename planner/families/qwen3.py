@@ -6,7 +6,7 @@ q/k/v biases (`attention_bias` false), head_dim 128 whatever the width (Qwen3-4B
 `use_sliding_window` (false in every released config) turns layers from `max_window_layers`
 on into sliding-window layers (`Qwen3Config.__post_init__`).
 """
-from .decoder import decoder_activation, decoder_shapes, attention_inputs, linear_inputs
+from .decoder import attention_bias, decoder_fields, tiny_decoder
 from .decoder_blocks import FULL, SLIDING, DecoderTraits
 from .record import Family
 
@@ -30,21 +30,12 @@ TRAITS = DecoderTraits(qk_norm=True, layer_types=_layer_types, window=_window,
                                  "max_window_layers": 28})
 
 
-def _biases(c: dict) -> tuple[bool, bool, bool]:
-    bias = bool(c.get("attention_bias", False))
-    return bias, bias, False
-
-
 FAMILY = Family(
     name="qwen3", model_types=("qwen3",),
     summary="Qwen3 decoder: Llama-style with RMSNorms on q and k, head_dim 128",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: decoder_shapes(c, _biases, TRAITS),
-    activation=decoder_activation(TRAITS), linear_inputs=linear_inputs(TRAITS),
-    lora_default_targets=("q_proj", "v_proj"), attention_inputs=attention_inputs(TRAITS),
-    example=dict(model_type="qwen3", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False),
+    head_class="AutoModelForCausalLM", **decoder_fields(TRAITS, attention_bias),
+    lora_default_targets=("q_proj", "v_proj"),
+    example=tiny_decoder("qwen3", head_dim=32),
     config_defaults={"intermediate_size": 22016, "num_kv_heads": 32, "head_dim": 128,
                      "max_position": 32768},
     source="transformers/models/qwen3/modeling_qwen3.py")

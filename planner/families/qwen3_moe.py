@@ -4,9 +4,9 @@ then a MoE of `num_experts` fused SwiGLU experts, each `moe_intermediate_size` w
 (`num_experts_per_tok`; renormalised with `norm_topk_prob`, true in the releases; weights cast
 to the compute dtype); no shared expert. `mlp_only_layers` / `decoder_sparse_step` as Qwen2-MoE.
 """
-from .decoder import LLAMA_ATTENTION_INPUTS
-from .moe import moe_activation
-from .moe_config import MoeSpec, moe_decoder_shapes, moe_linear_inputs, moe_routing
+from .decoder import tiny_decoder
+from .moe import moe_fields
+from .moe_config import MoeSpec
 from .record import Family
 
 __all__ = ["FAMILY", "SPEC"]
@@ -25,14 +25,9 @@ SPEC = MoeSpec(experts=("num_experts", 128), top_k=("num_experts_per_tok", 8),
 FAMILY = Family(
     name="qwen3_moe", model_types=("qwen3_moe",),
     summary="Qwen3-MoE decoder: q/k-normed GQA attention, top-k routed fused SwiGLU experts",
-    head_class="AutoModelForCausalLM",
-    shapes=lambda c: moe_decoder_shapes(c, SPEC),
-    activation=moe_activation(), linear_inputs=moe_linear_inputs(SPEC),
-    lora_default_targets=None, attention_inputs=LLAMA_ATTENTION_INPUTS,
-    example=dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000,
-                 max_position_embeddings=256, tie_word_embeddings=False, num_experts=4,
-                 num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True),
+    head_class="AutoModelForCausalLM", **moe_fields(SPEC),
+    lora_default_targets=None,
+    example=tiny_decoder("qwen3_moe", intermediate_size=96, head_dim=16, num_experts=4,
+                         num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True),
     config_defaults={"intermediate_size": 6144, "num_kv_heads": 4, "max_position": 32768},
-    routing=moe_routing(SPEC),
     source="transformers/models/qwen3_moe/modeling_qwen3_moe.py")

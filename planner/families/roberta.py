@@ -11,7 +11,7 @@ from .shapes import linear, norm
 
 __all__ = ["FAMILY", "encoder_layer_shapes", "encoder_layer_bytes", "ENCODER_LINEAR_INPUTS",
            "ENCODER_ATTENTION_INPUTS", "ENCODER_ACTIVATION", "encoder_backward_phases",
-           "encoder_frozen_first_layer", "encoder_embeddings_bytes"]
+           "encoder_frozen_first_layer", "encoder_embeddings_bytes", "ENCODER_FIELDS"]
 
 #: what each BERT-style linear reads (after the layer index)
 ENCODER_LINEAR_INPUTS = {
@@ -95,17 +95,20 @@ ENCODER_ACTIVATION = ActivationRule(
     input_saved_by_layer=lambda x, adapters_copy_input: not adapters_copy_input,
     frozen_first_layer=encoder_frozen_first_layer, causal_loss_upcast=False)
 
+#: the `Family` fields BERT-style masked LMs share (BertConfig and RobertaConfig spell and default
+#: the activation and dropouts alike; the LM head is tied unless the config says otherwise)
+ENCODER_FIELDS = dict(
+    head_class="AutoModelForMaskedLM", linear_inputs=ENCODER_LINEAR_INPUTS,
+    attention_inputs=ENCODER_ATTENTION_INPUTS, act_field=("hidden_act", "gelu"),
+    dropout_fields=(("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1)), tie_default=True)
+
 FAMILY = Family(
     name="roberta", model_types=("roberta",),
     summary="RoBERTa masked LM: post-LN encoder, GELU MLP, learned positions",
-    head_class="AutoModelForMaskedLM", shapes=_shapes, activation=ENCODER_ACTIVATION,
-    linear_inputs=ENCODER_LINEAR_INPUTS, lora_default_targets=("query", "value"),
-    attention_inputs=ENCODER_ATTENTION_INPUTS,
+    **ENCODER_FIELDS, shapes=_shapes, activation=ENCODER_ACTIVATION, lora_default_targets=("query", "value"),
     example=dict(model_type="roberta", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                  num_attention_heads=4, vocab_size=1000, max_position_embeddings=258,
                  tie_word_embeddings=False),
-    act_field=("hidden_act", "gelu"),
-    dropout_fields=(("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1)),
-    tie_default=True, source="transformers/models/roberta/modeling_roberta.py",
+    source="transformers/models/roberta/modeling_roberta.py",
     # untied, the decoder adds its own bias and lm_head.bias is never read
     unused=lambda c: frozenset() if c["tie_word_embeddings"] else frozenset({"lm_head.bias"}))

@@ -12,6 +12,9 @@ from torch import nn
 # Method ids of the lowrank core (the other registry entries belong to other modules).
 CORE_METHODS = ("galore", "galore-8bit", "fira", "galore-dct", "apollo", "apollo-mini")
 
+# The seven projections of a LLaMA block (transformers' LlamaAttention and LlamaMLP).
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 def tiny_llama(hidden=32, intermediate=64, layers=2, vocab=64, seed=0):
     """A randomly initialised transformers LLaMA in float32 (untied lm_head, as the GaLore configs)."""
@@ -66,6 +69,25 @@ def loss_of(model, tokens):
     out = model(tokens)
     logits = out.logits if hasattr(out, "logits") else out
     return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def llama_linears(model) -> list[tuple[str, nn.Linear]]:
+    """(name, module) of every LLaMA projection in ``model``, in module order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n.split(".")[-1] in LLAMA_LINEARS]
+
+
+def adamw_losses(model, lr: float, steps: int = 15) -> list[float]:
+    """AdamW on the trainable parameters over two alternating batches; the loss before each step."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad()
+        loss = loss_of(model, batch(step % 2, vocab_of(model)))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
 
 
 def vocab_of(model) -> int:

@@ -14,9 +14,7 @@ from lowrank import parameter_bytes
 from lowrank.dora import apply_dora, dora_magnitudes, dora_output, dora_weight_norm
 from lowrank.lora import lora_pairs
 
-LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-from _lowrank_helpers import batch, loss_of, tiny_llama
+from _lowrank_helpers import LLAMA_LINEARS, adamw_losses, batch, llama_linears, loss_of, tiny_llama
 
 
 class _One(nn.Module):
@@ -84,8 +82,7 @@ def test_trainable_and_frozen_bytes_on_a_tiny_llama():
     r = 4
     for dtype in (torch.float32, torch.bfloat16):
         original = tiny_llama().to(dtype)
-        shapes = [m.weight.shape for n, m in original.named_modules()
-                  if isinstance(m, nn.Linear) and n.split(".")[-1] in LLAMA_LINEARS]
+        shapes = [m.weight.shape for _, m in llama_linears(original)]
         everything = parameter_bytes(original)
         model = apply_dora(tiny_llama().to(dtype), rank=r, alpha=8.0, targets=LLAMA_LINEARS)
         assert parameter_bytes(model, trainable=True) == sum(4 * (r * (m + n) + m) for m, n in shapes)
@@ -106,15 +103,7 @@ def test_adamw_on_dora_holds_two_moments_per_trainable_tensor():
 
 
 def test_loss_falls():
-    model = apply_dora(tiny_llama(), rank=4, alpha=8.0, targets=LLAMA_LINEARS)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for step in range(15):
-        opt.zero_grad()
-        loss = loss_of(model, batch(step % 2, 64))
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adamw_losses(apply_dora(tiny_llama(), rank=4, alpha=8.0, targets=LLAMA_LINEARS), lr=1e-2)
     assert losses[-1] < losses[0] - 0.1
 
 

@@ -74,6 +74,19 @@ class ActivationTracker(MemTracker):
         return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
 
+def tracked_step(model, ids) -> tuple[ActivationTracker, int]:
+    """One forward + backward of a causal / masked LM on `ids` (as labels too) under an
+    ActivationTracker: the tracker and ACT at the forward's end (the output, logits with it,
+    dropped before backward)."""
+    tracker = ActivationTracker()
+    tracker.track_external(model, ids)
+    with tracker:
+        loss = model(input_ids=ids, labels=ids).loss
+        forward_end = next(iter(tracker.get_tracker_snapshot().values()))[_MemRefType.ACT]
+        loss.backward()
+    return tracker, forward_end
+
+
 def _regex(names):
     return r".*\.\d+\.(.*\.)?(" + "|".join(names) + ")"
 
@@ -110,13 +123,7 @@ def measure(family, fields, attention, dtype, checkpointing, lora):
     for b in blocks:
         for child in b.children():
             child.register_forward_pre_hook(counter(b))
-    ids = torch.randint(3, fields["vocab_size"], (BATCH, SEQ))
-    tracker = ActivationTracker()
-    tracker.track_external(model, ids)
-    with tracker:
-        loss = model(input_ids=ids, labels=ids).loss
-        forward_end = next(iter(tracker.get_tracker_snapshot().values()))[_MemRefType.ACT]
-        loss.backward()
+    tracker, forward_end = tracked_step(model, torch.randint(3, fields["vocab_size"], (BATCH, SEQ)))
     # MemTracker's own peak (of the total) holds no more ACT + TEMP than the per-op record
     peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
     assert (peak[_MemRefType.ACT] + peak[_MemRefType.TEMP]

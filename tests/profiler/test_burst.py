@@ -13,8 +13,8 @@ import pytest
 from planner import METHOD_IDS, METHODS, TrainingSpec, estimate
 from profiler import compare, run_burst
 from profiler.validation import ADAPTER_CASES, adapter_case_spec
+from tests.profiler._burst_checks import STATIC, assert_equals_the_planner, write_example
 
-STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 PRECISIONS = ("fp32", "bf16")
 
 def spec_for(config: str, method: str, precision: str) -> TrainingSpec:
@@ -115,20 +115,11 @@ def test_every_family_burst_equals_the_planner(tmp_path, family, method):
     """Each family record's tiny example, trained for real (full fine-tuning in fp32, LoRA on
     peft's default targets in bf16): held bytes equal the planner exactly, activations and the
     peak within 10 %."""
-    import json
-    from planner.families import FAMILIES
-    path = tmp_path / f"{family}.json"
-    path.write_text(json.dumps(dict(FAMILIES[family].example)))
-    spec = TrainingSpec(model=str(path), method=method, batch=2, seq=32,
+    spec = TrainingSpec(model=write_example(tmp_path, family), method=method, batch=2, seq=32,
                         precision="fp32" if method == "adamw" else "bf16", rank=8 if method == "lora" else None)
     result = run_burst(spec, steps=1, warmup=1, history=False)
     assert result.ok, f"{family} {method}: {result.status}: {result.message}"
-    comparison = compare(estimate(spec, kernels="cpu"), result.measurement)
-    wrong = {c: (comparison[c].predicted_bytes, comparison[c].measured_bytes)
-             for c in STATIC if comparison[c].abs_error}
-    assert not wrong, f"{family} {method}: (predicted, measured) {wrong}"
-    for component in ("activations", "peak"):
-        assert abs(comparison[component].relative_error) <= 0.10, comparison[component]
+    assert_equals_the_planner(compare(estimate(spec, kernels="cpu"), result.measurement), f"{family} {method}")
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +142,7 @@ def adapter_burst(tiny_config):
 def test_adapter_options_equal_the_planner(adapter_burst, case):
     """Held bytes exactly (an LLM.int8 base's per-row absmax SCB included, wherever
     bitsandbytes keeps it); activations and the peak within 10 % (they land within a few bytes)."""
-    spec, comparison, _ = adapter_burst(case)
-    wrong = {c: (comparison[c].predicted_bytes, comparison[c].measured_bytes)
-             for c in STATIC if comparison[c].abs_error}
-    assert not wrong, f"{case}: (predicted, measured) {wrong}"
-    for component in ("activations", "peak"):
-        assert abs(comparison[component].relative_error) <= 0.10, (case, comparison[component])
+    assert_equals_the_planner(adapter_burst(case)[1], case)
 
 
 def test_ggpo_step_temporaries(adapter_burst):

@@ -12,8 +12,7 @@ import pytest
 
 from planner import TrainingSpec, estimate
 from profiler import compare, trace
-
-STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
+from tests.profiler._burst_checks import STATIC
 
 CASES = [  # model, method, spec fields, planner kernels
     ("pythia-1b", "adamw", {}, "cuda"),

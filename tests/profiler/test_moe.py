@@ -7,15 +7,12 @@ a catalog model under FakeTensorMode (bf16, batch 1, seq 512), within 3 % of the
 component and at the peak; fake tensors carry no routing values and grouped_mm sizes nothing by
 an expert's load, so no routing needs forcing there.
 """
-import json
-
 import pytest
 
 from planner import METHODS, TrainingSpec, estimate
-from planner.families import FAMILIES
 from profiler import compare, run_burst, trace
+from tests.profiler._burst_checks import STATIC, assert_equals_the_planner, write_example
 
-STATIC = ("weights", "gradients", "optimizer_states", "projection", "adapters")
 EXPERT_LORA = "q_proj,v_proj,experts.gate_up_proj,experts.down_proj"
 BURSTS = [("qwen3_moe", m, {}) for m in ("galore-8bit", "fira", "q-galore", "gradnormlorp", "galore-dct",
                                          "apollo", "adafactor")] + [
@@ -29,20 +26,13 @@ BURSTS = [("qwen3_moe", m, {}) for m in ("galore-8bit", "fira", "q-galore", "gra
                          ids=[f"{f}-{m}{'-experts' if e else ''}" for f, m, e in BURSTS])
 def test_moe_burst_equals_the_planner(tmp_path, family, method, extra):
     m = METHODS[method]
-    path = tmp_path / f"{family}.json"
-    path.write_text(json.dumps(dict(FAMILIES[family].example)))
-    spec = TrainingSpec(model=str(path), method=method, batch=2, seq=32,
+    spec = TrainingSpec(model=write_example(tmp_path, family), method=method, batch=2, seq=32,
                         precision="bf16" if method == "qlora" else "fp32",
                         rank=8 if "rank" in m.options else None,
                         update_proj_gap=2 if "update_proj_gap" in m.options else None, **extra)
     result = run_burst(spec, steps=2, warmup=1, history=False)
     assert result.ok, f"{family} {method}: {result.status}: {result.message}"
-    comparison = compare(estimate(spec, kernels="cpu"), result.measurement)
-    wrong = {c: (comparison[c].predicted_bytes, comparison[c].measured_bytes)
-             for c in STATIC if comparison[c].abs_error}
-    assert not wrong, f"{family} {method}: (predicted, measured) {wrong}"
-    for component in ("activations", "peak"):
-        assert abs(comparison[component].relative_error) <= 0.10, comparison[component]
+    assert_equals_the_planner(compare(estimate(spec, kernels="cpu"), result.measurement), f"{family} {method}")
 
 
 TRACES = [("mixtral-8x7b", "lora", {"lora_targets": EXPERT_LORA}),

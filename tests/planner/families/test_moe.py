@@ -73,9 +73,8 @@ def _measure(fields: dict, dtype: str, checkpointing: str, lora, routing: str) -
     = (rank, adapter dtype, module targets, parameter targets) through peft."""
     import torch
     import transformers
-    from torch.distributed._tools.mem_tracker import _MemRefType
 
-    from tests.planner.test_activations_memtracker import ActivationTracker
+    from tests.planner.test_activations_memtracker import tracked_step
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**fields)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -89,13 +88,7 @@ def _measure(fields: dict, dtype: str, checkpointing: str, lora, routing: str) -
                                autocast_adapter_dtype=lora_dtype == "fp32").train()
     if checkpointing == "full":
         model.activation_checkpointing_enable()
-    ids = torch.randint(3, fields["vocab_size"], (2, 128))
-    tracker = ActivationTracker()
-    tracker.track_external(model, ids)
-    with tracker:
-        loss = model(input_ids=ids, labels=ids).loss
-        forward_end = next(iter(tracker.get_tracker_snapshot().values()))[_MemRefType.ACT]
-        loss.backward()
+    tracker, forward_end = tracked_step(model, torch.randint(3, fields["vocab_size"], (2, 128)))
     return forward_end, tracker.backward_peak
 
 
