@@ -425,7 +425,7 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
     before, head = _outer_bytes(x, outer, rank, lora_d, lora_m, cast)
     # per adapted linear: (A elements r·in, B elements out·r, whether A's input needs no gradient)
     casts = (amp.weight_casts(model, x.D, trained=False,
-                              adapters=[(rank * l.n, l.m * rank, l.key in frozen_inputs) for l in linears])
+                              adapters=[(l.rank * l.n, l.m * l.rank, l.key in frozen_inputs) for l in linears])
              if cast_d else amp.NO_CASTS)
     return (terms.layer + param_saved, max(terms.grads, param_grads), discount, terms.copies or cast_d,
             (before, head + terms.outside), terms.kept, casts)
