@@ -28,13 +28,14 @@ def test_ggpo_hook_perturbs_inside_the_step(tiny_config):
     """build_training gives LoRA-GGPO its perturbation; after a step every base weight is back
     (within the +ε − ε rounding) and one gradient-norm EMA per adapted layer is held."""
     import torch
-    from profiler.build import synthetic_batch
+    from profiler.build import step_plan, synthetic_batch
     spec = TrainingSpec(model=tiny_config, method="lora-ggpo", rank=4, batch=1, seq=16, precision="fp32")
     model, opt, hook = build_training(spec)
     r = resolve_spec(spec)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    plan = step_plan(r, "cpu", hook)
     for _ in range(2):
-        train_step(model, opt, synthetic_batch(r), hook=hook)
+        train_step(model, opt, synthetic_batch(r), plan=plan)
     assert len(hook.state_tensors()) == len(r.adapted)
     for n, p in model.named_parameters():
         if n in before:     # fp32: +ε − ε leaves at most a few ulps
