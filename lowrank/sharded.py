@@ -66,6 +66,10 @@ def row_shard(param) -> RowShard | None:
             (isinstance(placements[0], Shard) and placements[0].dim != 0):
         raise ValueError(f"projected optimizers support DTensors sharded by rows (Shard(0)) on a 1-D mesh, "
                          f"as FSDP2 shards them; got placements {placements} on a {mesh.ndim}-D mesh")
+    if param.ndim > 2 and isinstance(placements[0], Shard):
+        raise ValueError(f"a batch of matrices {tuple(param.shape)} (fused experts) sharded by Shard(0) is split "
+                         "across its matrices, not by rows: the projected optimizers do not run it sharded; "
+                         "train it under DDP")
     rows = param.to_local().shape[0]
     if isinstance(placements[0], Replicate):
         return RowShard(mesh.get_group(), tuple(param.shape), 0, rows)

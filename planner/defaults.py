@@ -46,15 +46,18 @@ def _stack_defaults(spec: TrainingSpec, method: Method) -> list[tuple[str, objec
                           batch=spec.batch, seq=spec.seq)
 
 
-def _sharding_default(values: dict, method: Method) -> str | None:
+def _sharding_default(values: dict, method: Method, fused_experts: bool = False) -> str | None:
     """The sharding for more than one device when none is named (the spec's "none" cannot run on
     several devices): FSDP2 where the method runs under it, the engine that shards weights,
     gradients and states with the least besides (no reduce bucket, no second fp32 master;
     PyTorch's own), else DDP, where every optimizer runs unchanged. None: the method runs on one
-    device only (resolve then says why)."""
+    device only (resolve then says why). A projected method on fused experts stays off FSDP2,
+    which splits an expert tensor across its experts (`planner.sharding.check_sharding`)."""
     if values.get("devices", 1) <= 1 or values.get("sharding") != "none":
         return None
     layouts = method.sharding.layouts
+    if fused_experts and method.kind == "projected":
+        layouts = tuple(x for x in layouts if x != "dim0")
     return "fsdp" if "dim0" in layouts else ("ddp" if "replicated" in layouts else None)
 
 
@@ -125,8 +128,10 @@ def _chunking(s: dict) -> str:
     return impl.chunking if impl else "none"
 
 
-def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None) -> Filled:
-    """The spec with every `DEFAULTED_FIELDS` value chosen, and why each was chosen."""
+def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None,
+                  fused_experts: bool = False) -> Filled:
+    """The spec with every `DEFAULTED_FIELDS` value chosen, and why each was chosen.
+    `fused_experts`: the model holds fused expert tensors (mixture of experts)."""
     values = spec.as_dict()
     assumed: list[str] = []
 
@@ -142,13 +147,13 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
         choose(name, value, source)
     for name, value in method.defaults.items():
         choose(name, value, f"{method.id}'s default")
-    sharding = _sharding_default(values, method)
+    sharding = _sharding_default(values, method, fused_experts)
     if sharding:
         values["sharding"] = sharding
         assumed.append(f"sharding {sharding} ({values['devices']} devices and none named: "
                        + ("FSDP2 full shard, which shards weights, gradients and states and needs the least "
                           "memory per device of the engines this method runs under" if sharding == "fsdp" else
-                          f"DDP, replicated; {method.id}: {method.sharding.note}") + ")")
+                          f"DDP, replicated; {method.id}: {method.sharding.note if not fused_experts else 'FSDP2 would split its fused experts across ranks, which its projection does not run'}") + ")")
     for name, rule, reason in _rules(values, method, family, gpu):
         choose(name, rule(values), reason)
     return Filled(TrainingSpec(**values), tuple(assumed))

@@ -471,7 +471,8 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
     if method.defaults.get("base_quant") and spec.base_quant not in (None, method.defaults["base_quant"]):
         raise ValueError(f"{method.id} quantises its base to {method.defaults['base_quant']}; "
                          f"for another base use lora with --base-quant {spec.base_quant}")
-    filled = fill_defaults(spec, method, model.family, gpu)
+    filled = fill_defaults(spec, method, model.family, gpu,
+                           fused_experts=any(p.role == "expert" for p in model.params))
     spec = filled.spec
     _check_shape(spec, model)
     precision = get_precision(spec.precision)

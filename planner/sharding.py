@@ -204,6 +204,11 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
                          f"{r.spec.precision}")
     if r.spec.layerwise:
         raise ValueError(_LAYERWISE)
+    if (e.layout == "dim0" and r.method.kind == "projected"
+            and any(p.role == "expert" for p in r.model.params)):
+        raise ValueError(f"{e.name} splits a fused expert tensor (E, m, n) along its experts, while "
+                         f"{r.method.id}'s sharded projection splits a matrix by rows (lowrank.sharded): "
+                         "not run here, so not planned; use ddp")
     if e.layout != "replicated" and r.method.kind == "adapter" and (r.spec.base_quant != "none" or r.modules_to_save):
         raise ValueError(f"{e.name} with a quantised base or modules_to_save is not planned (FSDP-QLoRA needs "
                          "bitsandbytes' quant_storage, not run here): use ddp, or a 16-bit base without "

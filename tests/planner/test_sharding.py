@@ -155,3 +155,16 @@ def test_lora_adapters_go_on_the_targets_only():
     rows = device_memory(r, "fsdp", 2).worst.rows
     adapted = {n.split(".")[-3] for row in rows for n in row.names() if "lora_" in n}
     assert adapted == {"q_proj", "v_proj"}
+
+
+def test_projection_on_fused_experts_is_not_planned_under_fsdp2():
+    """FSDP2 splits a fused (E, m, n) expert tensor across its experts, not by rows, which the
+    sharded projection (lowrank.sharded) cannot step: refused, and several devices named without
+    an engine fall back to DDP for it (said so), while a dense model keeps FSDP2."""
+    from planner import TrainingSpec, estimate
+    with pytest.raises(ValueError, match="fused expert tensor"):
+        estimate(TrainingSpec(model="mixtral-8x7b", method="galore", devices=8, sharding="fsdp"))
+    moe = estimate(TrainingSpec(model="mixtral-8x7b", method="galore", devices=8))
+    assert moe.spec.sharding == "ddp" and any("fused experts" in a for a in moe.assumptions)
+    assert estimate(TrainingSpec(model="llama-7b", method="galore", devices=8)).spec.sharding == "fsdp"
+    assert estimate(TrainingSpec(model="mixtral-8x7b", method="lora", devices=8)).spec.sharding == "fsdp"
