@@ -89,9 +89,17 @@ def _dispatch_bytes(x: Dims, m: MoeLayer) -> int:
 def routed_experts_bytes(x: Dims, m: MoeLayer) -> int:
     """The routed experts (see the module docstring): gate_up's output, SiLU's output, down's
     output, and with trained experts the gathered input and the product down reads."""
-    rows = m.rows(x)
-    trained = 0 if x.frozen else x.D * rows * x.h + x.D * rows * m.width
-    return 3 * x.D * rows * m.width + x.D * rows * x.h + trained
+    rows, e = m.rows(x), _expert_dtype(x)
+    trained = 0 if x.frozen else e * rows * x.h + e * rows * m.width
+    return 3 * e * rows * m.width + e * rows * x.h + trained
+
+
+def _expert_dtype(x: Dims) -> int:
+    """Bytes per element of the routed experts' tensors: the expert weights' dtype, which is the
+    residual stream's (R). transformers' grouped_mm is not autocast-enabled, so it casts the
+    gathered rows to the weights' dtype (`integrations.moe._grouped_mm`: `input.to(weight.dtype)`):
+    under autocast over fp32 weights the experts run in fp32; otherwise R = D."""
+    return x.R
 
 
 def shared_expert_bytes(x: Dims, m: MoeLayer) -> int:
@@ -107,7 +115,10 @@ def moe_block_bytes(x: Dims) -> int:
     expert's linears otherwise, which the adapter rule releases when frozen), the router noise
     (Mixtral's jitter), router, dispatch, experts, shared expert."""
     m = _moe(x)
-    moe_input = x.D * x.bsh if (not x.frozen or m.shared) else 0
+    # under autocast over a trained fp32 stream each linear reading the input saves its own
+    # D cast of it: the router, and Qwen2-MoE's shared gate_proj, up_proj and shared_expert_gate
+    readers = 1 + (3 if m.shared else 0) if (x.R != x.D and not x.frozen) else 1
+    moe_input = readers * x.D * x.bsh if (not x.frozen or m.shared) else 0
     noise = x.D * x.bsh if m.jitter > 0 else 0
     return (moe_input + noise + _router_bytes(x, m) + _dispatch_bytes(x, m)
             + routed_experts_bytes(x, m) + shared_expert_bytes(x, m))
@@ -136,9 +147,10 @@ def moe_grad_bytes(x: Dims) -> int:
     leaves its share of the MoE input's gradient, D·T·h, accumulated meanwhile.
     """
     m = _moe(x)
-    rows, product = m.rows(x), 4 if m.fp32_scores else x.D
+    e = _expert_dtype(x)
+    rows, product = m.rows(x), 4 if m.fp32_scores else e
     shared_input_grad = x.D * x.bsh if m.shared else 0
-    swiglu = 2 * x.D * rows * m.width - x.D * rows * x.h
+    swiglu = 2 * e * rows * m.width - e * rows * x.h
     return max(3 * product * rows * x.h, swiglu) + shared_input_grad
 
 

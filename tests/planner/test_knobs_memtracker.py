@@ -95,6 +95,18 @@ AMP = [  # family, method, precision, attention, checkpointing, extra spec field
     ("llama", "lora", "amp-bf16", "eager", "full", {"rank": 8, "weights": "fp32", "lora_dropout": 0.05}, {}),
     ("gpt2", "lora", "amp-bf16", "sdpa", "none", {"rank": 8, "weights": "fp32"}, {"attn_pdrop": 0.0}),
     ("llama", "q-galore", "amp-bf16", "sdpa", "none", {"rank": 8}, {}),
+    # the other families under HF Trainer's autocast; fused experts run in the weights' dtype
+    # (transformers' grouped_mm is not autocast-enabled), each linear on the fp32 stream saves
+    # its own 16-bit copy (Qwen2-MoE's router, shared expert and its gate)
+    ("mixtral", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
+    ("qwen2_moe", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
+    ("qwen3_moe", "lora", "amp-bf16", "sdpa", "none", {"rank": 8}, {}),
+    ("qwen3", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
+    ("gemma2", "adamw", "amp-bf16", "eager", "none", {}, {}),
+    ("gemma3", "adamw", "amp-bf16", "sdpa", "full", {}, {}),
+    ("phi3", "lora", "amp-bf16", "sdpa", "none", {"rank": 8}, {}),
+    ("gpt_neox", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
+    ("bert", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
 ]
 
 
