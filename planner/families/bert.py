@@ -49,7 +49,8 @@ def _head(x: Dims) -> int:
     transform.LayerNorm's input (the activation's output) and stats, the decoder's input (the
     linears' inputs only when they train)."""
     trained = 0 if x.frozen else x.D * x.bsh
-    return 2 * trained + x.act_saves * x.D * x.bsh + layer_norm_bytes(x)
+    # the LayerNorm reads the activation's output, a matmul's (D), not the residual stream
+    return 2 * trained + x.act_saves * x.D * x.bsh + layer_norm_bytes(x, stream=False)
 
 
 FAMILY = Family(

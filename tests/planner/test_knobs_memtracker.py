@@ -106,7 +106,7 @@ AMP = [  # family, method, precision, attention, checkpointing, extra spec field
     ("gemma3", "adamw", "amp-bf16", "sdpa", "full", {}, {}),
     ("phi3", "lora", "amp-bf16", "sdpa", "none", {"rank": 8}, {}),
     ("gpt_neox", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
-    ("bert", "adamw", "amp-bf16", "sdpa", "none", {}, {}),
+    ("bert", "adamw", "amp-bf16", "sdpa", "full", {}, {}),
 ]
 
 
