@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .families import Family
 from .methods import PEFT_DEFAULTS, Method
+from .paged import PAGED_OPTIMIZERS
 from .spec import TrainingSpec
 
 __all__ = ["Filled", "fill_defaults", "DEFAULTED_FIELDS"]
@@ -128,6 +129,26 @@ def _chunking(s: dict) -> str:
     return impl.chunking if impl else "none"
 
 
+def _preset_refusal(name: str, value, method: Method, family: Family | None) -> str | None:
+    """Why a stack preset's default means nothing for this method and model, or None: a LoRA
+    setting for an adapter method that does not take it, paged states for an optimizer
+    bitsandbytes does not page, one optimizer per parameter or layer-wise steps for a method
+    without them, and the framework's attention where the model has no such implementation
+    (transformers' default is SDPA only where the model supports it; else its own first,
+    `Family.attentions`)."""
+    if name in PEFT_DEFAULTS:
+        return None if method.takes(name) else f"{method.id} takes no such setting"
+    if name == "paged" and value and method.optimizer not in PAGED_OPTIMIZERS:
+        return f"bitsandbytes pages AdamW and 8-bit AdamW only, and {method.id} trains with {method.optimizer}"
+    if name == "per_param_optimizer" and value and not (method.layerwise and method.groups == "trainable"):
+        return f"{method.id} builds its own parameter groups or has no layer-wise mode"
+    if name == "layerwise" and value and not method.layerwise:
+        return f"{method.id} has no layer-wise mode"
+    if name == "attention" and family is not None and value not in family.attentions:
+        return f"transformers' {family.name} models offer {', '.join(family.attentions)}"
+    return None
+
+
 def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu=None,
                   fused_experts: bool = False) -> Filled:
     """The spec with every `DEFAULTED_FIELDS` value chosen, and why each was chosen.
@@ -142,8 +163,11 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
                 assumed.append(f"{name.replace('_', ' ')} {value} ({reason})")
 
     for name, value, source in _stack_defaults(spec, method):
-        if name in PEFT_DEFAULTS and not method.takes(name):
-            continue        # a stack's LoRA setting means nothing to this adapter method
+        why = _preset_refusal(name, value, method, family)
+        if why:
+            if name not in PEFT_DEFAULTS and values.get(name) is None:
+                assumed.append(f"{name.replace('_', ' ')} {value} of the {spec.stack} preset not applied: {why}")
+            continue
         choose(name, value, source)
     for name, value in method.defaults.items():
         choose(name, value, f"{method.id}'s default")

@@ -100,3 +100,16 @@ def test_names_and_kinds_are_checked():
         stack_defaults("megatron", "full")
     with pytest.raises(ValueError, match="unknown method kind"):
         stack_defaults("hf", "lora")
+
+
+def test_a_preset_default_the_run_cannot_take_is_skipped_and_said():
+    """torchtune's paged 8-bit AdamW means nothing to Adafactor, and SDPA (transformers' default
+    where a model supports it) nothing to Gemma 2, which has eager and flash only: the run is
+    planned without them and the assumptions say why, instead of refusing the preset."""
+    from planner import TrainingSpec, estimate
+    b = estimate(TrainingSpec(model="gemma2-2b", method="adafactor", stack="torchtune", gpu="h100"))
+    assert b.spec.attention == "eager" and b.spec.paged is False
+    said = " ".join(b.assumptions)
+    assert "paged True of the torchtune preset not applied" in said
+    assert "attention sdpa of the torchtune preset not applied" in said
+    assert estimate(TrainingSpec(model="llama-7b", method="adamw", stack="torchtune")).spec.paged is True
