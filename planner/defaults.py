@@ -136,8 +136,14 @@ def _preset_refusal(name: str, value, method: Method, family: Family | None) -> 
     without them, and the framework's attention where the model has no such implementation
     (transformers' default is SDPA only where the model supports it; else its own first,
     `Family.attentions`)."""
-    if name in PEFT_DEFAULTS:
-        return None if method.takes(name) else f"{method.id} takes no such setting"
+    if name in PEFT_DEFAULTS and not method.takes(name):
+        return f"{method.id} takes no such setting"
+    if name == "lora_targets" and family is not None and str(value).lower() not in ("all-linear", "all"):
+        names = {module.rpartition(".")[2] for module in family.linear_inputs}
+        missing = [t for t in str(value).split(",") if t.strip() and t.strip() not in names]
+        if missing:
+            return (f"{family.name} models have no {', '.join(missing)} (the preset names Llama's "
+                    "modules); the family's default targets apply")
     if name == "paged" and value and method.optimizer not in PAGED_OPTIMIZERS:
         return f"bitsandbytes pages AdamW and 8-bit AdamW only, and {method.id} trains with {method.optimizer}"
     if name == "per_param_optimizer" and value and not (method.layerwise and method.groups == "trainable"):
@@ -165,7 +171,7 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
     for name, value, source in _stack_defaults(spec, method):
         why = _preset_refusal(name, value, method, family)
         if why:
-            if name not in PEFT_DEFAULTS and values.get(name) is None:
+            if (name not in PEFT_DEFAULTS or name == "lora_targets") and values.get(name) is None:
                 assumed.append(f"{name.replace('_', ' ')} {value} of the {spec.stack} preset not applied: {why}")
             continue
         choose(name, value, source)

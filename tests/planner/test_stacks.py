@@ -113,3 +113,10 @@ def test_a_preset_default_the_run_cannot_take_is_skipped_and_said():
     assert "paged True of the torchtune preset not applied" in said
     assert "attention sdpa of the torchtune preset not applied" in said
     assert estimate(TrainingSpec(model="llama-7b", method="adamw", stack="torchtune")).spec.paged is True
+
+
+def test_a_presets_llama_targets_on_another_family_fall_back_to_its_default():
+    from planner import TrainingSpec, estimate
+    b = estimate(TrainingSpec(model="pythia-1b", method="lora", stack="torchtune"))
+    assert b.spec.lora_targets == "query_key_value"
+    assert any("gpt_neox models have no q_proj" in a for a in b.assumptions)
