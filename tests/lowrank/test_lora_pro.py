@@ -69,6 +69,17 @@ def _lora_operator(a, b, s):
     return torch.stack(cols, 1)
 
 
+def _project_onto_columns(op: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Orthogonal projection of y onto op's column space, fp64. The LoRA operator has an exact
+    r²-dimensional null space (gA = X A, gB = -B X move nothing), whose singular values are
+    rounding noise (~1e-16 relative) while the others are O(1): a 1e-10 relative cut separates
+    them on any machine. (`torch.linalg.lstsq`'s default rank decision did not: its result varied
+    with memory alignment under the CPU's LAPACK, failing this test about 1 run in 10.)"""
+    u, sv, _ = torch.linalg.svd(op, full_matrices=False)
+    keep = u[:, sv > 1e-10 * sv.max()]
+    return keep @ (keep.T @ y)
+
+
 def test_closed_form_is_the_least_squares_optimum_r2():
     torch.manual_seed(0)
     m, n, r, s = 9, 6, 2, 1.5
@@ -78,7 +89,7 @@ def test_closed_form_is_the_least_squares_optimum_r2():
     ours = lp.equivalent_gradient(a, b, ga, gb, s, torch.float64)
 
     op = _lora_operator(a, b, s)
-    best = op @ torch.linalg.lstsq(op, g.double().reshape(-1)).solution
+    best = _project_onto_columns(op, g.double().reshape(-1))
     assert torch.allclose(ours.reshape(-1), best, atol=1e-5)          # same image, same residual
     # no other step of the same form gets closer
     for _ in range(20):
@@ -219,17 +230,6 @@ def test_loss_falls_on_a_toy_problem():
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
     assert set(opt.state) == {a}                                       # lora_B holds nothing
-
-
-def _project_onto_columns(op: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Orthogonal projection of y onto op's column space, fp64. The LoRA operator has an exact
-    r²-dimensional null space (gA = X A, gB = -B X move nothing), whose singular values are
-    rounding noise (~1e-16 relative) while the others are O(1): a 1e-10 relative cut separates
-    them on any machine. (`torch.linalg.lstsq`'s default rank decision did not: its result varied
-    with memory alignment under the CPU's LAPACK, failing this test about 1 run in 10.)"""
-    u, sv, _ = torch.linalg.svd(op, full_matrices=False)
-    keep = u[:, sv > 1e-10 * sv.max()]
-    return keep @ (keep.T @ y)
 
 
 def test_step_moves_w_closest_to_the_full_rank_adam_step():
