@@ -167,11 +167,19 @@ def test_validate_trace_sets_measured_beside_predicted(page, app_url, shots):
 
 
 def _burst_children(server_pid: int) -> list:
-    """Live processes forked by the app's profiler fork server (the running bursts)."""
+    """Live processes forked by the app's profiler fork server (the running bursts). A process
+    can exit (and be a zombie, or be gone) between being listed and being read: it is not live."""
     import psutil
+
+    def read(p, what):
+        try:
+            return what(p)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
     servers = [p for p in psutil.Process(server_pid).children(recursive=True)
-               if "forkserver" in " ".join(p.cmdline())]
-    return [c for s in servers for c in s.children() if c.status() != psutil.STATUS_ZOMBIE]
+               if "forkserver" in " ".join(read(p, psutil.Process.cmdline) or [])]
+    return [c for s in servers for c in (read(s, psutil.Process.children) or [])
+            if read(c, psutil.Process.status) not in (None, psutil.STATUS_ZOMBIE)]
 
 
 def test_validate_cancel_stops_a_running_burst(page, app_server, shots):
