@@ -52,13 +52,11 @@ def _sharding_default(values: dict, method: Method, fused_experts: bool = False)
     several devices): FSDP2 where the method runs under it, the engine that shards weights,
     gradients and states with the least besides (no reduce bucket, no second fp32 master;
     PyTorch's own), else DDP, where every optimizer runs unchanged. None: the method runs on one
-    device only (resolve then says why). A projected method on fused experts stays off FSDP2,
-    which splits an expert tensor across its experts (`planner.sharding.check_sharding`)."""
+    device only (resolve then says why). On fused experts, the layouts the method runs under
+    there (`Method.layouts`)."""
     if values.get("devices", 1) <= 1 or values.get("sharding") != "none":
         return None
-    layouts = method.sharding.layouts
-    if fused_experts and method.kind == "projected":
-        layouts = tuple(x for x in layouts if x != "dim0")
+    layouts = method.layouts(fused_experts)
     return "fsdp" if "dim0" in layouts else ("ddp" if "replicated" in layouts else None)
 
 
@@ -180,10 +178,13 @@ def fill_defaults(spec: TrainingSpec, method: Method, family: Family | None, gpu
     sharding = _sharding_default(values, method, fused_experts)
     if sharding:
         values["sharding"] = sharding
+        # off FSDP2 for this model only (fused experts), or for the method everywhere
+        why_not = ("FSDP2 would split its fused experts across ranks, which its projection does not run"
+                   if "dim0" in method.sharding.layouts else method.sharding.note)
         assumed.append(f"sharding {sharding} ({values['devices']} devices and none named: "
                        + ("FSDP2 full shard, which shards weights, gradients and states and needs the least "
                           "memory per device of the engines this method runs under" if sharding == "fsdp" else
-                          f"DDP, replicated; {method.id}: {method.sharding.note if not fused_experts else 'FSDP2 would split its fused experts across ranks, which its projection does not run'}") + ")")
+                          f"DDP, replicated; {method.id}: {why_not}") + ")")
     for name, rule, reason in _rules(values, method, family, gpu):
         choose(name, rule(values), reason)
     return Filled(TrainingSpec(**values), tuple(assumed))

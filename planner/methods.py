@@ -165,6 +165,14 @@ class Method:
             return True
         return self.kind == "adapter" and (option == "lora_targets" or option in self.adapter_options)
 
+    def layouts(self, fused_experts: bool = False) -> tuple[str, ...]:
+        """The engine layouts (`LAYOUTS`) it runs under on this model. FSDP2's dim-0 split of a
+        fused expert tensor (E, m, n) falls between experts, not rows, which a projected
+        method's sharded step (`lowrank.sharded`) does not run: not planned there."""
+        if fused_experts and self.kind == "projected":
+            return tuple(x for x in self.sharding.layouts if x != "dim0")
+        return self.sharding.layouts
+
     @property
     def trains_adapters(self) -> bool:
         return self.kind == "adapter"

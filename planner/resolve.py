@@ -472,7 +472,7 @@ def resolve_spec(spec: TrainingSpec) -> Resolved:
         raise ValueError(f"{method.id} quantises its base to {method.defaults['base_quant']}; "
                          f"for another base use lora with --base-quant {spec.base_quant}")
     filled = fill_defaults(spec, method, model.family, gpu,
-                           fused_experts=any(p.role == "expert" for p in model.params))
+                           fused_experts=model.has_experts)
     spec = filled.spec
     _check_shape(spec, model)
     precision = get_precision(spec.precision)

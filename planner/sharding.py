@@ -193,10 +193,13 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
         raise ValueError(f"hsdp needs --shard-group dividing --devices {devices}, got {shard_group}")
     if engine != "hsdp" and shard_group:
         raise ValueError("--shard-group is for hsdp; drop it or use --sharding hsdp")
-    ms = r.method.sharding
-    if e.layout not in ms.layouts:
-        ok = [i for i, x in ENGINES.items() if x.layout in ms.layouts]
-        raise ValueError(f"{r.method.id} does not run under {e.name}: {ms.note}"
+    ms, layouts = r.method.sharding, r.method.layouts(r.model.has_experts)
+    if e.layout not in layouts:
+        ok = [i for i, x in ENGINES.items() if x.layout in layouts]
+        why = (f"{e.name} splits a fused expert tensor (E, m, n) along its experts, while its sharded "
+               "projection splits a matrix by rows (lowrank.sharded): not run here, so not planned"
+               if e.layout in ms.layouts else ms.note)
+        raise ValueError(f"{r.method.id} does not run under {e.name}: {why}"
                          + (f"; it runs with {', '.join(ok)}" if ok else "; plan it on one device"))
     if r.spec.precision not in e.precisions:
         raise ValueError(f"{e.name} keeps fp32 master weights and fp32 Adam states (its bf16.enabled is memfit's "
@@ -204,11 +207,6 @@ def check_sharding(r: Resolved, engine: str, devices: int, offload: str = "none"
                          f"{r.spec.precision}")
     if r.spec.layerwise:
         raise ValueError(_LAYERWISE)
-    if (e.layout == "dim0" and r.method.kind == "projected"
-            and any(p.role == "expert" for p in r.model.params)):
-        raise ValueError(f"{e.name} splits a fused expert tensor (E, m, n) along its experts, while "
-                         f"{r.method.id}'s sharded projection splits a matrix by rows (lowrank.sharded): "
-                         "not run here, so not planned; use ddp")
     if e.layout != "replicated" and r.method.kind == "adapter" and (r.spec.base_quant != "none" or r.modules_to_save):
         raise ValueError(f"{e.name} with a quantised base or modules_to_save is not planned (FSDP-QLoRA needs "
                          "bitsandbytes' quant_storage, not run here): use ddp, or a 16-bit base without "

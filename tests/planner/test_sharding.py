@@ -168,3 +168,6 @@ def test_projection_on_fused_experts_is_not_planned_under_fsdp2():
     assert moe.spec.sharding == "ddp" and any("fused experts" in a for a in moe.assumptions)
     assert estimate(TrainingSpec(model="llama-7b", method="galore", devices=8)).spec.sharding == "fsdp"
     assert estimate(TrainingSpec(model="mixtral-8x7b", method="lora", devices=8)).spec.sharding == "fsdp"
+    # a method off FSDP2 everywhere says its own reason, not the experts'
+    ddp_only = estimate(TrainingSpec(model="mixtral-8x7b", method="adafactor", devices=8))
+    assert not any("fused experts" in a for a in ddp_only.assumptions)
