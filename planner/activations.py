@@ -418,7 +418,7 @@ def _adapter_terms(x: Dims, model: ModelConfig, family: Family, rank: int, dropo
     a = AdapterDims(tuple(linears), tuple({(l.key, l.n) for l in adapted_linears(model)}),
                     x.D if cast_d else lora_d, lora_m, cast or cast_d, frozen, base.keeps_inputs,
                     base.weight is not None, trained_norm, norms_per_layer, norms_outside,
-                    family.activation.ctx_kept(x) if family.activation.ctx_kept else x.core == "flash",
+                    family.activation.ctx_kept(x),
                     lora_d if cast_d else 0)
     terms = rule(x, a)
     discount = terms.first + (0 if embeddings_train else family.activation.frozen_first_layer(x, first))

@@ -48,7 +48,7 @@ class AdapterDims:
         for the weight's gradient: D·bsh; LayerNorm saves the same whatever trains: 0).
     norms: norm modules per layer; outside_norms: norm modules outside the stack.
     ctx_kept: the attention kernel itself saves o_proj's input (SDPA-flash's output is it), so
-        a frozen o_proj releases nothing (the family record's `ctx_kept`; default: flash core).
+        a frozen o_proj releases nothing (the family record's `ctx_kept`).
     autocast_d: under autocast, the adapters' own bytes per element when autocast casts them to
         D (`d` is then D and `cast` True); 0 otherwise.
     """

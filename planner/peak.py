@@ -180,16 +180,15 @@ def phase_peaks(r: Resolved, rows: list[Row], persistent: Components, overhead: 
     timed = _timed(r, act, grads, engine, accumulated)
     if act.peak_forward:          # the loss's own forward peak (chunk logits, fp32 copies)
         timed.insert(0, (act.peak_forward, accumulated, {}))
-    # the end of backward (the last instant) also holds a tied embedding's transient gradients
-    transient = [0] * (len(timed) - 1) + [_tied_transient(rows, r)]
-    # a method's forward temporaries (DoRA's weight norm) are instants of their own
-    forward = _forward_transients(r, act, _backward_instants(act, grads, r.model.num_layers, accumulated))
-    timed += [(fa, fg, {}) for fa, fg, _ in forward]
-    transient += [ft for _, _, ft in forward]
-    worst_at = max(range(len(timed)), key=lambda i: sum(timed[i][:2]) + sum(timed[i][2].values())
-                   + transient[i])
-    at = timed[worst_at]
-    instants, fb = [(a, g) for a, g, _ in timed[:len(timed) - len(forward)]], (*at[:2], transient[worst_at])
+    instants = [(a, g) for a, g, _ in timed]
+    # (activations, gradients, engine bytes, temporaries) at every moment of forward and backward:
+    # the end of backward (the last instant) also holds a tied embedding's transient gradients,
+    # and a method's forward temporaries (DoRA's weight norm) are moments of their own
+    moments = [(a, g, e, 0) for a, g, e in timed[:-1]] + [(*timed[-1], _tied_transient(rows, r))]
+    moments += [(a, g, {}, t) for a, g, t in
+                _forward_transients(r, act, _backward_instants(act, grads, r.model.num_layers, accumulated))]
+    at = max(moments, key=lambda m: m[0] + m[1] + sum(m[2].values()) + m[3])
+    fb = (at[0], at[1], at[3])
     if r.spec.layerwise:       # step (and refresh) run inside backward, when a gradient is complete
         with_grad = [i for i in instants if i[1]] or [(0, 0)]
         step_at = max(with_grad, key=lambda i: i[0] + i[1])

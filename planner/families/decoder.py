@@ -187,7 +187,7 @@ def decoder_activation(t: DecoderTraits) -> ActivationRule:
         # the final norm's backward: its input's gradient and five fp32 b·s·h temporaries
         head_backward=lambda x: x.R * x.bsh + 5 * 4 * x.bsh,
         stack=stack if t.layer_types is not None else None,
-        ctx_kept=ctx_kept if t.rotary_cat else None)
+        ctx_kept=ctx_kept)
 
 
 LLAMA_ACTIVATION = decoder_activation(LLAMA)

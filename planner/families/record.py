@@ -71,7 +71,7 @@ class ActivationRule:
         under SDPA save a mask the global ones do not); None: L·layer(x). `layer(x)` is then the
         largest kind, which the backward of the last layer and checkpointing's recompute use.
     ctx_kept(x): whether the attention kernel itself saves o_proj's input, so a frozen o_proj
-        releases nothing (SDPA-flash's output is it); None: under the flash core. Phi-3's SDPA
+        releases nothing (SDPA-flash's output is it); default: under the flash core. Phi-3's SDPA
         output is copied into o_proj's input, which a frozen o_proj does not keep.
     parameter_adapters(x, targets, rank, lora_d): (saved, backward gradient peak) of one
         layer's adapters on bare parameters (peft's `target_parameters`: fused experts), for
@@ -90,7 +90,7 @@ class ActivationRule:
     frozen_first_layer: Callable
     causal_loss_upcast: bool = True
     stack: Callable | None = None
-    ctx_kept: Callable | None = None
+    ctx_kept: Callable = lambda x: x.core == "flash"
     parameter_adapters: Callable = _no_parameter_adapters
     head_norm_repeats: Callable = lambda x: 0
     head_backward: Callable = lambda x: x.R * x.bsh
